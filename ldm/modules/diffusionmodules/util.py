@@ -1,0 +1,195 @@
+"""Small building blocks of the diffusion models: noise schedules, timestep embeddings, layers.
+
+Everything here is shared by the UNet, ``DDPM``/``LatentDiffusion`` and the samplers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+from einops import repeat
+
+# --------------------------------------------------------------------------------------------------------
+# Noise schedules
+# --------------------------------------------------------------------------------------------------------
+
+
+def make_beta_schedule(
+    schedule: str,
+    n_timestep: int,
+    linear_start: float = 1e-4,
+    linear_end: float = 2e-2,
+    cosine_s: float = 8e-3,
+) -> np.ndarray:
+    """β_1..β_T as a float64 array of shape ``(n_timestep,)``.
+
+    - ``linear``: β_t = (linspace(√β_start, √β_end))², the latent-diffusion default;
+    - ``cosine``: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2) (Nichol & Dhariwal), β_t = 1 − ᾱ_t/ᾱ_{t−1} clipped to 0.999;
+    - ``sqrt_linear``: β_t = linspace(β_start, β_end);
+    - ``sqrt``: β_t = linspace(β_start, β_end)^½.
+    """
+    if schedule == "linear":
+        betas = torch.linspace(linear_start**0.5, linear_end**0.5, n_timestep, dtype=torch.float64) ** 2
+    elif schedule == "cosine":
+        steps = torch.arange(n_timestep + 1, dtype=torch.float64) / n_timestep + cosine_s
+        alphas = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
+        alphas = alphas / alphas[0]
+        betas = (1 - alphas[1:] / alphas[:-1]).clamp(min=0, max=0.999)
+    elif schedule == "sqrt_linear":
+        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64)
+    elif schedule == "sqrt":
+        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64) ** 0.5
+    else:
+        raise ValueError(
+            f"beta_schedule {schedule!r} is unknown; use one of 'linear', 'cosine', 'sqrt_linear', 'sqrt'."
+        )
+    return betas.numpy()
+
+
+def make_ddim_timesteps(
+    ddim_discr_method: str, num_ddim_timesteps: int, num_ddpm_timesteps: int, verbose: bool = True
+) -> np.ndarray:
+    """The DDPM timesteps a DDIM sampler visits, shifted by +1 as in the original (``[1, 101, ..., 901]``)."""
+    if ddim_discr_method == "uniform":
+        stride = num_ddpm_timesteps // num_ddim_timesteps
+        steps = np.asarray(list(range(0, num_ddpm_timesteps, stride)))
+    elif ddim_discr_method == "quad":
+        steps = (np.linspace(0, np.sqrt(num_ddpm_timesteps * 0.8), num_ddim_timesteps) ** 2).astype(int)
+    else:
+        raise ValueError(f"ddim_discretize {ddim_discr_method!r} is unknown; use 'uniform' or 'quad'.")
+    return steps + 1
+
+
+def make_ddim_sampling_parameters(
+    alphacums: torch.Tensor | np.ndarray, ddim_timesteps: np.ndarray, eta: float, verbose: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """σ_t, ᾱ_t and ᾱ_{t_prev} of a DDIM schedule.
+
+    σ_t = η · √((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)) (DDIM paper, eq. 16).
+    Returns ``(sigmas, alphas, alphas_prev)``; ``alphas`` keeps the dtype of ``alphacums``, the others are float64.
+    """
+    alphas = alphacums[ddim_timesteps]
+    alphas_prev = np.asarray([float(alphacums[0])] + [float(a) for a in alphacums[ddim_timesteps[:-1]]])
+    alphas_np = np.asarray(alphas, dtype=np.float64)
+    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas_np) * (1 - alphas_np / alphas_prev))
+    return sigmas, alphas, alphas_prev
+
+
+def extract_into_tensor(a: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
+    """``a[t]`` reshaped to ``(B, 1, ..., 1)`` so that it broadcasts against a tensor of shape ``x_shape``."""
+    out = a.gather(-1, t)
+    return out.reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+
+def noise_like(
+    shape: Sequence[int],
+    device: torch.device | str,
+    repeat: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise of ``shape``; with ``repeat`` one draw shared by the whole batch."""
+    if repeat:
+        noise = torch.randn((1, *shape[1:]), device=device, generator=generator, dtype=dtype)
+        return noise.repeat(shape[0], *((1,) * (len(shape) - 1)))
+    return torch.randn(tuple(shape), device=device, generator=generator, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Timestep embedding and gradient checkpointing
+# --------------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(
+    timesteps: torch.Tensor, dim: int, max_period: int = 10000, repeat_only: bool = False
+) -> torch.Tensor:
+    """Sinusoidal embedding ``(B,) -> (B, dim)``: [cos(t·ω_i), sin(t·ω_i)] with ω_i = max_period^(−i/half)."""
+    if repeat_only:
+        return repeat(timesteps, "b -> b d", d=dim)
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+def checkpoint(
+    func: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], params: Iterable[torch.Tensor], flag: bool
+) -> torch.Tensor:
+    """Run ``func(*inputs)``, recomputing its activations in the backward pass when ``flag`` is set.
+
+    Uses non-reentrant ``torch.utils.checkpoint``, which saves memory and handles ``params`` itself (the
+    argument is kept for the original call signature). Checkpointing only applies while gradients are on.
+    """
+    if flag and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
+    return func(*inputs)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------------
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of ``module`` and return it."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+def scale_module(module: nn.Module, scale: float) -> nn.Module:
+    """Multiply every parameter of ``module`` by ``scale`` and return it."""
+    for p in module.parameters():
+        p.detach().mul_(scale)
+    return module
+
+
+def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch one: ``(B, ...) -> (B,)``."""
+    return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 whatever the input dtype, cast back afterwards."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> nn.Module:
+    """The UNet's normalisation layer: ``GroupNorm32(32, channels)``."""
+    return GroupNorm32(32, channels)
+
+
+class SiLU(nn.SiLU):
+    """x · σ(x); kept under its original name."""
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """A 1-, 2- or 3-D convolution."""
+    layers = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+    if dims not in layers:
+        raise ValueError(f"unsupported dimensions: {dims}")
+    return layers[dims](*args, **kwargs)
+
+
+def linear(*args, **kwargs) -> nn.Module:
+    return nn.Linear(*args, **kwargs)
+
+
+def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """A 1-, 2- or 3-D average pooling."""
+    layers = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+    if dims not in layers:
+        raise ValueError(f"unsupported dimensions: {dims}")
+    return layers[dims](*args, **kwargs)

@@ -1,0 +1,184 @@
+"""Helpers shared by the configs, the models and the scripts.
+
+The central one is :func:`instantiate_from_config`, which turns a YAML node of the form
+``{target: "package.module.Class", params: {...}}`` into an object.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+T = TypeVar("T")
+
+#: Config values that stand for "no model here": the first stage itself, or an unconditional model.
+SENTINELS = ("__is_first_stage__", "__is_unconditional__")
+
+
+class ConfigError(ValueError):
+    """A config node cannot be turned into an object; the message names the node and the fix."""
+
+
+def exists(value: Any) -> bool:
+    return value is not None
+
+
+def default(value: T | None, fallback: T | Callable[[], T]) -> T:
+    """``value`` unless it is None, else ``fallback`` (called first if it is a function)."""
+    if value is not None:
+        return value
+    return fallback() if inspect.isfunction(fallback) else fallback
+
+
+def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the batch one: ``(B, ...) -> (B,)``."""
+    return tensor.mean(dim=list(range(1, tensor.ndim)))
+
+
+def count_params(model: torch.nn.Module, verbose: bool = False) -> int:
+    total = sum(p.numel() for p in model.parameters())
+    if verbose:
+        import logging
+
+        logging.getLogger(__name__).info(
+            "%s has %.2f M params.", model.__class__.__name__, total * 1.0e-6
+        )
+    return total
+
+
+def ismap(x: Any) -> bool:
+    """True for a ``(B, C, H, W)`` tensor with more than 3 channels (a segmentation-style map)."""
+    return isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] > 3
+
+
+def isimage(x: Any) -> bool:
+    """True for a ``(B, C, H, W)`` tensor with 1 or 3 channels."""
+    return isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] in (1, 3)
+
+
+def log_txt_as_img(wh: tuple[int, int], xc: list[str], size: int = 10) -> torch.Tensor:
+    """Render captions as images, ``(B, 3, H, W)`` in [-1, 1], for image logs of text conditionings."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = wh
+    font = ImageFont.load_default()
+    chars_per_line = max(1, int(40 * (width / 256)))
+    images = []
+    for caption in xc:
+        canvas = Image.new("RGB", (width, height), color="white")
+        draw = ImageDraw.Draw(canvas)
+        lines = "\n".join(
+            caption[start : start + chars_per_line] for start in range(0, len(caption), chars_per_line)
+        )
+        draw.text((0, 0), lines, fill="black", font=font)
+        array = np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+        images.append(torch.from_numpy(array))
+    return torch.stack(images)
+
+
+def get_obj_from_str(string: str, reload: bool = False) -> Any:
+    """Import ``"package.module.Name"`` and return ``Name``.
+
+    Raises :class:`ConfigError` naming the path and the part that failed to resolve.
+    """
+    if not isinstance(string, str) or "." not in string:
+        raise ConfigError(
+            f"target {string!r} is not an import path; write it as 'package.module.ClassName'."
+        )
+    module_name, attr = string.rsplit(".", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"target {string!r}: module {module_name!r} cannot be imported ({error}). "
+            "Check the spelling of 'target' or install the package that provides it."
+        ) from error
+    if reload:
+        module = importlib.reload(module)
+    try:
+        return getattr(module, attr)
+    except AttributeError as error:
+        raise ConfigError(
+            f"target {string!r}: module {module_name!r} has no attribute {attr!r}. "
+            "Check the class name in 'target'."
+        ) from error
+
+
+def _as_plain_params(params: Any, where: str) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if isinstance(params, DictConfig):
+        return {str(k): params[k] for k in params}
+    if isinstance(params, Mapping):
+        return dict(params)
+    raise ConfigError(f"{where}: 'params' must be a mapping of keyword arguments, got {type(params).__name__}.")
+
+
+def _check_params(obj: Any, params: Mapping[str, Any], where: str) -> None:
+    """Raise a :class:`ConfigError` naming every ``params`` key the callable does not accept."""
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    accepted = {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} in 'params'; {getattr(obj, '__name__', obj)} accepts "
+            f"{sorted(accepted)}. Remove or rename the key(s)."
+        )
+    missing = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in params
+    ]
+    if missing:
+        raise ConfigError(f"{where}: required key(s) {missing} missing from 'params'.")
+
+
+def instantiate_from_config(config: Any, name: str | None = None) -> Any:
+    """Build ``target(**params)`` from a config node.
+
+    The strings ``__is_first_stage__`` and ``__is_unconditional__`` stand for "no model" and return None.
+    ``name`` (for example ``model.params.first_stage_config``) is used in error messages; it defaults to the
+    target's path.
+    """
+    if isinstance(config, str) and config in SENTINELS:
+        return None
+    if not isinstance(config, (Mapping, DictConfig)):
+        raise ConfigError(
+            f"{name or 'config'}: expected a mapping with a 'target' key, got {config!r}."
+        )
+    if "target" not in config:
+        raise ConfigError(
+            f"{name or 'config'}: expected key 'target' to instantiate (keys present: {sorted(config.keys())}). "
+            "Add 'target: package.module.ClassName'."
+        )
+    target = config["target"]
+    where = name or f"config with target {target!r}"
+    obj = get_obj_from_str(target)
+    params = _as_plain_params(config.get("params", None), where)
+    _check_params(obj, params, where)
+    return obj(**params)
+
+
+def to_container(config: Any) -> Any:
+    """OmegaConf node → plain Python containers (anything else is returned unchanged)."""
+    if OmegaConf.is_config(config):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
