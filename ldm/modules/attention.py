@@ -1,0 +1,200 @@
+"""Attention layers of the latent-diffusion UNet: cross-attention, transformer blocks, the spatial transformer.
+
+Every softmax attention here goes through ``torch.nn.functional.scaled_dot_product_attention``, so the
+``(tokens × tokens)`` weight matrix is never built by this code (fused kernels avoid it where they can).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from ldm.modules.diffusionmodules.util import checkpoint, zero_module
+from ldm.util import default
+
+# --------------------------------------------------------------------------------------------------------
+# Feed-forward
+# --------------------------------------------------------------------------------------------------------
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: ``a · GELU(g)`` with ``[a, g] = proj(x)``; ``(..., dim_in) -> (..., dim_out)``."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """``Linear(GELU or GEGLU)(dim -> mult·dim) -> Dropout -> Linear(-> dim_out)`` on ``(..., dim)``."""
+
+    def __init__(
+        self, dim: int, dim_out: int | None = None, mult: float = 4, glu: bool = False, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        inner_dim = int(dim * mult)
+        dim_out = default(dim_out, dim)
+        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------------------
+
+
+def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean key mask ``(B, ...)`` (True = attend) -> additive bias ``(B, 1, 1, J)``.
+
+    Masked keys get ``-finfo(dtype).max`` as in the original, so a fully masked row attends uniformly
+    instead of producing NaN.
+    """
+    keep = rearrange(mask, "b ... -> b 1 1 (...)").bool()
+    bias = torch.zeros(keep.shape, dtype=dtype, device=mask.device)
+    return bias.masked_fill(~keep, -torch.finfo(dtype).max)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``x (B, N, query_dim)`` over ``context (B, M, context_dim)`` (self-attention
+    when ``context`` is None): ``softmax(Q Kᵀ / √dim_head) V`` per head, then ``to_out``.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        inner_dim = dim_head * heads
+        context_dim = default(context_dim, query_dim)
+        self.scale = dim_head**-0.5
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x (B, N, query_dim)``, ``context (B, M, context_dim)``, ``mask (B, M)`` bool -> ``(B, N, query_dim)``."""
+        context = default(context, x)
+        q, k, v = (
+            rearrange(t, "b n (h d) -> b h n d", h=self.heads)
+            for t in (self.to_q(x), self.to_k(context), self.to_v(context))
+        )
+        attn_mask = None if mask is None else _additive_mask(mask, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class LinearAttention(nn.Module):
+    """Linear attention on ``(B, dim, H, W)``: keys softmax-normalised over positions, then
+    ``out = (softmax(K) Vᵀ)ᵀ Q`` per head, a ``(dim_head × dim_head)`` context instead of ``(HW × HW)``.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32) -> None:
+        super().__init__()
+        self.heads = heads
+        hidden_dim = dim_head * heads
+        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(hidden_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        q, k, v = rearrange(self.to_qkv(x), "b (qkv heads c) h w -> qkv b heads c (h w)", heads=self.heads, qkv=3)
+        k = k.softmax(dim=-1)
+        context = torch.einsum("bhdn,bhen->bhde", k, v)
+        out = torch.einsum("bhde,bhdn->bhen", context, q)
+        return self.to_out(rearrange(out, "b heads c (h w) -> b (heads c) h w", h=h, w=w))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Transformer
+# --------------------------------------------------------------------------------------------------------
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm transformer block on ``(B, N, dim)``:
+    ``x += attn1(norm1(x))``; ``x += attn2(norm2(x), context)``; ``x += ff(norm3(x))``.
+
+    With ``checkpoint`` the activations are recomputed in the backward pass instead of stored.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        d_head: int,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        gated_ff: bool = True,
+        checkpoint: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(query_dim=dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+        self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
+        self.attn2 = CrossAttention(
+            query_dim=dim, context_dim=context_dim, heads=n_heads, dim_head=d_head, dropout=dropout
+        )
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.checkpoint = checkpoint
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context=context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of an image ``(B, C, H, W)``, cross-attending to ``context (B, M, D)``.
+
+    ``GroupNorm -> 1x1 conv (C -> heads·d_head) -> depth × BasicTransformerBlock on (B, HW, ·) -> 1x1 conv
+    (zero-initialised) -> + input``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        inner_dim = n_heads * d_head
+        self.norm = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
+        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1, stride=1, padding=0)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim)
+            for _ in range(depth)
+        )
+        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1, stride=1, padding=0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x_in = x
+        x = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")
+        for block in self.transformer_blocks:
+            x = block(x, context=context)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        return self.proj_out(x) + x_in

@@ -1,0 +1,375 @@
+"""ldm.modules.diffusionmodules.openaimodel: reference outputs of the original UNet, full-size key manifests,
+SDPA self-attention against the original formula, gradient checkpointing, blocks and argument errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from ldm.modules.attention import SpatialTransformer
+from ldm.modules.diffusionmodules.openaimodel import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    TimestepBlock,
+    TimestepEmbedSequential,
+    UNetModel,
+    Upsample,
+    _heads_and_dim_head,
+)
+from ldm.util import instantiate_from_config
+from tests.helpers import REFDATA, load_manifest, state_dict_manifest
+from tests.test_attention import RecordShapes
+
+SD_V1_UNET = dict(  # unet_config of CompVis/stable-diffusion configs/stable-diffusion/v1-inference.yaml
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
+    num_res_blocks=2, channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True, transformer_depth=1,
+    context_dim=768, use_checkpoint=True, legacy=False,
+)
+CIN256_V2_UNET = dict(  # unet_config of CompVis/latent-diffusion configs/latent-diffusion/cin256-v2.yaml
+    image_size=64, in_channels=3, out_channels=3, model_channels=192, attention_resolutions=[8, 4, 2],
+    num_res_blocks=2, channel_mult=[1, 2, 3, 5], num_heads=1, use_spatial_transformer=True, transformer_depth=1,
+    context_dim=512, use_checkpoint=True,
+)
+
+
+def build_tiny(config: str) -> UNetModel:
+    return instantiate_from_config(OmegaConf.load(REFDATA / "configs" / config).model)
+
+
+def load_vectors(name: str) -> dict:
+    data = torch.load(REFDATA / "vectors" / name, weights_only=True)
+    return data["unet"] if name == "ldm_tiny.pt" else data
+
+
+@pytest.fixture(scope="module")
+def sd_tiny() -> tuple[UNetModel, dict]:
+    data = load_vectors("ldm_tiny.pt")
+    model = build_tiny("unet_sdv1_tiny.yaml").eval()
+    model.load_state_dict(data["state_dict"], strict=True)
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def cls_tiny() -> tuple[UNetModel, dict]:
+    data = load_vectors("unet_cls_tiny.pt")
+    model = build_tiny("unet_cls_tiny.yaml").eval()
+    model.load_state_dict(data["state_dict"], strict=True)
+    return model, data
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reference outputs and key manifests
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_sd_tiny_matches_original(sd_tiny):
+    model, data = sd_tiny
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp16-stored weights cast on load
+    inputs = data["inputs"]
+    with torch.no_grad():
+        eps = model(inputs["x"], inputs["timesteps"], context=inputs["context"])
+    torch.testing.assert_close(eps, data["outputs"]["eps"], rtol=1e-4, atol=1e-4)
+
+
+def test_class_conditional_tiny_matches_original(cls_tiny):
+    model, data = cls_tiny
+    inputs = data["inputs"]
+    with torch.no_grad():
+        out = model(inputs["x"], inputs["timesteps"], y=inputs["y"])
+    torch.testing.assert_close(out, data["outputs"]["out"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("params", "manifest"),
+    [(SD_V1_UNET, "sd-v1.unet.tsv"), (CIN256_V2_UNET, "ldm-cin256-v2.tsv")],
+    ids=["sd-v1", "cin256-v2"],
+)
+def test_full_size_unet_keys_shapes_dtypes(params, manifest):
+    prefix = "model.diffusion_model."
+    expected = {k.removeprefix(prefix): v for k, v in load_manifest(manifest).items() if k.startswith(prefix)}
+    with torch.device("meta"):
+        model = UNetModel(**params)
+    assert state_dict_manifest(model) == expected
+
+
+def test_full_size_head_counts():
+    with torch.device("meta"):
+        sd, cin = UNetModel(**SD_V1_UNET), UNetModel(**CIN256_V2_UNET)
+    sd_attn = [m for m in sd.modules() if isinstance(m, SpatialTransformer)]
+    assert len(sd_attn) == 16
+    assert {(b.attn2.heads, b.attn2.to_q.out_features) for m in sd_attn for b in m.transformer_blocks} == {
+        (8, 320), (8, 640), (8, 1280)
+    }
+    cin_attn = [b.attn1 for m in cin.modules() if isinstance(m, SpatialTransformer) for b in m.transformer_blocks]
+    assert {a.heads for a in cin_attn} == {1}
+    assert {round(a.scale**-2) for a in cin_attn} == {384, 576, 960}  # one head as wide as the layer
+
+
+def test_head_count_rule():
+    # non-legacy: dim_head = ch // num_heads, or num_head_channels with ch // num_head_channels heads
+    assert _heads_and_dim_head(320, 8, -1, True, False) == (8, 40)
+    assert _heads_and_dim_head(320, 8, 64, True, False) == (5, 64)
+    assert _heads_and_dim_head(32, 7, -1, False, False) == (7, 4)
+    # legacy: SpatialTransformer ch // num_heads, AttentionBlock gets num_head_channels unchanged (-1: use num_heads)
+    assert _heads_and_dim_head(320, 8, 64, True, True) == (5, 64)
+    assert _heads_and_dim_head(32, 7, -1, False, True) == (7, -1)
+    assert _heads_and_dim_head(64, 4, 8, False, True) == (8, 8)
+
+
+def test_legacy_decides_decoder_attention_heads():
+    kwargs = dict(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+                  attention_resolutions=[1], channel_mult=[1], num_heads=2, num_heads_upsample=4)
+    legacy, new = UNetModel(**kwargs, legacy=True), UNetModel(**kwargs, legacy=False)
+    assert legacy.middle_block[1].num_heads == new.middle_block[1].num_heads == 2
+    assert legacy.output_blocks[0][1].num_heads == 4  # legacy: num_heads_upsample
+    assert new.output_blocks[0][1].num_heads == 2  # non-legacy: num_head_channels = ch // num_heads wins
+
+
+# --------------------------------------------------------------------------------------------------------
+# Self-attention
+# --------------------------------------------------------------------------------------------------------
+
+
+def reference_qkv_attention(qkv: torch.Tensor, n_heads: int, new_order: bool) -> torch.Tensor:
+    """The original einsum formulation, ``(B, 3·H·C, T) -> (B, H·C, T)``."""
+    bs, width, length = qkv.shape
+    ch = width // (3 * n_heads)
+    if new_order:
+        q, k, v = (t.reshape(bs * n_heads, ch, length) for t in qkv.chunk(3, dim=1))
+    else:
+        q, k, v = qkv.reshape(bs * n_heads, ch * 3, length).split(ch, dim=1)
+    scale = 1 / math.sqrt(math.sqrt(ch))
+    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale).softmax(dim=-1)
+    return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+
+
+@pytest.mark.parametrize("new_order", [False, True], ids=["legacy", "new-order"])
+def test_attention_block_equals_softmax_formula(new_order):
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_head_channels=16, use_new_attention_order=new_order).eval()
+    nn.init.normal_(block.proj_out.weight, std=0.1)
+    assert block.num_heads == 4
+    x = torch.randn(2, 64, 5, 7)
+    with torch.no_grad():
+        flat = x.reshape(2, 64, -1)
+        attended = reference_qkv_attention(block.qkv(block.norm(flat)), 4, new_order)
+        expected = (flat + block.proj_out(attended)).reshape(x.shape)
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("new_order", [False, True], ids=["legacy", "new-order"])
+def test_attention_block_builds_no_token_by_token_tensor(new_order):
+    block = AttentionBlock(32, num_heads=2, use_new_attention_order=new_order)
+    x = torch.randn(2, 32, 5, 7, requires_grad=True)
+    with RecordShapes() as rec:
+        block(x).sum().backward()
+    assert any("scaled_dot_product" in name for name, _ in rec.ops)
+    assert rec.square_tensors(35, 35) == []
+
+
+def test_unet_builds_no_token_by_token_tensor(sd_tiny):
+    model, data = sd_tiny
+    inputs = data["inputs"]
+    with RecordShapes() as rec, torch.no_grad():
+        model(inputs["x"], inputs["timesteps"], context=inputs["context"])
+    batch_heads = 2 * 8  # one (tokens × tokens) matrix per sample and head would be ≥ this many
+    assert rec.square_tensors(256, 256, batch_heads) == [] and rec.square_tensors(256, 7, batch_heads) == []
+
+
+# --------------------------------------------------------------------------------------------------------
+# Gradient checkpointing
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_checkpointing_same_output_and_grads_and_recomputes(cls_tiny):
+    reference, data = cls_tiny
+    params = OmegaConf.to_container(OmegaConf.load(REFDATA / "configs" / "unet_cls_tiny.yaml").model.params)
+    models = {}
+    for flag in (True, False):
+        models[flag] = UNetModel(**{**params, "use_checkpoint": flag})
+        models[flag].load_state_dict(reference.state_dict())
+    inputs = data["inputs"]
+    calls = []
+    models[True].input_blocks[1][0].in_layers.register_forward_hook(lambda *_: calls.append(1))
+    models[True].middle_block[1].qkv.register_forward_hook(lambda *_: calls.append(2))
+
+    outs = {}
+    for flag, model in models.items():
+        outs[flag] = model(inputs["x"], inputs["timesteps"], y=inputs["y"])
+        if flag:
+            assert calls == [1, 2]
+        outs[flag].square().mean().backward()
+    assert calls == [1, 2, 2, 1]  # both blocks ran again during backward (in reverse order)
+
+    torch.testing.assert_close(outs[True], outs[False], rtol=0, atol=1e-6)
+    grads = {flag: dict((n, p.grad) for n, p in model.named_parameters()) for flag, model in models.items()}
+    assert all(g is not None for g in grads[True].values())
+    for name, grad in grads[True].items():
+        torch.testing.assert_close(grad, grads[False][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_no_checkpoint_without_grad(cls_tiny):
+    _, data = cls_tiny
+    params = OmegaConf.to_container(OmegaConf.load(REFDATA / "configs" / "unet_cls_tiny.yaml").model.params)
+    model = UNetModel(**{**params, "use_checkpoint": True})
+    calls = []
+    model.input_blocks[1][0].in_layers.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(data["inputs"]["x"], data["inputs"]["timesteps"], y=data["inputs"]["y"])
+    assert calls == [1]
+
+
+# --------------------------------------------------------------------------------------------------------
+# UNet options and argument errors
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_class_label_errors(sd_tiny, cls_tiny):
+    sd, sd_data = sd_tiny
+    cls, cls_data = cls_tiny
+    x, t = cls_data["inputs"]["x"], cls_data["inputs"]["timesteps"]
+    with pytest.raises(ValueError, match="num_classes=10.*y=None"):
+        cls(x, t)
+    with pytest.raises(ValueError, match=r"y must have shape \(2,\)"):
+        cls(x, t, y=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="num_classes=None"):
+        sd(sd_data["inputs"]["x"], sd_data["inputs"]["timesteps"], context=sd_data["inputs"]["context"], y=t)
+    with pytest.raises(ValueError, match="timesteps"):
+        sd(sd_data["inputs"]["x"])
+
+
+def test_label_embedding_adds_to_time_embedding(cls_tiny):
+    model, _ = cls_tiny
+    assert model.label_emb.weight.shape == (10, 4 * 32)
+    x, t = torch.randn(1, 4, 16, 16), torch.tensor([5])
+    with torch.no_grad():
+        outs = [model(x, t, y=torch.tensor([c])) for c in (0, 1)]
+    assert not torch.allclose(outs[0], outs[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(use_spatial_transformer=True), "needs context_dim"),
+        (dict(num_heads=2, context_dim=8), "use_spatial_transformer is False"),
+        (dict(), "num_heads or num_head_channels"),
+        (dict(num_head_channels=12, attention_resolutions=[1]), "not divisible by num_head_channels 12"),
+    ],
+)
+def test_constructor_errors(kwargs, message):
+    base = dict(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+                attention_resolutions=[], channel_mult=[1])
+    with pytest.raises(ValueError, match=message):
+        UNetModel(**{**base, **kwargs})
+
+
+def test_codebook_predictor_head():
+    torch.manual_seed(0)
+    model = UNetModel(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+                      attention_resolutions=[2], channel_mult=[1, 2], num_heads=2, n_embed=17).eval()
+    assert model.id_predictor[1].weight.shape == (17, 32, 1, 1)
+    assert model.out[2].weight.shape == (3, 32, 3, 3)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 7])
+    captured = []
+    model.id_predictor.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0]))
+    with torch.no_grad():
+        logits = model(x, t)
+    assert logits.shape == (2, 17, 8, 8)
+    torch.testing.assert_close(logits, model.id_predictor(captured[0]))
+
+
+def test_fp16_torso_close_to_fp32(cls_tiny):
+    reference, data = cls_tiny
+    params = OmegaConf.to_container(OmegaConf.load(REFDATA / "configs" / "unet_cls_tiny.yaml").model.params)
+    model = UNetModel(**params, use_fp16=True).eval()
+    model.load_state_dict(reference.state_dict())
+    assert model.input_blocks[0][0].weight.dtype == torch.float16
+    assert model.input_blocks[1][0].in_layers[0].weight.dtype == torch.float32  # group norms stay fp32
+    assert model.time_embed[0].weight.dtype == model.out[2].weight.dtype == torch.float32
+    inputs = data["inputs"]
+    with torch.no_grad():
+        out = model(inputs["x"], inputs["timesteps"], y=inputs["y"])
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, data["outputs"]["out"], rtol=0, atol=2e-2)
+    model.convert_to_fp32()  # the reference weights are fp16-representable: the round trip is exact
+    assert model.dtype == torch.float32 and {p.dtype for p in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        out = model(inputs["x"], inputs["timesteps"], y=inputs["y"])
+    torch.testing.assert_close(out, data["outputs"]["out"], rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_timestep_embed_sequential_routes_arguments():
+    seen = []
+
+    class NeedsEmb(TimestepBlock):
+        def forward(self, x, emb):
+            seen.append(("emb", emb))
+            return x + 1
+
+    class Plain(nn.Module):
+        def forward(self, x):
+            seen.append(("plain", None))
+            return x * 2
+
+    transformer = SpatialTransformer(32, n_heads=1, d_head=8, context_dim=4)
+    transformer.register_forward_hook(lambda _m, args, _o: seen.append(("context", args[1])))
+    seq = TimestepEmbedSequential(NeedsEmb(), Plain(), transformer)
+    x, emb, context = torch.zeros(1, 32, 2, 2), torch.ones(1, 8), torch.randn(1, 3, 4)
+    out = seq(x, emb, context)
+    assert [kind for kind, _ in seen] == ["emb", "plain", "context"]
+    assert seen[0][1] is emb and seen[2][1] is context
+    torch.testing.assert_close(out, torch.full_like(x, 2.0))  # zero-init proj_out: transformer is identity
+
+
+def test_upsample_downsample_closed_forms():
+    x = torch.randn(2, 4, 3, 5)
+    torch.testing.assert_close(Upsample(4, False)(x), x.repeat_interleave(2, -1).repeat_interleave(2, -2))
+    y = torch.randn(2, 4, 6, 8)
+    torch.testing.assert_close(Downsample(4, False)(y), y.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)))
+    assert Upsample(4, True, out_channels=6)(x).shape == (2, 6, 6, 10)
+    assert Downsample(4, True, out_channels=6)(y).shape == (2, 6, 3, 4)
+    video = torch.randn(1, 4, 3, 4, 4)
+    assert Upsample(4, False, dims=3)(video).shape == (1, 4, 3, 8, 8)
+    assert Downsample(4, True, dims=3)(video).shape == (1, 4, 3, 2, 2)
+    with pytest.raises(ValueError, match="use_conv=True"):
+        Downsample(4, False, out_channels=6)
+    with pytest.raises(ValueError, match="expects 4 input channels"):
+        Upsample(4, False)(torch.randn(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_resblock_formula(scale_shift):
+    torch.manual_seed(0)
+    block = ResBlock(32, 16, dropout=0.0, out_channels=64, use_scale_shift_norm=scale_shift).eval()
+    nn.init.normal_(block.out_layers[3].weight, std=0.05)
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    e = block.emb_layers(emb)[..., None, None]
+    h = block.in_layers(x)
+    if scale_shift:
+        scale, shift = e.chunk(2, dim=1)
+        h = block.out_layers[1:](block.out_layers[0](h) * (1 + scale) + shift)
+    else:
+        h = block.out_layers(h + e)
+    assert isinstance(block.skip_connection, nn.Conv2d) and block.skip_connection.kernel_size == (1, 1)
+    torch.testing.assert_close(block(x, emb), block.skip_connection(x) + h)
+
+
+def test_resblock_up_down():
+    torch.manual_seed(0)
+    x, emb = torch.randn(1, 32, 4, 4), torch.randn(1, 16)
+    assert ResBlock(32, 16, 0.0, up=True)(x, emb).shape == (1, 32, 8, 8)
+    down = ResBlock(32, 16, 0.0, down=True)
+    assert down(x, emb).shape == (1, 32, 2, 2)
+    assert not down.out_layers[3].weight.any()  # zero-init: output is the pooled input
+    torch.testing.assert_close(down(x, emb), nn.functional.avg_pool2d(x, 2))
+    assert ResBlock(32, 16, 0.0, out_channels=64, use_conv=True).skip_connection.kernel_size == (3, 3)
