@@ -1,0 +1,271 @@
+"""Conditioners: turn a batch's class labels or captions into the context ``(B, tokens, dim)`` the UNet attends to.
+
+- ``ClassEmbedder``: class id → one learned vector ``(B, 1, embed_dim)`` (class-conditional LDMs).
+- ``FrozenCLIPEmbedder``: caption → CLIP ViT-L/14 text features ``(B, 77, 768)`` (Stable Diffusion v1).
+- ``BERTEmbedder`` / ``TransformerEmbedder``: caption or token ids → a transformer trained from scratch with the
+  diffusion model (the LDM text-to-image model); ``BERTTokenizer`` is its tokenizer stage.
+
+``device`` arguments are accepted so that the original configs instantiate unchanged. The original moved token ids
+to that device; here token ids follow the module itself, i.e. wherever ``.to(...)`` (or Lightning) put it, so the
+original default ``"cuda"`` also works on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
+from ldm.modules.encoders.clip_tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
+from ldm.modules.encoders.clip_tokenizer import offline_clip_tokenizer
+from ldm.modules.encoders.hub import has_vocabulary, load_pretrained
+from ldm.modules.x_transformer import Encoder, TransformerWrapper
+from ldm.util import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CLIP_L14 = "openai/clip-vit-large-patch14"
+BERT_VOCAB = "bert-base-uncased"
+TOKENIZERS = ("bert", "clip")
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _tokenize(tokenizer: Any, text: str | Sequence[str], max_length: int) -> torch.Tensor:
+    """Captions → ids ``(B, max_length)``: truncated, then padded with the tokenizer's pad id."""
+    encoding = tokenizer(text, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
+    return encoding["input_ids"]
+
+
+class AbstractEncoder(nn.Module):
+    """A conditioner; subclasses implement ``encode``."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class ClassEmbedder(nn.Module):
+    """``batch[key]`` class ids ``(B,)`` → learned rows ``embedding.weight[ids]`` as ``(B, 1, embed_dim)``."""
+
+    def __init__(self, embed_dim: int, n_classes: int = 1000, key: str = "class") -> None:
+        super().__init__()
+        self.key = key
+        self.embedding = nn.Embedding(n_classes, embed_dim)
+
+    def forward(self, batch: Mapping[str, Any], key: str | None = None) -> torch.Tensor:
+        key = self.key if key is None else key
+        if key not in batch:
+            raise KeyError(
+                f"ClassEmbedder: the conditioning batch has no {key!r} entry (it has {sorted(batch)}); "
+                "set the embedder's `key` (or the model's cond_stage_key) to the name of the class labels"
+            )
+        labels = torch.as_tensor(batch[key], device=self.embedding.weight.device)
+        return self.embedding(labels[:, None])
+
+
+class TransformerEmbedder(AbstractEncoder):
+    """Token ids ``(B, N)`` → a from-scratch transformer encoder's embeddings ``(B, N, n_embed)``."""
+
+    def __init__(
+        self, n_embed: int, n_layer: int, vocab_size: int, max_seq_len: int = 77, device: str = "cuda"
+    ) -> None:
+        super().__init__()
+        self.transformer = TransformerWrapper(
+            num_tokens=vocab_size, max_seq_len=max_seq_len, attn_layers=Encoder(dim=n_embed, depth=n_layer)
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return _module_device(self)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.transformer(tokens.to(self.device), return_embeddings=True)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+
+def _text_tokenizer(name: str) -> Any:
+    """``"bert"``: ``bert-base-uncased`` from the cache or the hub; ``"clip"``: the shipped CLIP BPE (offline)."""
+    if name == "clip":
+        return offline_clip_tokenizer()
+    if name != "bert":
+        raise ConfigError(f"tokenizer={name!r} is not one of {TOKENIZERS}; use 'bert' (the original) or 'clip'")
+    tokenizer = load_pretrained(BertTokenizerFast, BERT_VOCAB, accept=has_vocabulary)
+    if tokenizer is None:
+        raise OSError(
+            f"BERTTokenizer: the {BERT_VOCAB!r} vocabulary is neither in the Hugging Face cache nor downloadable "
+            "(offline). Either download it once with network access (`from transformers import BertTokenizerFast; "
+            f"BertTokenizerFast.from_pretrained('{BERT_VOCAB}')`), or set `tokenizer: clip` with "
+            f"`vocab_size: {CLIP_VOCAB_SIZE}` in the BERTEmbedder params to use the CLIP BPE vocabulary shipped "
+            "with ldm (for a text encoder trained from scratch)."
+        )
+    return tokenizer
+
+
+class BERTTokenizer(AbstractEncoder):
+    """Captions → token ids ``(B, max_length)``; ``encode`` wraps them VQ-style as ``(None, None, [None, None, ids])``.
+
+    ``tokenizer="bert"`` (the original): ``bert-base-uncased`` WordPiece, 30,522 ids, [CLS] … [SEP] then [PAD] = 0.
+    ``tokenizer="clip"``: the CLIP BPE vocabulary shipped with ldm, 49,408 ids, works offline.
+    """
+
+    def __init__(
+        self, device: str = "cuda", vq_interface: bool = True, max_length: int = 77, tokenizer: str = "bert"
+    ) -> None:
+        super().__init__()
+        self.tokenizer = _text_tokenizer(tokenizer)
+        self.vq_interface = vq_interface
+        self.max_length = max_length
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    def forward(self, text: str | Sequence[str]) -> torch.Tensor:
+        return _tokenize(self.tokenizer, text, self.max_length).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, text: str | Sequence[str]) -> Any:
+        tokens = self(text)
+        if not self.vq_interface:
+            return tokens
+        return None, None, [None, None, tokens]
+
+    def decode(self, text: Any) -> Any:
+        return text
+
+
+class BERTEmbedder(AbstractEncoder):
+    """Captions → ``BERTTokenizer`` ids → a transformer trained from scratch → ``(B, max_seq_len, n_embed)``.
+
+    With ``use_tokenizer=False`` the input is already token ids ``(B, N)``. ``tokenizer`` selects the vocabulary
+    (see ``BERTTokenizer``); ``vocab_size`` must cover it (30,522 for ``"bert"``, 49,408 for ``"clip"``).
+    """
+
+    def __init__(
+        self,
+        n_embed: int,
+        n_layer: int,
+        vocab_size: int = 30522,
+        max_seq_len: int = 77,
+        device: str = "cuda",
+        use_tokenizer: bool = True,
+        embedding_dropout: float = 0.0,
+        tokenizer: str = "bert",
+    ) -> None:
+        super().__init__()
+        self.use_tknz_fn = use_tokenizer
+        if use_tokenizer:
+            self.tknz_fn = BERTTokenizer(vq_interface=False, max_length=max_seq_len, tokenizer=tokenizer)
+            needed = len(self.tknz_fn.tokenizer)
+            if vocab_size < needed:
+                raise ConfigError(
+                    f"BERTEmbedder: vocab_size={vocab_size} is smaller than the {tokenizer!r} tokenizer's "
+                    f"{needed} ids; set `vocab_size: {needed}` in the cond_stage_config params"
+                )
+        self.transformer = TransformerWrapper(
+            num_tokens=vocab_size,
+            max_seq_len=max_seq_len,
+            attn_layers=Encoder(dim=n_embed, depth=n_layer),
+            emb_dropout=embedding_dropout,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return _module_device(self.transformer)
+
+    def forward(self, text: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
+        tokens = self.tknz_fn(text) if self.use_tknz_fn else text
+        return self.transformer(tokens.to(self.device), return_embeddings=True)
+
+    def encode(self, text: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
+        return self(text)
+
+
+def _clip_text_model(version: str) -> CLIPTextModel:
+    on_meta = torch.empty(0).device.type == "meta"
+    if on_meta:  # shapes only (from_pretrained refuses a meta device context): the config is enough
+        config = load_pretrained(CLIPTextConfig, version)
+        model = None if config is None else CLIPTextModel(config)
+    else:
+        model = load_pretrained(CLIPTextModel, version)
+    if model is not None:
+        return model
+    if version != CLIP_L14:
+        raise OSError(
+            f"FrozenCLIPEmbedder: cannot load version={version!r} (not a local folder, not in the Hugging Face "
+            f"cache, hub unreachable); download it once with network access, or use version: {CLIP_L14}"
+        )
+    if not on_meta:
+        logger.warning(
+            "FrozenCLIPEmbedder: %r is not in the Hugging Face cache and the hub is offline or unreachable; "
+            "building its text tower from the known architecture with RANDOM weights. Load a Stable Diffusion "
+            "checkpoint (cond_stage_model.transformer.*) to set them.",
+            version,
+        )
+    return CLIPTextModel(vit_l14_text_config())
+
+
+def _clip_tokenizer(version: str) -> CLIPTokenizer:
+    tokenizer = load_pretrained(CLIPTokenizer, version, accept=has_vocabulary)
+    if tokenizer is not None:
+        return tokenizer
+    logger.warning(
+        "FrozenCLIPEmbedder: tokenizer of %r unavailable offline; using the CLIP BPE vocabulary shipped with ldm "
+        "(same ids).",
+        version,
+    )
+    return offline_clip_tokenizer()
+
+
+class FrozenCLIPEmbedder(AbstractEncoder):
+    """Captions → CLIP text transformer ``last_hidden_state`` ``(B, max_length, 768)``, frozen (eval, no grad).
+
+    Tokens: CLIP BPE, ``<|startoftext|>`` … ``<|endoftext|>``, truncated / padded with ``<|endoftext|>`` to
+    ``max_length``. Weights come from ``from_pretrained(version)`` (local folder, cache or hub); offline, the
+    ViT-L/14 text tower is built with random weights and the shipped BPE vocabulary, for a checkpoint to fill.
+    State-dict keys read ``transformer.text_model.<...>`` with transformers 4.x and 5.x alike. ``device`` is
+    accepted for the original configs; token ids go to the device of the parameters.
+    """
+
+    def __init__(self, version: str = CLIP_L14, device: str = "cuda", max_length: int = 77) -> None:
+        super().__init__()
+        self.transformer = with_sd_layout(_clip_text_model(version))
+        self.tokenizer = _clip_tokenizer(version)
+        self.max_length = max_length
+        self.freeze()
+
+    @property
+    def device(self) -> torch.device:
+        return _module_device(self.transformer)
+
+    def freeze(self) -> None:
+        """Eval mode and ``requires_grad=False`` for every parameter."""
+        self.transformer = self.transformer.eval()
+        for param in self.parameters():
+            param.requires_grad = False
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Accept SD v1 checkpoints' ``transformer.text_model.embeddings.position_ids`` (int64 ``arange(77)``).
+
+        transformers >= 4.31 keeps that buffer out of the state dict, so a strict load would call it unexpected.
+        """
+        if "position_ids" not in self.transformer.text_model.embeddings.state_dict():
+            state_dict.pop(f"{prefix}transformer.text_model.embeddings.position_ids", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, text: str | Sequence[str]) -> torch.Tensor:
+        tokens = _tokenize(self.tokenizer, text, self.max_length).to(self.device)
+        return self.transformer(input_ids=tokens).last_hidden_state
+
+    def encode(self, text: str | Sequence[str]) -> torch.Tensor:
+        return self(text)
