@@ -1,0 +1,6 @@
+"""Autoencoder losses: ``LPIPSWithDiscriminator`` (KL) and ``VQLPIPSWithDiscriminator`` (VQ)."""
+
+from ldm.modules.losses.contperceptual import LPIPSWithDiscriminator
+from ldm.modules.losses.vqperceptual import VQLPIPSWithDiscriminator
+
+__all__ = ["LPIPSWithDiscriminator", "VQLPIPSWithDiscriminator"]
