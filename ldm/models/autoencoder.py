@@ -1,0 +1,496 @@
+"""First-stage autoencoders (perceptual compression): ``AutoencoderKL``, ``VQModel`` and their interfaces.
+
+``AutoencoderKL``: ``x -> Encoder -> quant_conv -> N(mean, diag(var)) -> z -> post_quant_conv -> Decoder -> x̂``;
+``VQModel``: the same with a nearest-codebook quantiser in place of the Gaussian. Both train against a
+PatchGAN discriminator held by their loss module (``self.loss``): each training batch makes one autoencoder
+update (``optimizer_idx=0``) and one discriminator update (``optimizer_idx=1``), with Lightning's manual
+optimisation in place of the original's alternating optimizers. ``trainer.global_step`` counts batches (as
+with the original), so ``disc_start`` and ``max_steps`` keep their meaning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
+
+from ldm.modules.diffusionmodules.model import Decoder, Encoder
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
+from ldm.util import instantiate_from_config
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[int], tuple[torch.Tensor, Mapping[str, Any]]]
+
+
+class _AdversarialAutoencoder(pl.LightningModule):
+    """What both autoencoders share: batch input, checkpoint loading and the two-optimizer GAN step.
+
+    ``learning_rate`` is set by ``main.py`` (base rate × GPUs × batch size × accumulation). Because Lightning
+    refuses ``Trainer(accumulate_grad_batches>1)`` with manual optimisation, ``main.py`` moves that setting to
+    the module's ``accumulate_grad_batches``: gradients of that many batches (each loss divided by their
+    number, as Lightning does) are accumulated before each update, and ``global_step`` counts updates.
+    """
+
+    image_key: str
+    accumulate_grad_batches: int = 1
+
+    def _setup_common(self, image_key: str, colorize_nlabels: int | None, monitor: str | None) -> None:
+        self.automatic_optimization = False
+        self.image_key = image_key
+        if colorize_nlabels is not None:
+            if not isinstance(colorize_nlabels, int):
+                raise TypeError(f"colorize_nlabels must be an int (number of label channels), got {colorize_nlabels!r}")
+            self.register_buffer("colorize", torch.randn(3, colorize_nlabels, 1, 1))
+        if monitor is not None:
+            self.monitor = monitor
+
+    # ---- data and checkpoints ---------------------------------------------------------------------------
+
+    def get_input(self, batch: Mapping[str, torch.Tensor], k: str) -> torch.Tensor:
+        """``batch[k]`` as float ``(B, C, H, W)``, contiguous; the datasets give ``(B, H, W, C)`` or ``(B, H, W)``."""
+        x = batch[k]
+        if x.ndim == 3:
+            x = x[..., None]
+        return x.permute(0, 3, 1, 2).to(memory_format=torch.contiguous_format).float()
+
+    def init_from_ckpt(self, path: str, ignore_keys: Sequence[str] = ()) -> None:
+        """Load weights from a checkpoint (read safely), dropping keys that start with any of ``ignore_keys``."""
+        from ldm.checkpoint import apply_state_dict, load_state_dict_file
+
+        state_dict = load_state_dict_file(path, config_key="ckpt_path")
+        apply_state_dict(self, state_dict, ignore_keys=ignore_keys, what=f"{type(self).__name__} from {path}")
+
+    def get_last_layer(self) -> torch.Tensor:
+        """The decoder's output conv weight: the adaptive GAN weight compares gradients there."""
+        return self.decoder.conv_out.weight
+
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """Project a segmentation map ``(B, C, H, W)`` to RGB in [-1, 1] with a fixed random 1×1 conv."""
+        if self.image_key != "segmentation":
+            raise ValueError(
+                f"to_rgb colorizes segmentation maps only; image_key is {self.image_key!r} and the input has "
+                f"{x.shape[1]} channels. Use image_key 'segmentation' or RGB inputs."
+            )
+        if not hasattr(self, "colorize"):
+            self.register_buffer("colorize", torch.randn(3, x.shape[1], 1, 1).to(x))
+        x = F.conv2d(x, weight=self.colorize)
+        return 2.0 * (x - x.min()) / (x.max() - x.min()) - 1.0
+
+    # ---- optimisation -----------------------------------------------------------------------------------
+
+    def _learning_rate(self) -> float:
+        rate = getattr(self, "learning_rate", None)
+        if rate is None:
+            raise AttributeError(
+                f"{type(self).__name__}.learning_rate is not set; main.py sets it from model.base_learning_rate. "
+                "Set `model.learning_rate = ...` before fitting."
+            )
+        return rate
+
+    def _discriminator_parameters(self) -> Iterator[torch.nn.Parameter]:
+        discriminator = getattr(self.loss, "discriminator", None)
+        if discriminator is None:
+            raise ValueError(
+                f"lossconfig target {type(self.loss).__name__} has no discriminator, so the model cannot be "
+                "trained; use ldm.modules.losses.LPIPSWithDiscriminator (KL) or "
+                "ldm.modules.losses.vqperceptual.VQLPIPSWithDiscriminator (VQ) as lossconfig."
+            )
+        return discriminator.parameters()
+
+    def _check_finite(self, loss: torch.Tensor, log: Mapping[str, Any], what: str) -> None:
+        if torch.isfinite(loss).all():
+            return
+        bad = [k for k, v in log.items() if not torch.isfinite(torch.as_tensor(v, dtype=torch.float32)).all()]
+        terms = ", ".join(f"{k}={float(torch.as_tensor(log[k]).float().mean())}" for k in bad) or "none logged"
+        raise FloatingPointError(
+            f"{what} loss is {float(loss.detach().float().mean())} at global step {self.global_step}; "
+            f"non-finite terms: {terms}. Lower the learning rate, check the batch for NaN/Inf values, or resume "
+            "from an earlier checkpoint."
+        )
+
+    def _step_uncounted(self, optimizer: Any) -> None:
+        """Step ``optimizer`` without advancing ``trainer.global_step`` (Lightning counts every step).
+
+        Lightning's manual loop counts steps through the LightningOptimizer's ``_on_before_step`` /
+        ``_on_after_step`` hooks; they are bypassed for the discriminator so one batch is one global step.
+        """
+        hooks = getattr(optimizer, "_on_before_step", None), getattr(optimizer, "_on_after_step", None)
+        if None in hooks:
+            optimizer.step()
+            return
+        optimizer._on_before_step = optimizer._on_after_step = lambda: None
+        try:
+            optimizer.step()
+        finally:
+            optimizer._on_before_step, optimizer._on_after_step = hooks
+
+    def _adversarial_step(self, batch_idx: int, loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
+        """One autoencoder update (``loss_fn(0)``) then one discriminator update (``loss_fn(1)``).
+
+        Each loss is back-propagated with only its optimizer's parameters trainable (``toggle_optimizer``),
+        so the generator loss leaves no gradient on the discriminator and vice versa.
+        """
+        opt_ae, opt_disc = self.optimizers()
+        accumulate = max(1, int(self.accumulate_grad_batches))
+        update = (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch
+        losses = []
+        for optimizer_idx, optimizer, what in ((0, opt_ae, "autoencoder"), (1, opt_disc, "discriminator")):
+            with self.toggled_optimizer(optimizer):
+                loss, log = loss_fn(optimizer_idx)
+                self._check_finite(loss, log, what)
+                self.manual_backward(loss / accumulate)
+                if update:
+                    if optimizer_idx == 0:
+                        optimizer.step()
+                    else:
+                        self._step_uncounted(optimizer)
+                    optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        if update:
+            self._step_schedulers()
+        return losses[0], losses[1]
+
+    def _step_schedulers(self) -> None:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+
+# --------------------------------------------------------------------------------------------------------
+# VQ autoencoder
+# --------------------------------------------------------------------------------------------------------
+
+
+class VQModel(_AdversarialAutoencoder):
+    """``x -> Encoder -> quant_conv -> VectorQuantizer -> post_quant_conv -> Decoder -> x̂``.
+
+    ``batch_resize_range = (lo, hi)`` resizes each training batch to a random multiple of 16 in [lo, hi]
+    (``hi`` for the first 5 steps); ``scheduler_config`` builds a LambdaLR schedule (its ``schedule`` method)
+    for both optimizers; the autoencoder's rate is ``lr_g_factor × learning_rate``; ``use_ema`` keeps an
+    exponential moving average of the weights (``ldm.modules.ema.LitEma``) used in ``ema_scope``.
+    """
+
+    def __init__(
+        self,
+        ddconfig: Mapping[str, Any],
+        lossconfig: Mapping[str, Any],
+        n_embed: int,
+        embed_dim: int,
+        ckpt_path: str | None = None,
+        ignore_keys: Sequence[str] = (),
+        image_key: str = "image",
+        colorize_nlabels: int | None = None,
+        monitor: str | None = None,
+        batch_resize_range: Sequence[int] | None = None,
+        scheduler_config: Mapping[str, Any] | None = None,
+        lr_g_factor: float = 1.0,
+        remap: str | None = None,
+        sane_index_shape: bool = False,
+        use_ema: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.n_embed = n_embed
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.loss = instantiate_from_config(lossconfig, name="lossconfig")
+        self.quantize = VectorQuantizer(n_embed, embed_dim, beta=0.25, remap=remap, sane_index_shape=sane_index_shape)
+        self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        self._setup_common(image_key, colorize_nlabels, monitor)
+        self.batch_resize_range = batch_resize_range
+        if batch_resize_range is not None:
+            logger.info("%s: Using per-batch resizing in range %s.", type(self).__name__, batch_resize_range)
+
+        self.use_ema = use_ema
+        if use_ema:
+            from ldm.modules.ema import LitEma
+
+            self.model_ema = LitEma(self)
+            logger.info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
+
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+        self.scheduler_config = scheduler_config
+        self.lr_g_factor = lr_g_factor
+
+    @contextmanager
+    def ema_scope(self, context: str | None = None) -> Iterator[None]:
+        """Run the body with the EMA weights (when ``use_ema``), restoring the training weights afterwards."""
+        if self.use_ema:
+            self.model_ema.store(self.parameters())
+            self.model_ema.copy_to(self)
+            if context is not None:
+                logger.info("%s: Switched to EMA weights", context)
+        try:
+            yield None
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.parameters())
+                if context is not None:
+                    logger.info("%s: Restored training weights", context)
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self.use_ema:
+            self.model_ema(self)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """``(B, C, H, W) -> (quant (B, embed_dim, H/f, W/f), codebook loss, (perplexity, encodings, indices))``."""
+        return self.quantize(self.encode_to_prequant(x))
+
+    def encode_to_prequant(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+    def decode(self, quant: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(quant))
+
+    def decode_code(self, code_b: torch.Tensor) -> torch.Tensor:
+        """Decode codebook indices ``(B, h, w)`` (positions in ``used`` when ``remap`` is set) to images."""
+        batch, height, width = code_b.shape
+        quant = self.quantize.get_codebook_entry(code_b.reshape(-1), (batch, height, width, self.embed_dim))
+        return self.decode(quant)
+
+    def forward(self, input: torch.Tensor, return_pred_indices: bool = False) -> tuple[torch.Tensor, ...]:
+        """``(x̂, codebook loss)``, plus the code indices with ``return_pred_indices``."""
+        quant, diff, (_, _, ind) = self.encode(input)
+        dec = self.decode(quant)
+        if return_pred_indices:
+            return dec, diff, ind
+        return dec, diff
+
+    def get_input(self, batch: Mapping[str, torch.Tensor], k: str) -> torch.Tensor:
+        x = super().get_input(batch, k)
+        if self.batch_resize_range is not None:
+            lower, upper = self.batch_resize_range
+            if self.global_step <= 4:  # the first batches at full size, so an out-of-memory shows at once
+                size = upper
+            else:
+                sizes = torch.arange(lower, upper + 16, 16)
+                size = int(sizes[torch.randint(len(sizes), ())])
+            if size != x.shape[2]:
+                x = F.interpolate(x, size=size, mode="bicubic")
+            x = x.detach()
+        return x
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        x = self.get_input(batch, self.image_key)
+        xrec, qloss, ind = self(x, return_pred_indices=True)
+
+        def loss_fn(optimizer_idx: int) -> tuple[torch.Tensor, Mapping[str, Any]]:
+            loss, log = self.loss(qloss, x, xrec, optimizer_idx, self.global_step, last_layer=self.get_last_layer(),
+                                  split="train", predicted_indices=ind if optimizer_idx == 0 else None)
+            self.log_dict(log, prog_bar=False, logger=True, on_step=True, on_epoch=True)
+            return loss, log
+
+        aeloss, discloss = self._adversarial_step(batch_idx, loss_fn)
+        self.log("aeloss", aeloss, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+        self.log("discloss", discloss, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._validation_step(batch)
+        if self.use_ema:
+            with self.ema_scope():
+                self._validation_step(batch, suffix="_ema")
+
+    def _validation_step(self, batch: Mapping[str, torch.Tensor], suffix: str = "") -> None:
+        x = self.get_input(batch, self.image_key)
+        xrec, qloss, ind = self(x, return_pred_indices=True)
+        split = "val" + suffix
+        kwargs = dict(last_layer=self.get_last_layer(), split=split, predicted_indices=ind)
+        aeloss, log_dict_ae = self.loss(qloss, x, xrec, 0, self.global_step, **kwargs)
+        _, log_dict_disc = self.loss(qloss, x, xrec, 1, self.global_step, **kwargs)
+        log_dict_ae = dict(log_dict_ae)
+        rec_loss = log_dict_ae.pop(f"{split}/rec_loss")
+        self.log(f"{split}/rec_loss", rec_loss, prog_bar=True, logger=True, on_step=False, on_epoch=True,
+                 sync_dist=True)
+        self.log(f"{split}/aeloss", aeloss, prog_bar=True, logger=True, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_dict(log_dict_ae)
+        self.log_dict(log_dict_disc)
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        """Adam(β = (0.5, 0.9)) for encoder, decoder, quantizer and the 1×1 convs (``lr_g_factor × lr``) and
+        for the discriminator (``lr``), with LambdaLR per step when ``scheduler_config`` is set."""
+        lr_d = self._learning_rate()
+        lr_g = self.lr_g_factor * lr_d
+        logger.info("lr_d %s, lr_g %s", lr_d, lr_g)
+        autoencoder = [self.encoder, self.decoder, self.quantize, self.quant_conv, self.post_quant_conv]
+        opt_ae = torch.optim.Adam([p for m in autoencoder for p in m.parameters()], lr=lr_g, betas=(0.5, 0.9))
+        opt_disc = torch.optim.Adam(self._discriminator_parameters(), lr=lr_d, betas=(0.5, 0.9))
+        if self.scheduler_config is None:
+            return [opt_ae, opt_disc], []
+        schedule = instantiate_from_config(self.scheduler_config, name="scheduler_config").schedule
+        logger.info("Setting up LambdaLR scheduler...")
+        schedulers = [
+            {"scheduler": LambdaLR(opt, lr_lambda=schedule), "interval": "step", "frequency": 1}
+            for opt in (opt_ae, opt_disc)
+        ]
+        return [opt_ae, opt_disc], schedulers
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, torch.Tensor], only_inputs: bool = False, plot_ema: bool = False,
+                   **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``inputs``, ``reconstructions``, ``samples`` (decoded from random pre-quantisation features) and,
+        with ``plot_ema``, ``reconstructions_ema``; segmentation maps are colorized."""
+        x = self.get_input(batch, self.image_key).to(self.device)
+        if only_inputs:
+            return {"inputs": x}
+        xrec, _ = self(x)
+        quant, _, _ = self.quantize(self.quant_conv(torch.randn_like(self.encoder(x))))
+        samples = self.decode(quant)
+        log = {"inputs": x, "reconstructions": xrec, "samples": samples}
+        if plot_ema:
+            with self.ema_scope():
+                log["reconstructions_ema"], _ = self(x)
+        if x.shape[1] > 3:
+            log = {k: self.to_rgb(v) for k, v in log.items()}
+        return log
+
+
+class VQModelInterface(VQModel):
+    """A VQModel as a latent-diffusion first stage: ``encode`` stops before the quantiser, ``decode`` quantises."""
+
+    def __init__(self, embed_dim: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, embed_dim=embed_dim, **kwargs)
+        self.embed_dim = embed_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> h (B, embed_dim, H/f, W/f)``, not yet quantised."""
+        return self.encode_to_prequant(x)
+
+    def decode(self, h: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
+        quant = h if force_not_quantize else self.quantize(h)[0]
+        return self.decoder(self.post_quant_conv(quant))
+
+
+# --------------------------------------------------------------------------------------------------------
+# KL autoencoder
+# --------------------------------------------------------------------------------------------------------
+
+
+class AutoencoderKL(_AdversarialAutoencoder):
+    """``x -> Encoder -> quant_conv -> N(mean, var) -> z -> post_quant_conv -> Decoder -> x̂``.
+
+    ``quant_conv`` maps the encoder's ``2·z_channels`` moments to ``2·embed_dim`` (mean and log-variance);
+    the latent ``z`` has ``embed_dim`` channels at ``1/f`` of the image size.
+    """
+
+    def __init__(
+        self,
+        ddconfig: Mapping[str, Any],
+        lossconfig: Mapping[str, Any],
+        embed_dim: int,
+        ckpt_path: str | None = None,
+        ignore_keys: Sequence[str] = (),
+        image_key: str = "image",
+        colorize_nlabels: int | None = None,
+        monitor: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not ddconfig.get("double_z", True):
+            raise ValueError("AutoencoderKL needs ddconfig.double_z: true (the encoder predicts mean and logvar).")
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.loss = instantiate_from_config(lossconfig, name="lossconfig")
+        self.quant_conv = torch.nn.Conv2d(2 * ddconfig["z_channels"], 2 * embed_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        self.embed_dim = embed_dim
+        self._setup_common(image_key, colorize_nlabels, monitor)
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        """``(B, C, H, W)`` -> the posterior over ``z (B, embed_dim, H/f, W/f)``."""
+        return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(
+        self, input: torch.Tensor, sample_posterior: bool = True
+    ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
+        """``(x̂, posterior)``, decoding a posterior sample (or its mode)."""
+        posterior = self.encode(input)
+        z = posterior.sample() if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        inputs = self.get_input(batch, self.image_key)
+        reconstructions, posterior = self(inputs)
+
+        def loss_fn(optimizer_idx: int) -> tuple[torch.Tensor, Mapping[str, Any]]:
+            loss, log = self.loss(inputs, reconstructions, posterior, optimizer_idx, self.global_step,
+                                  last_layer=self.get_last_layer(), split="train")
+            self.log_dict(log, prog_bar=False, logger=True, on_step=True, on_epoch=False)
+            return loss, log
+
+        aeloss, discloss = self._adversarial_step(batch_idx, loss_fn)
+        self.log("aeloss", aeloss, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+        self.log("discloss", discloss, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        inputs = self.get_input(batch, self.image_key)
+        reconstructions, posterior = self(inputs)
+        kwargs = dict(last_layer=self.get_last_layer(), split="val")
+        _, log_dict_ae = self.loss(inputs, reconstructions, posterior, 0, self.global_step, **kwargs)
+        _, log_dict_disc = self.loss(inputs, reconstructions, posterior, 1, self.global_step, **kwargs)
+        self.log_dict(log_dict_ae)
+        self.log_dict(log_dict_disc)
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list]:
+        """Adam(lr, β = (0.5, 0.9)) for encoder, decoder and the 1×1 convs, and one for the discriminator.
+
+        The loss's learned ``logvar`` is in neither, as in the original.
+        """
+        lr = self._learning_rate()
+        autoencoder = [self.encoder, self.decoder, self.quant_conv, self.post_quant_conv]
+        opt_ae = torch.optim.Adam([p for m in autoencoder for p in m.parameters()], lr=lr, betas=(0.5, 0.9))
+        opt_disc = torch.optim.Adam(self._discriminator_parameters(), lr=lr, betas=(0.5, 0.9))
+        return [opt_ae, opt_disc], []
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, torch.Tensor], only_inputs: bool = False,
+                   **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``inputs``, ``reconstructions`` and ``samples`` (decoded from ``z ~ N(0, I)``); maps are colorized."""
+        x = self.get_input(batch, self.image_key).to(self.device)
+        if only_inputs:
+            return {"inputs": x}
+        xrec, posterior = self(x)
+        samples = self.decode(torch.randn_like(posterior.mean))
+        log = {"inputs": x, "reconstructions": xrec, "samples": samples}
+        if x.shape[1] > 3:
+            log = {k: self.to_rgb(v) for k, v in log.items()}
+        return log
+
+
+class IdentityFirstStage(torch.nn.Module):
+    """A pass-through first stage (diffusion directly in pixel space); ``vq_interface`` mimics VQ's quantize."""
+
+    def __init__(self, *args: Any, vq_interface: bool = False, **kwargs: Any) -> None:
+        super().__init__()
+        self.vq_interface = vq_interface
+
+    def encode(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+    def decode(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+    def quantize(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | tuple:
+        if self.vq_interface:
+            return x, None, [None, None, None]
+        return x
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x
+
+
