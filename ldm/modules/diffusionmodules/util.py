@@ -5,6 +5,7 @@ Everything here is shared by the UNet, ``DDPM``/``LatentDiffusion`` and the samp
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -13,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 from einops import repeat
+
+logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------------
 # Noise schedules
@@ -54,29 +57,56 @@ def make_beta_schedule(
 def make_ddim_timesteps(
     ddim_discr_method: str, num_ddim_timesteps: int, num_ddpm_timesteps: int, verbose: bool = True
 ) -> np.ndarray:
-    """The DDPM timesteps a DDIM sampler visits, shifted by +1 as in the original (``[1, 101, ..., 901]``)."""
+    """The DDPM timesteps (int64, ascending) a DDIM sampler visits, shifted by +1 as in the original.
+
+    ``uniform``: every ``T // S``-th step, ``[0, c, 2c, ...] + 1`` (``[1, 101, ..., 901]`` for S=10, T=1000; like
+    the original, ``range(0, T, c)`` can hold more than S entries when S does not divide T);
+    ``quad``: ``⌊linspace(0, √(0.8 T), S)²⌋ + 1``.
+    """
+    if num_ddim_timesteps < 1 or num_ddim_timesteps > num_ddpm_timesteps:
+        raise ValueError(
+            f"ddim_num_steps={num_ddim_timesteps} is out of range; use 1 <= S <= {num_ddpm_timesteps} (the model's "
+            "num_timesteps)."
+        )
     if ddim_discr_method == "uniform":
         stride = num_ddpm_timesteps // num_ddim_timesteps
-        steps = np.asarray(list(range(0, num_ddpm_timesteps, stride)))
+        steps = np.asarray(list(range(0, num_ddpm_timesteps, stride)), dtype=np.int64)
     elif ddim_discr_method == "quad":
-        steps = (np.linspace(0, np.sqrt(num_ddpm_timesteps * 0.8), num_ddim_timesteps) ** 2).astype(int)
+        steps = (np.linspace(0, np.sqrt(num_ddpm_timesteps * 0.8), num_ddim_timesteps) ** 2).astype(np.int64)
     else:
         raise ValueError(f"ddim_discretize {ddim_discr_method!r} is unknown; use 'uniform' or 'quad'.")
-    return steps + 1
+    steps_out = steps + 1
+    if steps_out[-1] >= num_ddpm_timesteps:
+        raise ValueError(
+            f"ddim_num_steps={num_ddim_timesteps} with {ddim_discr_method!r} spacing needs timestep {steps_out[-1]}, "
+            f"past the model's last step {num_ddpm_timesteps - 1}; choose another S, e.g. a divisor of "
+            f"{num_ddpm_timesteps} that is at most {num_ddpm_timesteps // 2}."
+        )
+    if verbose:
+        logger.info("Selected timesteps for ddim sampler: %s", steps_out)
+    return steps_out
 
 
 def make_ddim_sampling_parameters(
     alphacums: torch.Tensor | np.ndarray, ddim_timesteps: np.ndarray, eta: float, verbose: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """σ_t, ᾱ_t and ᾱ_{t_prev} of a DDIM schedule.
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """σ_t, ᾱ_t and ᾱ_{t_prev} of a DDIM schedule, with the original's types and roundings.
 
-    σ_t = η · √((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)) (DDIM paper, eq. 16).
-    Returns ``(sigmas, alphas, alphas_prev)``; ``alphas`` keeps the dtype of ``alphacums``, the others are float64.
+    σ_t = η · √((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)) (DDIM paper, eq. 16), ᾱ_prev of the first step = ᾱ_0.
+    Returns ``(sigmas, alphas, alphas_prev)``: ``alphas`` a tensor in the dtype of ``alphacums`` (float32 for the
+    model's buffer), ``alphas_prev`` a float64 numpy array, ``sigmas`` a float64 tensor rounded bit for bit as the
+    original's mixed numpy/torch arithmetic rounds it (1/(1 − ᾱ_t) in the dtype of ``alphacums``, numpy's sqrt).
     """
-    alphas = alphacums[ddim_timesteps]
-    alphas_prev = np.asarray([float(alphacums[0])] + [float(a) for a in alphacums[ddim_timesteps[:-1]]])
-    alphas_np = np.asarray(alphas, dtype=np.float64)
-    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas_np) * (1 - alphas_np / alphas_prev))
+    alphacums = torch.as_tensor(alphacums).cpu()
+    index = torch.as_tensor(np.asarray(ddim_timesteps, dtype=np.int64))
+    alphas = alphacums[index]
+    alphas_prev = np.asarray([float(alphacums[0])] + alphacums[index[:-1]].tolist(), dtype=np.float64)
+    prev = torch.from_numpy(alphas_prev)
+    ratio = torch.reciprocal(1 - alphas).double() * (1 - prev) * (1 - alphas.double() / prev)
+    sigmas = eta * torch.from_numpy(np.sqrt(ratio.numpy()))
+    if verbose:
+        logger.info("Selected alphas for ddim sampler: a_t: %s; a_(t-1): %s", alphas, alphas_prev)
+        logger.info("For eta=%s this gives the sigma_t schedule %s", eta, sigmas)
     return sigmas, alphas, alphas_prev
 
 

@@ -1,0 +1,233 @@
+"""PLMS sampling: pseudo linear multistep (Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models").
+
+The DDIM update is applied with an ε' extrapolated from the last ε's (Adams–Bashforth); the first step has no
+history and uses a pseudo improved-Euler (Heun) step, which costs one extra model call:
+
+- step 1:  ε' = (ε(x_t, t) + ε(x̃_{t_next}, t_next)) / 2, x̃ the plain DDIM step;
+- step 2:  ε' = (3 ε_0 − ε_{−1}) / 2;
+- step 3:  ε' = (23 ε_0 − 16 ε_{−1} + 5 ε_{−2}) / 12;
+- then:    ε' = (55 ε_0 − 59 ε_{−1} + 37 ε_{−2} − 9 ε_{−3}) / 24.
+
+Only η = 0 is defined.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldm.models.diffusion.sampling_common import (
+    Conditioning,
+    DDIMScheduleSampler,
+    model_eps,
+    warn_on_batch_mismatch,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def adams_bashforth_eps(e_t: torch.Tensor, old_eps: list[torch.Tensor]) -> torch.Tensor:
+    """ε' of the 2-, 3- or 4-step Adams–Bashforth rule from ε_0 = ``e_t`` and ``old_eps`` = [..., ε_{−2}, ε_{−1}]."""
+    if len(old_eps) == 1:
+        return (3 * e_t - old_eps[-1]) / 2
+    if len(old_eps) == 2:
+        return (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
+    return (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
+
+
+class PLMSSampler(DDIMScheduleSampler):
+    """PLMS sampler with the DDIM sampler's interface (see :class:`DDIMScheduleSampler` for the buffers)."""
+
+    def make_schedule(
+        self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0, verbose: bool = True
+    ) -> None:
+        """The DDIM schedule with η = 0; any other η raises ``ValueError``."""
+        if ddim_eta != 0:
+            raise ValueError(f"ddim_eta must be 0 for PLMS (got eta={ddim_eta}); use DDIMSampler for η > 0.")
+        super().make_schedule(ddim_num_steps, ddim_discretize=ddim_discretize, ddim_eta=ddim_eta, verbose=verbose)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        S: int,
+        batch_size: int,
+        shape: tuple[int, ...],
+        conditioning: Conditioning = None,
+        callback: Callable[[int], None] | None = None,
+        normals_sequence: Any = None,
+        img_callback: Callable[[torch.Tensor, int], None] | None = None,
+        quantize_x0: bool = False,
+        eta: float = 0.0,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict | None = None,
+        verbose: bool = True,
+        x_T: torch.Tensor | None = None,
+        log_every_t: int = 100,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Conditioning = None,
+        generator: torch.Generator | None = None,
+        disable_progress: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """Sample ``(batch_size, *shape)`` latents in S PLMS steps (S + 1 model calls); same arguments as
+        ``DDIMSampler.sample``. Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``."""
+        warn_on_batch_mismatch(conditioning, batch_size)
+        self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
+        size = (batch_size, *shape)
+        logger.info("Data shape for PLMS sampling is %s", size)
+        return self.plms_sampling(
+            conditioning,
+            size,
+            callback=callback,
+            img_callback=img_callback,
+            quantize_denoised=quantize_x0,
+            mask=mask,
+            x0=x0,
+            ddim_use_original_steps=False,
+            noise_dropout=noise_dropout,
+            temperature=temperature,
+            score_corrector=score_corrector,
+            corrector_kwargs=corrector_kwargs,
+            x_T=x_T,
+            log_every_t=log_every_t,
+            unconditional_guidance_scale=unconditional_guidance_scale,
+            unconditional_conditioning=unconditional_conditioning,
+            generator=generator,
+            disable_progress=disable_progress,
+        )
+
+    @torch.no_grad()
+    def plms_sampling(
+        self,
+        cond: Conditioning,
+        shape: tuple[int, ...],
+        x_T: torch.Tensor | None = None,
+        ddim_use_original_steps: bool = False,
+        callback: Callable[[int], None] | None = None,
+        timesteps: int | np.ndarray | None = None,
+        quantize_denoised: bool = False,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        img_callback: Callable[[torch.Tensor, int], None] | None = None,
+        log_every_t: int = 100,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict | None = None,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Conditioning = None,
+        generator: torch.Generator | None = None,
+        disable_progress: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """The PLMS loop over ``shape`` = ``(B, ...)``, keeping the last three ε's; needs :meth:`make_schedule`."""
+        old_eps: list[torch.Tensor] = []
+
+        def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
+            img, pred_x0, e_t = self.p_sample_plms(
+                img,
+                cond,
+                ts,
+                index=index,
+                use_original_steps=ddim_use_original_steps,
+                quantize_denoised=quantize_denoised,
+                temperature=temperature,
+                noise_dropout=noise_dropout,
+                score_corrector=score_corrector,
+                corrector_kwargs=corrector_kwargs,
+                unconditional_guidance_scale=unconditional_guidance_scale,
+                unconditional_conditioning=unconditional_conditioning,
+                old_eps=old_eps,
+                t_next=ts_next,
+                generator=generator,
+            )
+            old_eps.append(e_t)
+            if len(old_eps) >= 4:
+                old_eps.pop(0)
+            return img, pred_x0
+
+        return self._sample_loop(
+            step,
+            shape,
+            "PLMS Sampler",
+            x_T=x_T,
+            use_original_steps=ddim_use_original_steps,
+            callback=callback,
+            timesteps=timesteps,
+            mask=mask,
+            x0=x0,
+            img_callback=img_callback,
+            log_every_t=log_every_t,
+            generator=generator,
+            disable_progress=disable_progress,
+        )
+
+    @torch.no_grad()
+    def p_sample_plms(
+        self,
+        x: torch.Tensor,
+        c: Conditioning,
+        t: torch.Tensor,
+        index: int,
+        repeat_noise: bool = False,
+        use_original_steps: bool = False,
+        quantize_denoised: bool = False,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict | None = None,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Conditioning = None,
+        old_eps: list[torch.Tensor] | None = None,
+        t_next: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One PLMS step from x_t ``(B, ...)``; ``old_eps`` holds up to three previous ε's (oldest first) and
+        ``t_next`` ``(B,)`` is the next timestep (used by the first, Heun-like step).
+
+        Returns ``(x_prev, pred_x0, ε(x_t, t))``.
+        """
+        old_eps = old_eps or []
+
+        def eps(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+            return model_eps(
+                self.model,
+                x_in,
+                t_in,
+                c,
+                unconditional_conditioning,
+                unconditional_guidance_scale,
+                score_corrector,
+                corrector_kwargs,
+            )
+
+        def update(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._ddim_update(
+                x,
+                e,
+                index,
+                use_original_steps=use_original_steps,
+                quantize_denoised=quantize_denoised,
+                temperature=temperature,
+                noise_dropout=noise_dropout,
+                repeat_noise=repeat_noise,
+                generator=generator,
+            )
+
+        e_t = eps(x, t)
+        if old_eps:
+            e_t_prime = adams_bashforth_eps(e_t, old_eps)
+        else:
+            if t_next is None:
+                raise ValueError("the first PLMS step (empty old_eps) needs t_next, the following timestep.")
+            x_prev, _ = update(e_t)
+            e_t_prime = (e_t + eps(x_prev, t_next)) / 2
+        x_prev, pred_x0 = update(e_t_prime)
+        return x_prev, pred_x0, e_t
