@@ -1,0 +1,106 @@
+"""Image-to-image: make variations of an input image guided by a prompt (SDEdit with DDIM).
+
+The init image is resized down to a multiple of what the model needs (the original: 32; here the first stage's
+factor times the UNet's downsampling, 64 for Stable Diffusion), encoded, noised to
+``t_enc = int(strength * ddim_steps)`` DDIM steps (``stochastic_encode``) and denoised back (``decode``).
+
+    python scripts/img2img.py --init-img sketch.png --prompt "a fantasy landscape" --strength 0.8
+
+Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from einops import repeat
+from tqdm import tqdm, trange
+
+from ldm.image_io import image_to_tensor, read_rgb_image, save_grid, save_samples, to_unit_range
+from ldm.inference import (
+    check_latent_geometry,
+    choose_device,
+    load_config,
+    load_model_from_config,
+    make_sampler,
+    pixel_multiple,
+    precision_scope,
+    prompt_batches,
+    seed_everything,
+    text_conditioning,
+)
+from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments
+
+logger = logging.getLogger("img2img")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=NO_SAFETY_CHECKER,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_arguments(parser, outdir="outputs/img2img-samples", n_iter=1, n_samples=2, scale=5.0, seed=42)
+    parser.add_argument("--init-img", type=str, required=True, help="path to the input image")
+    parser.add_argument("--strength", type=float, default=0.75,
+                        help="strength for noising/unnoising. 1.0 corresponds to full destruction of information "
+                        "in init image")
+    opt = parser.parse_args(argv)
+    if opt.plms:
+        parser.error("--plms is not supported for img2img (it needs DDIM's stochastic_encode/decode); drop --plms")
+    if not 0.0 <= opt.strength <= 1.0:
+        parser.error(f"--strength {opt.strength} is outside [0.0, 1.0]")
+    return opt
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = parse_args(argv)
+    init_image = read_rgb_image(opt.init_img)
+    device = choose_device(opt.device)
+    model, _ = load_model_from_config(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
+    check_latent_geometry(model, opt.f, opt.C)
+    seed_everything(opt.seed)
+    sampler = make_sampler("ddim", model)
+
+    outdir = Path(opt.outdir)
+    sample_dir = outdir / "samples"
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
+
+    sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
+    t_enc = int(opt.strength * opt.ddim_steps)
+    logger.info("target t_enc is %d steps", t_enc)
+    # The original noises to DDIM index t_enc; at strength 1.0 that index is one past the schedule, so the
+    # noisiest level is used instead.
+    t_noise = min(t_enc, opt.ddim_steps - 1)
+
+    all_samples = []
+    with torch.no_grad(), precision_scope(opt.precision, device), model.ema_scope():
+        pixels = image_to_tensor(init_image, pixel_multiple(model)).to(device)
+        pixels = repeat(pixels, "1 ... -> b ...", b=opt.n_samples)
+        init_latent = model.get_first_stage_encoding(model.encode_first_stage(pixels))
+        fixed_noise = torch.randn_like(init_latent) if opt.fixed_code else None
+        for _ in trange(opt.n_iter, desc="Sampling"):
+            for prompts in tqdm(batches, desc="data"):
+                batch = len(prompts)
+                c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
+                z_enc = sampler.stochastic_encode(
+                    init_latent[:batch],
+                    torch.full((batch,), t_noise, device=device, dtype=torch.long),
+                    noise=None if fixed_noise is None else fixed_noise[:batch],
+                )
+                samples = sampler.decode(
+                    z_enc, c, t_enc, unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc
+                )
+                images = to_unit_range(model.decode_first_stage(samples)).cpu()
+                if not opt.skip_save:
+                    save_samples(images, sample_dir)
+                all_samples.append(images)
+    if not opt.skip_grid:
+        save_grid(all_samples, outdir, opt.n_rows or opt.n_samples)
+    logger.info("Your samples are ready and waiting for you here: %s", outdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Unconditional or class-conditional sampling from a trained latent diffusion model.
+
+    python scripts/sample_diffusion.py -r models/ldm/celeba256/model.ckpt -n 100 --batch_size 25 -c 200 -e 0
+    python scripts/sample_diffusion.py -r logs/2026-01-01T00-00-00_cin/ --class 3 88 -n 8
+
+``-r`` is a checkpoint file or a log directory. The config is ``<logdir>/config.yaml`` (released models) or the
+``<logdir>/configs/*-project.yaml`` that ``main.py`` writes; the checkpoint of a directory is ``model.ckpt`` or
+``checkpoints/last.ckpt``. Extra ``key=value`` arguments override the config (OmegaConf dot-list).
+Images go to ``<logdir>/samples/<global_step>/<time>/img/sample_000000.png ...``, all of them as one uint8
+array to ``.../numpy/<N>x<H>x<W>x3-samples.npz``, and the options to ``.../sampling_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from tqdm import trange
+
+from ldm.image_io import to_pil, to_unit_range
+from ldm.inference import choose_device, load_config, load_model_from_config, make_sampler, seed_everything
+from ldm.modules.encoders.modules import ClassEmbedder
+
+logger = logging.getLogger("sample_diffusion")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-r", "--resume", type=str, nargs="?", help="load from logdir or checkpoint in logdir")
+    parser.add_argument("-n", "--n_samples", type=int, nargs="?", default=50000, help="number of samples to draw")
+    parser.add_argument("-e", "--eta", type=float, nargs="?", default=1.0,
+                        help="eta for ddim sampling (0.0 yields deterministic sampling)")
+    parser.add_argument("-v", "--vanilla_sample", default=False, action="store_true",
+                        help="vanilla (ancestral DDPM, all timesteps) sampling instead of DDIM")
+    parser.add_argument("-l", "--logdir", type=str, nargs="?", default="none",
+                        help="extra logdir: write under <logdir>/<name of the model's logdir> instead")
+    parser.add_argument("-c", "--custom_steps", type=int, nargs="?", default=50, help="number of steps for ddim")
+    parser.add_argument("--batch_size", type=int, nargs="?", default=10, help="the bs")
+    parser.add_argument("--class", dest="classes", type=int, nargs="+", default=None,
+                        help="class label(s) for a class-conditional model; samples cycle through them")
+    parser.add_argument("--seed", type=int, default=None, help="the seed; a random seed when omitted")
+    parser.add_argument("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU) or a device")
+    opt, unknown = parser.parse_known_args(argv)
+    if not opt.resume:
+        parser.error("-r/--resume is required: a checkpoint file or a log directory")
+    bad = [arg for arg in unknown if "=" not in arg or arg.startswith("-")]
+    if bad:
+        parser.error(f"unrecognized arguments {bad}; config overrides are written key=value")
+    return opt, unknown
+
+
+def resolve_run(resume: str) -> tuple[Path, Path]:
+    """``(logdir, checkpoint)`` of ``-r``: a checkpoint file (its logdir is the folder above ``checkpoints/``)
+    or a log directory holding ``model.ckpt`` or ``checkpoints/last.ckpt``."""
+    path = Path(resume)
+    if path.is_file():
+        return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path
+    if not path.is_dir():
+        raise FileNotFoundError(f"cannot find {path} (from -r/--resume); pass a checkpoint file or a log directory")
+    for ckpt in (path / "model.ckpt", path / "checkpoints" / "last.ckpt"):
+        if ckpt.is_file():
+            return path, ckpt
+    raise FileNotFoundError(f"{path} (from -r/--resume) has neither model.ckpt nor checkpoints/last.ckpt")
+
+
+def run_config(logdir: Path, overrides: list[str]) -> DictConfig:
+    """The model's config from ``logdir`` merged with the command-line ``key=value`` overrides."""
+    files = [logdir / "config.yaml"] if (logdir / "config.yaml").is_file() else sorted(
+        (logdir / "configs").glob("*-project.yaml")
+    )
+    if not files:
+        raise FileNotFoundError(f"no config.yaml or configs/*-project.yaml in {logdir}; put the model's config there")
+    return OmegaConf.merge(*(load_config(f, what="-r/--resume") for f in files), OmegaConf.from_dotlist(overrides))
+
+
+def check_classes(model: Any, classes: list[int] | None) -> None:
+    """Raise ``ValueError`` naming the fix unless ``--class`` fits the model (none for unconditional models)."""
+    embedder = model.cond_stage_model
+    if embedder is None:
+        if classes:
+            raise ValueError("--class was given but the model is unconditional; drop --class")
+        return
+    if not isinstance(embedder, ClassEmbedder):
+        raise ValueError(f"the model is conditioned by a {type(embedder).__name__}, not on classes; "
+                         "use scripts/txt2img.py for text-conditional models")
+    n_classes = embedder.embedding.num_embeddings
+    if not classes:
+        raise ValueError(f"the model is class-conditional ({n_classes} classes): pass --class LABEL [LABEL ...]")
+    if not all(0 <= label < n_classes for label in classes):
+        raise ValueError(f"--class {classes}: labels must lie in [0, {n_classes - 1}] for this model")
+
+
+@torch.no_grad()
+def sample_batch(model: Any, sampler: Any, opt: argparse.Namespace, batch_size: int, first: int) -> torch.Tensor:
+    """Images ``(B, 3, H, W)`` in [0, 1] of samples ``first ... first + B - 1`` (DDIM, or vanilla without a
+    sampler); sample ``i`` of a class-conditional model gets label ``classes[i % len(classes)]``."""
+    cond = None
+    if opt.classes:
+        labels = [opt.classes[(first + i) % len(opt.classes)] for i in range(batch_size)]
+        embedder = model.cond_stage_model
+        cond = model.get_learned_conditioning({embedder.key: torch.tensor(labels, device=model.device)})
+    shape = (model.channels, model.image_size, model.image_size)
+    with model.ema_scope("Plotting"):
+        start = time.time()
+        if sampler is None:
+            latents = model.p_sample_loop(cond, (batch_size, *shape), verbose=False)
+        else:
+            latents, _ = sampler.sample(
+                opt.custom_steps, batch_size=batch_size, shape=shape, conditioning=cond, eta=opt.eta, verbose=False
+            )
+        logger.info("Throughput for this batch: %.3f samples/s", batch_size / (time.time() - start))
+    return to_unit_range(model.decode_first_stage(latents)).cpu()
+
+
+def fresh_dir(parent: Path) -> Path:
+    """A new folder ``parent/<date-time>`` (``-1``, ``-2``, ... appended when runs start in the same second)."""
+    now = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
+    parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ["", *(f"-{n}" for n in range(1, 1000))]:
+        try:
+            (parent / f"{now}{suffix}").mkdir()
+            return parent / f"{now}{suffix}"
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a fresh sample folder in {parent}")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the sampling; returns the folder written to."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt, overrides = parse_args(argv)
+    logdir, ckpt = resolve_run(opt.resume)
+    config = run_config(logdir, overrides)
+    model, global_step = load_model_from_config(config, ckpt, choose_device(opt.device))
+    check_classes(model, opt.classes)
+    seed_everything(opt.seed)
+
+    if opt.logdir != "none":
+        logdir = Path(opt.logdir) / logdir.resolve().name
+    outdir = fresh_dir(logdir / "samples" / f"{global_step or 0:08}")
+    (outdir / "img").mkdir()
+    (outdir / "numpy").mkdir()
+    (outdir / "sampling_config.yaml").write_text(yaml.safe_dump(vars(opt), default_flow_style=False))
+    method = f"vanilla DDPM sampling with {model.num_timesteps} steps" if opt.vanilla_sample else (
+        f"DDIM sampling with {opt.custom_steps} steps and eta={opt.eta}"
+    )
+    logger.info("Using %s; logging to %s", method, outdir)
+
+    sampler = None if opt.vanilla_sample else make_sampler("ddim", model)
+    arrays = []
+    for first in trange(0, opt.n_samples, opt.batch_size, desc="Sampling Batches"):
+        images = sample_batch(model, sampler, opt, min(opt.batch_size, opt.n_samples - first), first)
+        for offset, image in enumerate(images):
+            to_pil(image).save(outdir / "img" / f"sample_{first + offset:06}.png")
+        arrays.append((255.0 * images).permute(0, 2, 3, 1).to(torch.uint8).numpy())
+    samples = np.concatenate(arrays)
+    np.savez(outdir / "numpy" / f"{'x'.join(map(str, samples.shape))}-samples.npz", samples)
+    logger.info("sampling of %d images finished in %s", len(samples), outdir)
+    return outdir
+
+
+if __name__ == "__main__":
+    main()
