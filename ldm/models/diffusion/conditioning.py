@@ -1,0 +1,61 @@
+"""How a conditioning reaches the UNet, and conditioning dropout for classifier-free guidance training."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+#: ``DiffusionWrapper`` keyword for each conditioning kind (``__conditioning_keys__`` in the original).
+CONDITIONING_KEYS = {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
+
+
+def as_wrapper_kwargs(cond: Any, conditioning_key: str | None) -> dict[str, Any]:
+    """The keyword arguments of ``DiffusionWrapper.forward`` for ``cond``.
+
+    A dict (the hybrid case) is passed as is; a tensor or list becomes ``{"c_concat": [...]}`` for
+    ``conditioning_key="concat"`` and ``{"c_crossattn": [...]}`` otherwise.
+    """
+    if isinstance(cond, Mapping):
+        return dict(cond)
+    if not isinstance(cond, list):
+        cond = [cond]
+    return {"c_concat" if conditioning_key == "concat" else "c_crossattn": cond}
+
+
+def take_batch(cond: Any, batch_size: int) -> Any:
+    """The first ``batch_size`` entries of a conditioning: a tensor, a list of them, or a dict of either."""
+    if cond is None:
+        return None
+    if isinstance(cond, Mapping):
+        return {key: take_batch(value, batch_size) for key, value in cond.items()}
+    if isinstance(cond, list):
+        return [c[:batch_size] for c in cond]
+    return cond[:batch_size]
+
+
+def drop_conditioning(batch: Mapping[str, Any], ucg_training: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Replace conditioning inputs by their unconditional value, each sample independently.
+
+    ``ucg_training`` maps a batch key to ``{"p": probability, "val": unconditional value}`` (``val`` defaults
+    to ``""``, the empty caption), e.g. ``{"txt": {"p": 0.1, "val": ""}}`` or
+    ``{"class_label": {"p": 0.1, "val": 1000}}``. Lists are edited element-wise, tensors with ``torch.where``.
+    Draws use the global torch RNG; the input batch is not modified.
+    """
+    out = dict(batch)
+    for key, spec in ucg_training.items():
+        if key not in out:
+            raise KeyError(f"ucg_training names batch key {key!r}, but the batch only has {sorted(out)}.")
+        p = float(spec["p"])
+        value = spec.get("val", "")
+        value = "" if value is None else value
+        entries = out[key]
+        drop = torch.rand(len(entries)) < p
+        if isinstance(entries, torch.Tensor):
+            shape = (-1,) + (1,) * (entries.ndim - 1)
+            fill = torch.as_tensor(value, dtype=entries.dtype, device=entries.device)
+            out[key] = torch.where(drop.to(entries.device).view(shape), fill, entries)
+        else:
+            out[key] = [value if dropped else entry for entry, dropped in zip(entries, drop.tolist())]
+    return out

@@ -1,0 +1,744 @@
+"""Denoising diffusion in pixel space (``DDPM``) and in an autoencoder's latent space (``LatentDiffusion``).
+
+Both are Lightning modules with the original constructor parameters, state-dict keys and logged names. Beside
+this file: the schedule constants (:mod:`~ldm.models.diffusion.schedule`), the diffusion equations over them
+(:mod:`~ldm.models.diffusion.gaussian_diffusion`), conditioning plumbing
+(:mod:`~ldm.models.diffusion.conditioning`), LatentDiffusion's ancestral sampler
+(:mod:`~ldm.models.diffusion.latent_sampling`) and its image logs (:mod:`~ldm.models.diffusion.image_logging`).
+
+- forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I);
+- posterior q(x_{t−1} | x_t, x_0) = N(μ̃(x_t, x_0), β̃_t I), sampled with x_0 predicted by the network;
+- loss: ‖target − model(x_t, t)‖ (L1 or L2), target ε (``parameterization="eps"``) or x_0 (``"x0"``), plus
+  ``original_elbo_weight`` × the VLB term weighted by ``lvlb_weights``.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from einops import rearrange
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from ldm.checkpoint import apply_state_dict, load_state_dict_file
+from ldm.models.autoencoder import VQModelInterface
+from ldm.models.diffusion.conditioning import as_wrapper_kwargs, drop_conditioning
+from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusionMixin
+from ldm.models.diffusion.image_logging import LatentImageLoggingMixin, logged_timesteps, rows_to_grid, select_keys
+from ldm.models.diffusion.latent_sampling import LatentSamplingMixin
+from ldm.models.diffusion.schedule import PARAMETERIZATIONS, cond_schedule_ids
+from ldm.modules.diffusionmodules.util import noise_like
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.modules.ema import LitEma
+from ldm.util import (
+    SENTINELS,
+    ConfigError,
+    count_params,
+    default,
+    instantiate_from_config,
+    mean_flat,
+    to_container,
+)
+
+logger = logging.getLogger(__name__)
+
+LOSS_TYPES = ("l1", "l2")
+CONDITIONING_KINDS = (None, "concat", "crossattn", "hybrid", "adm")
+
+
+def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """Replacement ``train`` of a frozen sub-model: it stays in eval mode whatever its parent does."""
+    return self
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    """Eval mode for good (``train`` becomes :func:`disabled_train`) and no gradients."""
+    model = model.eval()
+    model.train = types.MethodType(disabled_train, model)
+    for param in model.parameters():
+        param.requires_grad = False
+    return model
+
+
+def _require_checkpoint_file(config: Any, where: str) -> None:
+    """Raise FileNotFoundError naming ``<where>.params.ckpt_path`` when it is set to a missing file."""
+    params = config.get("params") if hasattr(config, "get") else None
+    ckpt_path = params.get("ckpt_path") if params is not None else None
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"{where}.params.ckpt_path = {str(ckpt_path)!r}: no such file. Download the released model to that "
+            "path, point the key at your copy, or set it to null to build the model without these weights."
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The denoising network and how conditionings enter it
+# --------------------------------------------------------------------------------------------------------
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the UNet as ``diffusion_model`` and feeds it the conditioning as ``conditioning_key`` says.
+
+    ``None``: ε(x, t); ``concat``: ε([x, *c_concat], t) on channels; ``crossattn``: ε(x, t, context=cat(c_crossattn,
+    tokens)); ``hybrid``: both; ``adm``: ε(x, t, y=c_crossattn[0]) (class-embedding UNets).
+    """
+
+    def __init__(self, diff_model_config: Any, conditioning_key: str | None):
+        super().__init__()
+        if conditioning_key not in CONDITIONING_KINDS:
+            raise ConfigError(
+                f"conditioning_key {conditioning_key!r} is unknown; use one of {list(CONDITIONING_KINDS)}."
+            )
+        self.diffusion_model = instantiate_from_config(diff_model_config, name="unet_config")
+        self.conditioning_key = conditioning_key
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: list[torch.Tensor] | None = None,
+        c_crossattn: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` → the UNet output ``(B, C_out, H, W)``."""
+        key = self.conditioning_key
+        if key is None:
+            return self.diffusion_model(x, t)
+        if key == "concat":
+            return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t)
+        if key == "crossattn":
+            return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
+        if key == "hybrid":
+            return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t, context=torch.cat(c_crossattn, 1))
+        return self.diffusion_model(x, t, y=c_crossattn[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# DDPM: diffusion in image space
+# --------------------------------------------------------------------------------------------------------
+
+
+class DDPM(GaussianDiffusionMixin, pl.LightningModule):
+    """Gaussian diffusion with a fixed variance schedule, trained on the simple (ε or x0) objective.
+
+    Parameters and defaults are the original's; ``ucg_training`` (new, off by default) drops conditionings
+    for classifier-free guidance training, see :func:`~ldm.models.diffusion.conditioning.drop_conditioning`.
+    """
+
+    def __init__(
+        self,
+        unet_config: Any,
+        timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        loss_type: str = "l2",
+        ckpt_path: str | None = None,
+        ignore_keys: Sequence[str] = (),
+        load_only_unet: bool = False,
+        monitor: str | None = "val/loss",
+        use_ema: bool = True,
+        first_stage_key: str = "image",
+        image_size: int = 256,
+        channels: int = 3,
+        log_every_t: int = 100,
+        clip_denoised: bool = True,
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        cosine_s: float = 8e-3,
+        given_betas: Sequence[float] | None = None,
+        original_elbo_weight: float = 0.0,
+        v_posterior: float = 0.0,
+        l_simple_weight: float = 1.0,
+        conditioning_key: str | None = None,
+        parameterization: str = "eps",
+        scheduler_config: Any = None,
+        use_positional_encodings: bool = False,
+        learn_logvar: bool = False,
+        logvar_init: float = 0.0,
+        ucg_training: Mapping[str, Mapping[str, Any]] | None = None,
+    ):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ConfigError(f"parameterization {parameterization!r} is not supported; use 'eps' or 'x0'.")
+        if loss_type not in LOSS_TYPES:
+            raise ConfigError(f"loss_type {loss_type!r} is unknown; use 'l1' or 'l2'.")
+        self.parameterization = parameterization
+        logger.info("%s: Running in %s-prediction mode", type(self).__name__, parameterization)
+        self.cond_stage_model = None
+        self.clip_denoised = clip_denoised
+        self.log_every_t = log_every_t
+        self.first_stage_key = first_stage_key
+        self.image_size = image_size
+        self.channels = channels
+        self.use_positional_encodings = use_positional_encodings
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        count_params(self.model, verbose=True)
+        self.use_ema = use_ema
+        if self.use_ema:
+            self.model_ema = LitEma(self.model)
+            logger.info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
+
+        self.use_scheduler = scheduler_config is not None
+        if self.use_scheduler:
+            self.scheduler_config = scheduler_config
+
+        self.v_posterior = v_posterior
+        self.original_elbo_weight = original_elbo_weight
+        self.l_simple_weight = l_simple_weight
+
+        if monitor is not None:
+            self.monitor = monitor
+        # As in the original, a checkpoint is read before the schedule is registered: the schedule always
+        # follows the config.
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+
+        self.register_schedule(
+            given_betas=given_betas,
+            beta_schedule=beta_schedule,
+            timesteps=timesteps,
+            linear_start=linear_start,
+            linear_end=linear_end,
+            cosine_s=cosine_s,
+        )
+        self.loss_type = loss_type
+
+        self.learn_logvar = learn_logvar
+        self.logvar = torch.full(fill_value=logvar_init, size=(self.num_timesteps,))
+        if self.learn_logvar:
+            self.logvar = nn.Parameter(self.logvar, requires_grad=True)
+        self.ucg_training = dict(to_container(ucg_training) or {})
+
+    # ---- EMA, checkpoints ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def ema_scope(self, context: str | None = None) -> Iterator[None]:
+        """Run the body with the EMA weights in ``self.model``; the training weights come back afterwards."""
+        if self.use_ema:
+            self.model_ema.store(self.model.parameters())
+            self.model_ema.copy_to(self.model)
+            if context is not None:
+                logger.info("%s: Switched to EMA weights", context)
+        try:
+            yield None
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.model.parameters())
+                if context is not None:
+                    logger.info("%s: Restored training weights", context)
+
+    def init_from_ckpt(self, path: str | Path, ignore_keys: Sequence[str] = (), only_model: bool = False) -> None:
+        """Load a .ckpt / .safetensors state dict (non-strict; keys starting with ``ignore_keys`` dropped).
+
+        ``only_model`` loads it into the ``DiffusionWrapper`` (keys ``diffusion_model.*``) instead of ``self``.
+        """
+        state_dict = load_state_dict_file(path, config_key="model.params.ckpt_path")
+        target = self.model if only_model else self
+        apply_state_dict(
+            target,
+            state_dict,
+            ignore_keys=tuple(ignore_keys),
+            strict=False,
+            what=f"{type(self).__name__}{'.model' if only_model else ''} from {path}",
+        )
+
+    # ---- sampling ------------------------------------------------------------------------------------------
+
+    def p_mean_variance(
+        self, x: torch.Tensor, t: torch.Tensor, clip_denoised: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0) with x̂_0 from the network (clamped to [-1, 1] if asked)."""
+        x_recon = self._predict_x0(x, t, self.model(x, t))
+        if clip_denoised:
+            x_recon.clamp_(-1.0, 1.0)
+        return self.q_posterior(x_start=x_recon, x_t=x, t=t)
+
+    @torch.no_grad()
+    def p_sample(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        clip_denoised: bool = True,
+        repeat_noise: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One ancestral step x_t → x_{t−1} = μ + exp(½ log β̃_t) z, without noise where t = 0.
+
+        ``generator`` (new, optional) draws z, for reproducible samples.
+        """
+        model_mean, _, model_log_variance = self.p_mean_variance(x=x, t=t, clip_denoised=clip_denoised)
+        noise = noise_like(x.shape, x.device, repeat_noise, generator=generator, dtype=x.dtype)
+        nonzero_mask = (1 - (t == 0).float()).reshape(x.shape[0], *((1,) * (x.ndim - 1)))
+        return model_mean + nonzero_mask * (0.5 * model_log_variance).exp() * noise
+
+    @torch.no_grad()
+    def p_sample_loop(
+        self, shape: Sequence[int], return_intermediates: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x_T ~ N(0, I) → x_0 in ``num_timesteps`` ancestral steps; intermediates every ``log_every_t``.
+
+        ``generator`` (new, optional) draws x_T and every step's noise.
+        """
+        device = self.betas.device
+        b = shape[0]
+        img = torch.randn(tuple(shape), device=device, generator=generator)
+        intermediates = [img]
+        for i in tqdm(reversed(range(self.num_timesteps)), desc="Sampling t", total=self.num_timesteps):
+            t = torch.full((b,), i, device=device, dtype=torch.long)
+            img = self.p_sample(img, t, clip_denoised=self.clip_denoised, generator=generator)
+            if i % self.log_every_t == 0 or i == self.num_timesteps - 1:
+                intermediates.append(img)
+        if return_intermediates:
+            return img, intermediates
+        return img
+
+    @torch.no_grad()
+    def sample(
+        self, batch_size: int = 16, return_intermediates: bool = False, generator: torch.Generator | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``batch_size`` samples of shape ``(channels, image_size, image_size)``."""
+        shape = (batch_size, self.channels, self.image_size, self.image_size)
+        return self.p_sample_loop(shape, return_intermediates=return_intermediates, generator=generator)
+
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def p_losses(
+        self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """loss = l_simple_weight · mean(L) + original_elbo_weight · mean(lvlb_weights[t] · L), L per sample.
+
+        Logged as ``{train|val}/loss_simple``, ``/loss_vlb``, ``/loss`` (prefix by ``self.training``).
+        """
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_out = self.model(x_noisy, t)
+        loss = mean_flat(self.get_loss(model_out, self._target(x_start, noise), mean=False))
+
+        prefix = "train" if self.training else "val"
+        loss_dict = {f"{prefix}/loss_simple": loss.mean()}
+        loss_simple = loss.mean() * self.l_simple_weight
+        loss_vlb = (self.lvlb_weights[t] * loss).mean()
+        loss_dict[f"{prefix}/loss_vlb"] = loss_vlb
+        loss = loss_simple + self.original_elbo_weight * loss_vlb
+        loss_dict[f"{prefix}/loss"] = loss
+        return loss, loss_dict
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss at a uniformly drawn t ∈ {0..T−1} per sample."""
+        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
+        return self.p_losses(x, t, *args, **kwargs)
+
+    def get_input(self, batch: Mapping[str, Any], k: str) -> torch.Tensor:
+        """``batch[k]`` ``(B, H, W, C)`` (or ``(B, H, W)``) → contiguous float ``(B, C, H, W)``."""
+        x = batch[k]
+        if len(x.shape) == 3:
+            x = x[..., None]
+        x = rearrange(x, "b h w c -> b c h w")
+        return x.to(memory_format=torch.contiguous_format).float()
+
+    def shared_step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self.get_input(batch, self.first_stage_key)
+        return self(x)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.ucg_training:
+            batch = drop_conditioning(batch, self.ucg_training)
+        loss, loss_dict = self.shared_step(batch)
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=True)
+        self.log("global_step", float(self.global_step), prog_bar=True, logger=True, on_step=True, on_epoch=False)
+        if self.use_scheduler:
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """Logs ``val/*`` with the training weights and ``val/*_ema`` with the EMA weights."""
+        _, loss_dict_no_ema = self.shared_step(batch)
+        with self.ema_scope():
+            _, loss_dict_ema = self.shared_step(batch)
+            loss_dict_ema = {key + "_ema": value for key, value in loss_dict_ema.items()}
+        self.log_dict(loss_dict_no_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True)
+        self.log_dict(loss_dict_ema, prog_bar=False, logger=True, on_step=False, on_epoch=True)
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    def _conditioner_parameters(self) -> list[torch.Tensor]:
+        """Parameters of a trainable conditioning model (none here)."""
+        return []
+
+    def _optimized_parameters(self) -> list[torch.Tensor]:
+        """The UNet's, then a trainable conditioner's, then ``logvar`` when learned (the original's order)."""
+        params = list(self.model.parameters()) + self._conditioner_parameters()
+        if self.learn_logvar:
+            logger.info("Diffusion model optimizing logvar")
+            params.append(self.logvar)
+        return params
+
+    def configure_optimizers(self) -> Any:
+        """AdamW(lr=self.learning_rate); with ``scheduler_config``, a LambdaLR on its ``schedule``, every step."""
+        lr = getattr(self, "learning_rate", None)
+        if lr is None:
+            raise AttributeError(
+                f"{type(self).__name__}.learning_rate is not set; set it before training "
+                "(main.py derives it from model.base_learning_rate)."
+            )
+        opt = torch.optim.AdamW(self._optimized_parameters(), lr=lr)
+        if not self.use_scheduler:
+            return opt
+        if "target" not in self.scheduler_config:
+            raise ConfigError("scheduler_config needs a 'target', e.g. ldm.lr_scheduler.LambdaLinearScheduler.")
+        schedule = instantiate_from_config(self.scheduler_config, name="scheduler_config")
+        logger.info("Setting up LambdaLR scheduler...")
+        return [opt], [{"scheduler": LambdaLR(opt, lr_lambda=schedule.schedule), "interval": "step", "frequency": 1}]
+
+    # ---- image logs ----------------------------------------------------------------------------------------
+
+    def _get_rows_from_list(self, samples: Sequence[torch.Tensor]) -> torch.Tensor:
+        return rows_to_grid(samples)
+
+    @torch.no_grad()
+    def log_images(
+        self,
+        batch: Mapping[str, Any],
+        N: int = 8,
+        n_row: int = 2,
+        sample: bool = True,
+        return_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """``inputs``, ``diffusion_row`` (q_sample at the logged steps), ``samples`` and ``denoise_row`` (EMA)."""
+        log = {}
+        x = self.get_input(batch, self.first_stage_key)
+        N = min(x.shape[0], N)
+        n_row = min(x.shape[0], n_row)
+        x = x.to(self.device)[:N]
+        log["inputs"] = x
+
+        x_start = x[:n_row]
+        diffusion_row = []
+        for step in logged_timesteps(self.num_timesteps, self.log_every_t):
+            t = torch.full((n_row,), step, device=self.device, dtype=torch.long)
+            diffusion_row.append(self.q_sample(x_start=x_start, t=t, noise=torch.randn_like(x_start)))
+        log["diffusion_row"] = self._get_rows_from_list(diffusion_row)
+
+        if sample:
+            with self.ema_scope("Plotting"):
+                samples, denoise_row = self.sample(batch_size=N, return_intermediates=True)
+            log["samples"] = samples
+            log["denoise_row"] = self._get_rows_from_list(denoise_row)
+        return select_keys(log, return_keys)
+
+
+# --------------------------------------------------------------------------------------------------------
+# LatentDiffusion: diffusion on the latents of a frozen autoencoder, with a conditioning model
+# --------------------------------------------------------------------------------------------------------
+
+
+class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
+    """DDPM on z = scale_factor · E(x), E a frozen first-stage autoencoder, conditioned on c = τ(y).
+
+    ``cond_stage_config`` is a model config, ``"__is_first_stage__"`` (τ = E) or ``"__is_unconditional__"``.
+    Other keyword arguments go to :class:`DDPM` (including the new ``ucg_training``). The original's patch-wise
+    ``split_input_params`` path is not implemented and raises NotImplementedError.
+    """
+
+    def __init__(
+        self,
+        first_stage_config: Any,
+        cond_stage_config: Any,
+        num_timesteps_cond: int | None = None,
+        cond_stage_key: str = "image",
+        cond_stage_trainable: bool = False,
+        concat_mode: bool = True,
+        cond_stage_forward: str | None = None,
+        conditioning_key: str | None = None,
+        scale_factor: float = 1.0,
+        scale_by_std: bool = False,
+        *args,
+        **kwargs,
+    ):
+        if "split_input_params" in kwargs:
+            raise NotImplementedError(
+                "split_input_params (patch-wise encoding/decoding of huge images) is not implemented; remove the "
+                "key from model.params and sample at the model's native resolution."
+            )
+        if kwargs.get("use_positional_encodings", False):
+            raise NotImplementedError(
+                "use_positional_encodings is not implemented for LatentDiffusion (the original lacks the latent "
+                "shifts it needs); set it to false."
+            )
+        self.num_timesteps_cond = default(num_timesteps_cond, 1)
+        self.scale_by_std = scale_by_std
+        timesteps = kwargs.get("timesteps", 1000)
+        if self.num_timesteps_cond > timesteps:
+            raise ConfigError(
+                f"num_timesteps_cond ({self.num_timesteps_cond}) must not exceed timesteps ({timesteps})."
+            )
+        if conditioning_key is None:
+            conditioning_key = "concat" if concat_mode else "crossattn"
+        if cond_stage_config == "__is_unconditional__":
+            conditioning_key = None
+        ckpt_path = kwargs.pop("ckpt_path", None)
+        ignore_keys = kwargs.pop("ignore_keys", ())
+        super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
+        self.concat_mode = concat_mode
+        self.cond_stage_trainable = cond_stage_trainable
+        self.cond_stage_key = cond_stage_key
+        self.num_downs = _num_downs(first_stage_config)
+        if not scale_by_std:
+            self.scale_factor = scale_factor
+        else:
+            self.register_buffer("scale_factor", torch.tensor(scale_factor, device="cpu"))
+        self.instantiate_first_stage(first_stage_config)
+        self.instantiate_cond_stage(cond_stage_config)
+        self.cond_stage_forward = cond_stage_forward
+        self.clip_denoised = False
+
+        self.restarted_from_ckpt = False
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+            self.restarted_from_ckpt = True
+
+    # ---- construction --------------------------------------------------------------------------------------
+
+    def make_cond_schedule(self) -> None:
+        """``cond_ids[t]``: the timestep at which the conditioning is noised when ``num_timesteps_cond > 1``."""
+        self.cond_ids = cond_schedule_ids(self.num_timesteps, self.num_timesteps_cond)
+
+    def register_schedule(
+        self,
+        given_betas: Sequence[float] | None = None,
+        beta_schedule: str = "linear",
+        timesteps: int = 1000,
+        linear_start: float = 1e-4,
+        linear_end: float = 2e-2,
+        cosine_s: float = 8e-3,
+    ) -> None:
+        super().register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        self.shorten_cond_schedule = self.num_timesteps_cond > 1
+        if self.shorten_cond_schedule:
+            self.make_cond_schedule()
+
+    def instantiate_first_stage(self, config: Any) -> None:
+        """Build the autoencoder, frozen: eval mode that ``train()`` cannot undo, no gradients."""
+        _require_checkpoint_file(config, "model.params.first_stage_config")
+        self.first_stage_model = _freeze(instantiate_from_config(config, name="model.params.first_stage_config"))
+
+    def instantiate_cond_stage(self, config: Any) -> None:
+        """Build the conditioning model (frozen unless ``cond_stage_trainable``) or resolve a sentinel."""
+        where = "model.params.cond_stage_config"
+        if self.cond_stage_trainable:
+            if isinstance(config, str) and config in SENTINELS:
+                raise ConfigError(f"{where} = {config!r} cannot be combined with cond_stage_trainable: true.")
+            _require_checkpoint_file(config, where)
+            self.cond_stage_model = instantiate_from_config(config, name=where)
+        elif config == "__is_first_stage__":
+            logger.info("Using first stage also as cond stage.")
+            self.cond_stage_model = self.first_stage_model
+        elif config == "__is_unconditional__":
+            logger.info("Training %s as an unconditional model.", type(self).__name__)
+            self.cond_stage_model = None
+        else:
+            _require_checkpoint_file(config, where)
+            self.cond_stage_model = _freeze(instantiate_from_config(config, name=where))
+
+    @torch.no_grad()
+    def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """With ``scale_by_std``, set scale_factor = 1 / std(z) of the very first training batch's latents."""
+        first_batch = self.current_epoch == 0 and self.global_step == 0 and batch_idx == 0
+        if not (self.scale_by_std and first_batch and not self.restarted_from_ckpt):
+            return
+        if float(self.scale_factor) != 1.0:
+            raise ConfigError("scale_by_std: true rescales the latents itself; leave scale_factor at 1.0.")
+        x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
+        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        del self.scale_factor
+        self.register_buffer("scale_factor", 1.0 / z.flatten().std())
+        logger.info("scale_by_std: setting self.scale_factor to %s", float(self.scale_factor))
+
+    # ---- first and conditioning stages ---------------------------------------------------------------------
+
+    def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
+        """z = scale_factor · (a draw from the posterior, or the encoder's tensor output)."""
+        if isinstance(encoder_posterior, DiagonalGaussianDistribution):
+            z = encoder_posterior.sample()
+        elif isinstance(encoder_posterior, torch.Tensor):
+            z = encoder_posterior
+        else:
+            raise NotImplementedError(f"encoder_posterior of type '{type(encoder_posterior)}' not yet implemented")
+        return self.scale_factor * z
+
+    def get_learned_conditioning(self, c: Any) -> Any:
+        """τ(c): ``cond_stage_forward`` if set, else the model's ``encode`` (a posterior gives its mode) or call."""
+        if self.cond_stage_forward is not None:
+            method = getattr(self.cond_stage_model, self.cond_stage_forward, None)
+            if not callable(method):
+                raise ConfigError(
+                    f"cond_stage_forward = {self.cond_stage_forward!r}: "
+                    f"{type(self.cond_stage_model).__name__} has no such method."
+                )
+            return method(c)
+        encode = getattr(self.cond_stage_model, "encode", None)
+        if callable(encode):
+            c = encode(c)
+            return c.mode() if isinstance(c, DiagonalGaussianDistribution) else c
+        return self.cond_stage_model(c)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> Any:
+        """The first stage's ``encode(x)``: a DiagonalGaussianDistribution (KL) or a tensor (VQ, identity)."""
+        return self.first_stage_model.encode(x)
+
+    def _decode(self, z: torch.Tensor, predict_cids: bool, force_not_quantize: bool) -> torch.Tensor:
+        if predict_cids:
+            if z.dim() == 4:
+                z = torch.argmax(z.exp(), dim=1).long()
+            z = self.first_stage_model.quantize.get_codebook_entry(z, shape=None)
+            z = rearrange(z, "b h w c -> b c h w").contiguous()
+        z = 1.0 / self.scale_factor * z
+        if isinstance(self.first_stage_model, VQModelInterface):
+            return self.first_stage_model.decode(z, force_not_quantize=predict_cids or force_not_quantize)
+        return self.first_stage_model.decode(z)
+
+    @torch.no_grad()
+    def decode_first_stage(
+        self, z: torch.Tensor, predict_cids: bool = False, force_not_quantize: bool = False
+    ) -> torch.Tensor:
+        """x = D(z / scale_factor); ``predict_cids`` reads z as codebook logits/indices (VQ first stages)."""
+        return self._decode(z, predict_cids, force_not_quantize)
+
+    def differentiable_decode_first_stage(
+        self, z: torch.Tensor, predict_cids: bool = False, force_not_quantize: bool = False
+    ) -> torch.Tensor:
+        """:meth:`decode_first_stage` with gradients."""
+        return self._decode(z, predict_cids, force_not_quantize)
+
+    @torch.no_grad()
+    def get_input(
+        self,
+        batch: Mapping[str, Any],
+        k: str,
+        return_first_stage_outputs: bool = False,
+        force_c_encode: bool = False,
+        cond_key: str | None = None,
+        return_original_cond: bool = False,
+        bs: int | None = None,
+    ) -> list[Any]:
+        """``[z, c]`` (+ ``x, xrec`` with ``return_first_stage_outputs``, + ``xc`` with ``return_original_cond``).
+
+        z ``(B, C_z, h, w)`` are the scaled latents of ``batch[k]``; c is the encoded conditioning (raw when the
+        conditioner is trainable, unless ``force_c_encode``), None for unconditional models.
+        """
+        x = DDPM.get_input(self, batch, k)
+        if bs is not None:
+            x = x[:bs]
+        x = x.to(self.device)
+        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+
+        c = xc = None
+        if self.model.conditioning_key is not None:
+            cond_key = default(cond_key, self.cond_stage_key)
+            if cond_key == self.first_stage_key:
+                xc = x
+            elif cond_key in ("caption", "txt", "coordinates_bbox"):
+                xc = batch[cond_key]
+            elif cond_key == "class_label":
+                xc = batch
+            else:
+                xc = DDPM.get_input(self, batch, cond_key).to(self.device)
+            if not self.cond_stage_trainable or force_c_encode:
+                c = self.get_learned_conditioning(xc if isinstance(xc, (dict, list)) else xc.to(self.device))
+            else:
+                c = xc
+            if bs is not None:
+                c = c[:bs]
+
+        out = [z, c]
+        if return_first_stage_outputs:
+            out.extend([x, self.decode_first_stage(z)])
+        if return_original_cond:
+            out.append(xc)
+        return out
+
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def shared_step(self, batch: Mapping[str, Any], **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, c = self.get_input(batch, self.first_stage_key)
+        return self(x, c)
+
+    def _noised_cond(self, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """With ``num_timesteps_cond > 1``: the conditioning diffused to step ``cond_ids[t]``."""
+        if self.model.conditioning_key == "hybrid":
+            raise NotImplementedError("num_timesteps_cond > 1 does not support conditioning_key 'hybrid'.")
+        tc = self.cond_ids.to(t.device)[t]
+        return self.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond.float()))
+
+    def forward(self, x: torch.Tensor, c: Any, *args, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss at a uniformly drawn t per sample; encodes c first when the conditioner is trained."""
+        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
+        if self.model.conditioning_key is not None:
+            if c is None:
+                raise ValueError(f"conditioning_key is {self.model.conditioning_key!r} but no conditioning was given.")
+            if self.cond_stage_trainable:
+                c = self.get_learned_conditioning(c)
+            if self.shorten_cond_schedule:
+                c = self._noised_cond(c, t)
+        return self.p_losses(x, c, t, *args, **kwargs)
+
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any, return_ids: bool = False) -> Any:
+        """ε̂ or x̂_0 ``(B, C, h, w)``; a tensor/list ``cond`` goes in as ``c_concat`` or ``c_crossattn``."""
+        x_recon = self.model(x_noisy, t, **as_wrapper_kwargs(cond, self.model.conditioning_key))
+        if isinstance(x_recon, tuple) and not return_ids:
+            return x_recon[0]
+        return x_recon
+
+    def p_losses(
+        self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """loss = l_simple_weight · mean(L/e^{logvar_t} + logvar_t) + original_elbo_weight · mean(lvlb_weights[t] L).
+
+        Logged: ``{prefix}/loss_simple``, ``/loss_gamma`` and ``logvar`` (when ``learn_logvar``), ``/loss_vlb``,
+        ``/loss``; prefix ``train`` or ``val`` by ``self.training``.
+        """
+        noise = default(noise, lambda: torch.randn_like(x_start))
+        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
+        model_output = self.apply_model(x_noisy, t, cond)
+        prefix = "train" if self.training else "val"
+        per_sample = mean_flat(self.get_loss(model_output, self._target(x_start, noise), mean=False))
+        loss_dict = {f"{prefix}/loss_simple": per_sample.mean()}
+
+        logvar_t = self.logvar.to(self.device)[t]
+        loss = per_sample / torch.exp(logvar_t) + logvar_t
+        if self.learn_logvar:
+            loss_dict[f"{prefix}/loss_gamma"] = loss.mean()
+            loss_dict["logvar"] = self.logvar.data.mean()
+        loss = self.l_simple_weight * loss.mean()
+
+        loss_vlb = (self.lvlb_weights[t] * per_sample).mean()
+        loss_dict[f"{prefix}/loss_vlb"] = loss_vlb
+        loss = loss + self.original_elbo_weight * loss_vlb
+        loss_dict[f"{prefix}/loss"] = loss
+        return loss, loss_dict
+
+    def _conditioner_parameters(self) -> list[torch.Tensor]:
+        if not self.cond_stage_trainable:
+            return []
+        logger.info("%s: Also optimizing conditioner params!", type(self).__name__)
+        return list(self.cond_stage_model.parameters())
+
+
+def _num_downs(first_stage_config: Any) -> int:
+    """len(ddconfig.ch_mult) − 1 of a first-stage config, 0 when it has none."""
+    try:
+        return len(first_stage_config["params"]["ddconfig"]["ch_mult"]) - 1
+    except (KeyError, TypeError):
+        return 0

@@ -1,0 +1,118 @@
+"""The fixed-variance Gaussian diffusion schedule: every per-timestep constant ``DDPM`` keeps as a buffer.
+
+All constants are computed in float64 from β_1..β_T and stored as float32 ``(T,)`` tensors, on the CPU
+whatever the default device is (so that models built under ``torch.device("meta")`` still get real values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ldm.modules.diffusionmodules.util import make_beta_schedule
+
+#: The buffers that are part of a checkpoint, in the order ``register_schedule`` registers them.
+PERSISTENT_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+#: Recomputed at construction and never saved (``persistent=False``).
+NON_PERSISTENT_BUFFERS = ("lvlb_weights",)
+
+PARAMETERIZATIONS = ("eps", "x0")
+
+
+def _float32(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array), dtype=torch.float32, device="cpu").clone()
+
+
+def make_betas(
+    given_betas: Sequence[float] | np.ndarray | None,
+    beta_schedule: str,
+    timesteps: int,
+    linear_start: float,
+    linear_end: float,
+    cosine_s: float,
+) -> np.ndarray:
+    """β_1..β_T as float64: ``given_betas`` when set, else :func:`make_beta_schedule`."""
+    if given_betas is not None:
+        return np.asarray(given_betas, dtype=np.float64)
+    with torch.device("cpu"):  # real values even while a model is built under torch.device("meta")
+        return make_beta_schedule(
+            beta_schedule, timesteps, linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s
+        )
+
+
+def schedule_buffers(betas: np.ndarray, v_posterior: float, parameterization: str) -> dict[str, torch.Tensor]:
+    """Every schedule constant for β = ``betas`` (float64 ``(T,)``), as float32 ``(T,)`` tensors.
+
+    With α_t = 1 − β_t and ᾱ_t = ∏_{s≤t} α_s:
+
+    - forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), and x_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε;
+    - posterior q(x_{t−1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I) with
+      c1_t = β_t √ᾱ_{t−1} / (1 − ᾱ_t), c2_t = (1 − ᾱ_{t−1}) √α_t / (1 − ᾱ_t),
+      β̃_t = (1 − v) β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) + v β_t (``v = v_posterior``), its log clipped at 1e-20;
+    - ``lvlb_weights`` turn the simple loss into the VLB term: β_t² / (2 β̃_t α_t (1 − ᾱ_t)) for ε-prediction,
+      ½ √ᾱ_t / (2 − ᾱ_t) for x0-prediction (the original's expression), the first copied from the second.
+    """
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization {parameterization!r} is not supported; use 'eps' or 'x0'.")
+    betas = np.asarray(betas, dtype=np.float64)
+    alphas = 1.0 - betas
+    alphas_cumprod = np.cumprod(alphas, axis=0)
+    alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+    posterior_variance = (1 - v_posterior) * betas * (1.0 - alphas_cumprod_prev) / (
+        1.0 - alphas_cumprod
+    ) + v_posterior * betas
+    buffers = {
+        "betas": _float32(betas),
+        "alphas_cumprod": _float32(alphas_cumprod),
+        "alphas_cumprod_prev": _float32(alphas_cumprod_prev),
+        "sqrt_alphas_cumprod": _float32(np.sqrt(alphas_cumprod)),
+        "sqrt_one_minus_alphas_cumprod": _float32(np.sqrt(1.0 - alphas_cumprod)),
+        "log_one_minus_alphas_cumprod": _float32(np.log(1.0 - alphas_cumprod)),
+        "sqrt_recip_alphas_cumprod": _float32(np.sqrt(1.0 / alphas_cumprod)),
+        "sqrt_recipm1_alphas_cumprod": _float32(np.sqrt(1.0 / alphas_cumprod - 1)),
+        "posterior_variance": _float32(posterior_variance),
+        "posterior_log_variance_clipped": _float32(np.log(np.maximum(posterior_variance, 1e-20))),
+        "posterior_mean_coef1": _float32(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)),
+        "posterior_mean_coef2": _float32((1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)),
+    }
+    # The VLB weights are computed from the float32 buffers, in float32, as the original does.
+    if parameterization == "eps":
+        lvlb_weights = buffers["betas"] ** 2 / (
+            2 * buffers["posterior_variance"] * _float32(alphas) * (1 - buffers["alphas_cumprod"])
+        )
+    else:
+        alphas_cumprod32 = buffers["alphas_cumprod"]
+        # numpy's float32 square root is the correctly rounded one the original used.
+        lvlb_weights = 0.5 * torch.from_numpy(np.sqrt(alphas_cumprod32.numpy())) / (2.0 - alphas_cumprod32)
+    lvlb_weights[0] = lvlb_weights[1]
+    if torch.isnan(lvlb_weights).all():
+        raise ValueError("the beta schedule gives NaN VLB weights everywhere; check given_betas / linear_start.")
+    buffers["lvlb_weights"] = lvlb_weights
+    return buffers
+
+
+def cond_schedule_ids(num_timesteps: int, num_timesteps_cond: int) -> torch.Tensor:
+    """Timestep at which the conditioning is noised for each diffusion step, ``(T,)`` int64.
+
+    The first ``num_timesteps_cond`` entries spread evenly over [0, T − 1]; the rest are T − 1.
+    """
+    cond_ids = torch.full((num_timesteps,), num_timesteps - 1, dtype=torch.long, device="cpu")
+    cond_ids[:num_timesteps_cond] = torch.round(
+        torch.linspace(0, num_timesteps - 1, num_timesteps_cond, device="cpu")
+    ).long()
+    return cond_ids
