@@ -173,6 +173,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
     one_batch = ["data.params.batch_size=4", "--deterministic"]
     assert main.main(toy_args(tmp_path, "-t", "-n", "split", *one_batch)) == 0
     split = only_logdir(tmp_path)
+    time.sleep(1.1)  # saved configs are named by the second: let the resumed run write its own pair
     assert main.main(["-r", str(split), "-t", "--max_steps", "4", *QUIET]) == 0
     assert only_logdir(tmp_path) == split and len(list((split / "configs").iterdir())) == 4
     assert main.main(toy_args(tmp_path / "b", "-t", "-n", "whole", "--max_steps", "4", *one_batch)) == 0
