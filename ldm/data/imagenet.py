@@ -5,18 +5,24 @@
 ``index_synset.yaml`` (``{index: synset}``); ``filelist.txt`` is written on first use if missing. Examples are
 ``{"image": (size, size, 3) float32 in [-1, 1], "relpath", "synsets", "class_label", "human_label",
 "file_path_"}``: the shorter side resized to ``size``, then a centre (validation) or random (train) crop.
-The super-resolution variants (``ImageNetSR*``) are not provided.
+
+``ImageNetSRTrain`` / ``ImageNetSRValidation`` (the autoencoder configs' data) add ``"LR_image"``: a square crop of
+side ``int(min(H, W) * U(min_crop_f, max_crop_f))`` area-resized to ``size`` is the HR ``"image"``, and its
+degradation to ``size // downscale_f`` is ``"LR_image"`` (both float32 in [-1, 1]).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
 from PIL import Image
@@ -24,6 +30,8 @@ from torch.utils.data import Dataset
 
 from ldm.data.base import load_rgb, to_model_range
 from ldm.util import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: A file of the original train list that is not a readable JPEG; the original skips it too.
 IGNORED_FILES = {"n06596364_9591.JPEG"}
@@ -130,17 +138,20 @@ class ImageNetBase(Dataset):
             image = image.crop((left, top, left + self.size, top + self.size))
         return to_model_range(image)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | str:
-        if not self.process_images:
-            return self.abspaths[i]
+    def labels(self, i: int) -> dict[str, Any]:
+        """The metadata of example ``i`` (every key of an example but ``"image"``), without reading the file."""
         return {
-            "image": self.load_image(self.abspaths[i]),
             "relpath": self.relpaths[i],
             "synsets": self.synsets[i],
             "class_label": self.class_labels[i],
             "human_label": self.human_labels[i],
             "file_path_": self.abspaths[i],
         }
+
+    def __getitem__(self, i: int) -> dict[str, Any] | str:
+        if not self.process_images:
+            return self.abspaths[i]
+        return {"image": self.load_image(self.abspaths[i]), **self.labels(i)}
 
 
 class ImageNetTrain(ImageNetBase):
@@ -151,3 +162,180 @@ class ImageNetTrain(ImageNetBase):
 class ImageNetValidation(ImageNetBase):
     NAME = "ILSVRC2012_validation"
     RANDOM_CROP_DEFAULT = False
+
+
+def area_resample_rows(x: np.ndarray, n_out: int) -> np.ndarray:
+    """Area-resample axis 0 of float ``x``: output ``o`` is the mean of the piecewise-constant input over
+    ``[o s, (o + 1) s]``, ``s = n_in / n_out``, computed from the running integral ``F`` as ``(F(b) − F(a)) / s``.
+
+    This is OpenCV's ``INTER_AREA`` both when shrinking and when enlarging (where it blends only across a
+    source-pixel boundary); OpenCV's float / fixed-point weights can round one uint8 level differently.
+    """
+    n_in = x.shape[0]
+    integral = np.concatenate([np.zeros_like(x[:1]), np.cumsum(x, axis=0)])
+    edges = np.arange(n_out + 1) * n_in / n_out
+    index = np.minimum(edges.astype(np.int64), n_in - 1)
+    fraction = (edges - index).reshape(-1, *([1] * (x.ndim - 1)))
+    at_edges = integral[index] + fraction * x[index]
+    return (at_edges[1:] - at_edges[:-1]) * (n_out / n_in)
+
+
+def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(H, W, C)`` uint8 → ``(height, width, C)`` uint8 by area resampling, rounded to nearest (half to even)."""
+    rows = area_resample_rows(image.astype(np.float64), height)
+    out = area_resample_rows(rows.transpose(1, 0, 2), width).transpose(1, 0, 2)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def nearest_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """OpenCV ``INTER_NEAREST``: output pixel ``o`` takes source ``floor(o * n_in / n_out)``."""
+    rows = np.arange(height) * image.shape[0] // height
+    cols = np.arange(width) * image.shape[1] // width
+    return image[rows][:, cols]
+
+
+def torch_resize(image: np.ndarray, height: int, width: int, mode: str) -> np.ndarray:
+    """Half-pixel-centred ``bilinear`` / ``bicubic`` (a = −0.75) without antialiasing, as OpenCV's uint8 resize."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].double()
+    y = F.interpolate(x, size=(height, width), mode=mode, align_corners=False, antialias=False)
+    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def pil_resize(image: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
+    """``PIL.Image.resize`` with filter ``resample`` (what ``torchvision``'s PIL ``resize`` calls)."""
+    return np.asarray(Image.fromarray(image).resize((width, height), resample=resample))
+
+
+Resizer = Callable[[np.ndarray, int, int], np.ndarray]
+
+#: ``degradation`` names → ``(H, W, 3)`` uint8 resizers. ``pil_*`` are the original's PIL filters exactly;
+#: ``cv_nearest`` is OpenCV's exactly; ``cv_area``, ``cv_bilinear`` and ``cv_bicubic`` sample as OpenCV does, in
+#: float (OpenCV's float / fixed-point uint8 weights can round one level differently); ``cv_lanczos`` (OpenCV's
+#: 8-tap Lanczos-4 without antialiasing) maps to PIL's antialiased Lanczos-3, the closest filter without OpenCV.
+DEGRADATIONS: dict[str, Resizer] = {
+    "cv_nearest": nearest_resize,
+    "cv_bilinear": partial(torch_resize, mode="bilinear"),
+    "cv_bicubic": partial(torch_resize, mode="bicubic"),
+    "cv_area": area_resize,
+    "cv_lanczos": partial(pil_resize, resample=Image.Resampling.LANCZOS),
+    **{
+        f"pil_{name.lower()}": partial(pil_resize, resample=getattr(Image.Resampling, name))
+        for name in ("NEAREST", "BILINEAR", "BICUBIC", "BOX", "HAMMING", "LANCZOS")
+    },
+}
+#: The original's BSRGAN degradation pipelines; not implemented here.
+BSRGAN_DEGRADATIONS = ("bsrgan", "bsrgan_light")
+
+
+def read_indices(path: Path, length: int) -> list[int]:
+    """Whitespace-separated integer indices into a dataset of ``length`` examples."""
+    if not path.is_file():
+        raise ConfigError(f"hr_indices file {path} not found; give an existing file or leave hr_indices unset.")
+    try:
+        indices = [int(token) for token in path.read_text().split()]
+    except ValueError as error:
+        raise ConfigError(f"hr_indices file {path}: {error}; it must hold whitespace-separated integers.") from error
+    bad = [i for i in indices if not 0 <= i < length]
+    if bad:
+        raise ConfigError(f"hr_indices file {path}: indices {bad[:5]} are outside the {length} images listed.")
+    return indices
+
+
+class ImageNetSR(Dataset):
+    """Super-resolution pairs from ImageNet; subclasses set ``BASE`` and ``INDEX_NAME``.
+
+    Example ``i``: the base example's labels plus ``"image"`` ``(size, size, 3)`` and ``"LR_image"``
+    ``(size // downscale_f, size // downscale_f, 3)``, float32 in [-1, 1]. Steps: a square crop of side
+    ``int(min(H, W) * c)``, ``c ~ U(min_crop_f, max_crop_f)``, random or centred; area-resized to ``size``
+    (OpenCV ``INTER_AREA``, see :func:`area_resize`); ``LR_image = degradation(image)``. Randomness uses the torch
+    RNG (the original draws from numpy / ``random``), so DataLoader workers differ without a worker seed.
+
+    Which base images are used: the indices (whitespace-separated integers into the base image list) in the text
+    file ``hr_indices`` if given, else in ``data/<INDEX_NAME>.txt`` (relative to the working directory) if it exists,
+    else all of them. The original reads its subset from the pickle ``data/<INDEX_NAME>.p``, which is never unpickled
+    here (a warning says how to convert it). ``data_root`` is the base dataset's (default
+    ``$XDG_CACHE_HOME/autoencoders/data``), so missing data raises the base dataset's error.
+    """
+
+    BASE: type[ImageNetBase] = ImageNetBase
+    INDEX_NAME = ""
+
+    def __init__(
+        self,
+        size: int | None = None,
+        degradation: str | None = None,
+        downscale_f: int = 4,
+        min_crop_f: float = 0.5,
+        max_crop_f: float = 1.0,
+        random_crop: bool = True,
+        data_root: str | None = None,
+        hr_indices: str | None = None,
+    ):
+        if not size or size % downscale_f:
+            raise ConfigError(f"ImageNetSR: size={size} must be a positive multiple of downscale_f={downscale_f}.")
+        if not 0.0 < min_crop_f <= max_crop_f <= 1.0:
+            raise ConfigError(
+                f"ImageNetSR: need 0 < min_crop_f <= max_crop_f <= 1, got min_crop_f={min_crop_f}, "
+                f"max_crop_f={max_crop_f}."
+            )
+        if degradation in BSRGAN_DEGRADATIONS:
+            raise NotImplementedError(
+                f"ImageNetSR: degradation {degradation!r} (BSRGAN) is not implemented; "
+                f"use one of {sorted(DEGRADATIONS)}."
+            )
+        if degradation not in DEGRADATIONS:
+            raise ConfigError(f"ImageNetSR: unknown degradation {degradation!r}; use one of {sorted(DEGRADATIONS)}.")
+        self.size = size
+        self.LR_size = size // downscale_f
+        self.min_crop_f = min_crop_f
+        self.max_crop_f = max_crop_f
+        self.center_crop = not random_crop
+        self.degradation_process = DEGRADATIONS[degradation]
+        self.base = self.BASE(process_images=False, data_root=data_root)
+        self.indices = self._indices(hr_indices)
+
+    def _indices(self, hr_indices: str | None) -> list[int]:
+        default = Path("data") / f"{self.INDEX_NAME}.txt"
+        path = Path(hr_indices) if hr_indices else default
+        if hr_indices or default.is_file():
+            return read_indices(path, len(self.base))
+        if default.with_suffix(".p").is_file():
+            logger.warning(
+                "%s: %s is not unpickled; using all %d images. Write its indices as whitespace-separated integers "
+                "to %s to use the original subset.", type(self).__name__, default.with_suffix(".p"),
+                len(self.base), default,
+            )
+        return list(range(len(self.base)))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int]:
+        """``(top, left, side)`` of the square crop, ``side = int(min(height, width) * U(min_crop_f, max_crop_f))``."""
+        fraction = self.min_crop_f + (self.max_crop_f - self.min_crop_f) * torch.rand(()).item()
+        side = int(min(height, width) * fraction)
+        if self.center_crop:
+            return (height - side) // 2, (width - side) // 2, side
+        top = int(torch.randint(0, height - side + 1, ()).item())
+        left = int(torch.randint(0, width - side + 1, ()).item())
+        return top, left, side
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        example = self.base.labels(self.indices[i])
+        image = np.asarray(load_rgb(example["file_path_"]))
+        top, left, side = self.crop_box(*image.shape[:2])
+        image = area_resize(image[top : top + side, left : left + side], self.size, self.size)
+        lr_image = self.degradation_process(image, self.LR_size, self.LR_size)
+        example["image"] = to_model_range(Image.fromarray(image))
+        example["LR_image"] = to_model_range(Image.fromarray(lr_image))
+        return example
+
+
+class ImageNetSRTrain(ImageNetSR):
+    BASE = ImageNetTrain
+    INDEX_NAME = "imagenet_train_hr_indices"
+
+
+class ImageNetSRValidation(ImageNetSR):
+    BASE = ImageNetValidation
+    INDEX_NAME = "imagenet_val_hr_indices"
