@@ -22,7 +22,29 @@ SENTINELS = ("__is_first_stage__", "__is_unconditional__")
 
 
 class ConfigError(ValueError):
-    """A config node cannot be turned into an object; the message names the node and the fix."""
+    """A config node cannot be turned into an object; the message names the node and the fix.
+
+    The subclasses below are also the exception types the original raises in the same situations, so code
+    that catches ``KeyError`` / ``ModuleNotFoundError`` / ``AttributeError`` / ``TypeError`` keeps working.
+    """
+
+
+class MissingTargetError(ConfigError, KeyError):
+    """The node has no ``target`` key (the original: ``KeyError``)."""
+
+    __str__ = BaseException.__str__  # the plain message, not KeyError's quoted repr
+
+
+class TargetImportError(ConfigError, ModuleNotFoundError):
+    """The ``target``'s module cannot be imported (the original: ``ModuleNotFoundError``)."""
+
+
+class TargetAttributeError(ConfigError, AttributeError):
+    """The ``target``'s module lacks the named attribute (the original: ``AttributeError``)."""
+
+
+class ParamsError(ConfigError, TypeError):
+    """``params`` has keys the target does not accept, or lacks required ones (the original: ``TypeError``)."""
 
 
 def exists(value: Any) -> bool:
@@ -88,14 +110,14 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     Raises :class:`ConfigError` naming the path and the part that failed to resolve.
     """
     if not isinstance(string, str) or "." not in string:
-        raise ConfigError(
+        raise TargetImportError(
             f"target {string!r} is not an import path; write it as 'package.module.ClassName'."
         )
     module_name, attr = string.rsplit(".", 1)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        raise ConfigError(
+        raise TargetImportError(
             f"target {string!r}: module {module_name!r} cannot be imported ({error}). "
             "Check the spelling of 'target' or install the package that provides it."
         ) from error
@@ -104,7 +126,7 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     try:
         return getattr(module, attr)
     except AttributeError as error:
-        raise ConfigError(
+        raise TargetAttributeError(
             f"target {string!r}: module {module_name!r} has no attribute {attr!r}. "
             "Check the class name in 'target'."
         ) from error
@@ -117,7 +139,7 @@ def _as_plain_params(params: Any, where: str) -> dict[str, Any]:
         return {str(k): params[k] for k in params}
     if isinstance(params, Mapping):
         return dict(params)
-    raise ConfigError(f"{where}: 'params' must be a mapping of keyword arguments, got {type(params).__name__}.")
+    raise ParamsError(f"{where}: 'params' must be a mapping of keyword arguments, got {type(params).__name__}.")
 
 
 def _check_params(obj: Any, params: Mapping[str, Any], where: str) -> None:
@@ -136,7 +158,7 @@ def _check_params(obj: Any, params: Mapping[str, Any], where: str) -> None:
     }
     unknown = sorted(set(params) - accepted)
     if unknown:
-        raise ConfigError(
+        raise ParamsError(
             f"{where}: unknown key(s) {unknown} in 'params'; {getattr(obj, '__name__', obj)} accepts "
             f"{sorted(accepted)}. Remove or rename the key(s)."
         )
@@ -148,7 +170,7 @@ def _check_params(obj: Any, params: Mapping[str, Any], where: str) -> None:
         and p.name not in params
     ]
     if missing:
-        raise ConfigError(f"{where}: required key(s) {missing} missing from 'params'.")
+        raise ParamsError(f"{where}: required key(s) {missing} missing from 'params'.")
 
 
 def instantiate_from_config(config: Any, name: str | None = None) -> Any:
@@ -161,11 +183,11 @@ def instantiate_from_config(config: Any, name: str | None = None) -> Any:
     if isinstance(config, str) and config in SENTINELS:
         return None
     if not isinstance(config, (Mapping, DictConfig)):
-        raise ConfigError(
+        raise MissingTargetError(
             f"{name or 'config'}: expected a mapping with a 'target' key, got {config!r}."
         )
     if "target" not in config:
-        raise ConfigError(
+        raise MissingTargetError(
             f"{name or 'config'}: expected key 'target' to instantiate (keys present: {sorted(config.keys())}). "
             "Add 'target: package.module.ClassName'."
         )

@@ -3,13 +3,11 @@ transformer-block checkpointing, key names of the original."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ldm.modules.attention import (
     GEGLU,
@@ -19,29 +17,7 @@ from ldm.modules.attention import (
     LinearAttention,
     SpatialTransformer,
 )
-
-
-class RecordShapes(TorchDispatchMode):
-    """Records the name and output shapes of every aten op run inside the context."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[tuple[str, list[tuple[int, ...]]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        self.ops.append((str(func), [tuple(o.shape) for o in outs if isinstance(o, torch.Tensor)]))
-        return out
-
-    def square_tensors(self, n: int, m: int, copies: int = 1) -> list[str]:
-        """Ops that produced a tensor of shape ``(..., n, m)`` holding at least ``copies`` such matrices
-        (batch × heads for attention weights)."""
-        return [
-            name
-            for name, shapes in self.ops
-            if any(s[-2:] == (n, m) and math.prod(s[:-2]) >= copies for s in shapes if len(s) >= 2)
-        ]
+from tests.helpers import RecordShapes
 
 
 def reference_attention(attn: CrossAttention, x, context=None, mask=None):
@@ -175,3 +151,32 @@ def test_spatial_transformer_structure_and_residual():
             h = block(h, context)
         expected = st.proj_out(rearrange(h, "b (h w) c -> b c h w", h=3)) + x
         torch.testing.assert_close(st(x, context), expected)
+
+
+def test_the_original_module_helpers() -> None:
+    from ldm.modules.attention import Normalize, default, exists, init_, max_neg_value, uniq, zero_module
+
+    assert list(uniq([3, 1, 3, 2, 1])) == [3, 1, 2]
+    assert max_neg_value(torch.zeros(1, dtype=torch.float16)) == -65504.0
+    assert exists(0) and not exists(None) and default(None, lambda: 5) == 5
+    torch.manual_seed(0)
+    w = init_(torch.empty(64, 16))
+    assert w.abs().max() <= 0.25 and w.abs().max() > 0.2
+    norm = Normalize(64)
+    assert (norm.num_groups, norm.eps, norm.affine) == (32, 1e-6, True)
+    assert all((p == 0).all() for p in zero_module(nn.Linear(3, 3)).parameters())
+
+
+def test_spatial_self_attention_matches_the_softmax_formula() -> None:
+    from ldm.modules.attention import SpatialSelfAttention
+
+    torch.manual_seed(0)
+    attn = SpatialSelfAttention(32)
+    x = torch.randn(2, 32, 4, 5)
+    h = attn.norm(x)
+    q, k, v = (layer(h).flatten(2) for layer in (attn.q, attn.k, attn.v))  # (B, C, HW)
+    weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) * 32**-0.5, dim=2)
+    expected = x + attn.proj_out(torch.einsum("bcj,bij->bci", v, weights).reshape(2, 32, 4, 5))
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
+    names = ("norm", "q", "k", "v", "proj_out")
+    assert list(attn.state_dict()) == [f"{n}.{p}" for n in names for p in ("weight", "bias")]

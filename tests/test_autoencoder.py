@@ -257,7 +257,7 @@ def test_log_images() -> None:
     logs = _tiny_kl().eval().log_images(batch)
     assert sorted(logs) == ["inputs", "reconstructions", "samples"]
     assert all(v.shape == (2, 3, 16, 16) for v in logs.values())
-    assert sorted(_tiny_vq().eval().log_images(batch)) == ["inputs", "reconstructions", "samples"]
+    assert sorted(_tiny_vq().eval().log_images(batch)) == ["inputs", "reconstructions"]  # the original's keys
     assert list(_tiny_kl().log_images(batch, only_inputs=True)) == ["inputs"]
 
     segmentation = {"segmentation": torch.rand(2, 16, 16, 5)}
@@ -266,6 +266,23 @@ def test_log_images() -> None:
     logs = model.log_images(segmentation)
     assert all(v.shape == (2, 3, 16, 16) and v.min() >= -1 and v.max() <= 1 for v in logs.values())
 
+
+
+def test_kl_log_images_draws_in_the_original_order() -> None:
+    """Original: reconstruction from a posterior sample, then ``decode(randn_like(posterior.sample()))``."""
+    batch = {"image": torch.rand(2, 16, 16, 3) * 2 - 1}
+    model = _tiny_kl().eval()
+    torch.manual_seed(7)
+    logs = model.log_images(batch)
+    x = model.get_input(batch, "image")
+    with torch.no_grad():
+        posterior = model.encode(x)
+        torch.manual_seed(7)
+        reconstruction = model.decode(posterior.sample())
+        posterior.sample()
+        samples = model.decode(torch.randn_like(posterior.mean))
+    torch.testing.assert_close(logs["reconstructions"], reconstruction)
+    torch.testing.assert_close(logs["samples"], samples)
 
 # ---- Lightning fits ------------------------------------------------------------------------------------------
 

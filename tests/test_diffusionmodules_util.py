@@ -72,3 +72,27 @@ def test_checkpoint_equal_grads_and_recomputation():
     with torch.no_grad():
         checkpoint(net, (x,), net.parameters(), True)
     assert calls == [1]
+
+
+def test_betas_for_alpha_bar_is_the_discretised_ratio() -> None:
+    from ldm.modules.diffusionmodules.util import betas_for_alpha_bar
+
+    alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    betas = betas_for_alpha_bar(1000, alpha_bar)
+    assert betas.shape == (1000,) and betas.dtype == np.float64
+    assert betas[0] == pytest.approx(1 - alpha_bar(0.001) / alpha_bar(0.0))
+    assert betas[-1] == 0.999  # 1 − ᾱ(1)/ᾱ(0.999) = 1 exactly, clipped to max_beta
+    np.testing.assert_allclose(betas, make_beta_schedule("cosine", 1000), rtol=1e-12, atol=1e-15)
+
+
+def test_hybrid_conditioner_wraps_both_conditionings() -> None:
+    from ldm.modules.diffusionmodules.util import HybridConditioner
+
+    torch.manual_seed(0)
+    hybrid = HybridConditioner({"target": "torch.nn.Identity"},
+                               {"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2}})
+    concat, tokens = torch.randn(1, 4, 2, 2), torch.randn(1, 5, 3)
+    out = hybrid(concat, tokens)
+    assert list(out) == ["c_concat", "c_crossattn"]
+    assert out["c_concat"][0] is concat
+    torch.testing.assert_close(out["c_crossattn"][0], hybrid.crossattn_conditioner(tokens))

@@ -84,3 +84,27 @@ def test_gradients_reach_every_layer():
     disc = NLayerDiscriminator(ndf=8).apply(weights_init)
     disc(torch.randn(2, 3, 32, 32)).mean().backward()
     assert all(m.weight.grad.abs().sum() > 0 for m in disc.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_actnorm_logdet_reverse_and_vectors() -> None:
+    """taming's ActNorm(num_features, logdet=False, affine=True, allow_reverse_init=False) options."""
+    torch.manual_seed(0)
+    norm = ActNorm(3, logdet=True)
+    x = torch.randn(4, 3, 5, 6) * 2 + 1
+    h, logdet = norm(x)
+    assert logdet.shape == (4,)
+    torch.testing.assert_close(logdet, torch.full((4,), 30 * torch.log(norm.scale.abs()).sum().item()))
+    torch.testing.assert_close(norm(h, reverse=True), x, rtol=1e-5, atol=1e-5)
+    vectors = ActNorm(3)
+    v = torch.randn(8, 3)
+    out = vectors(v)
+    assert out.shape == (8, 3)
+    torch.testing.assert_close(out.mean(0), torch.zeros(3), rtol=0, atol=1e-5)
+    with pytest.raises(RuntimeError, match="reverse direction"):
+        ActNorm(3).reverse(v)
+    inverse = ActNorm(3, allow_reverse_init=True)
+    back = inverse.reverse(v)  # initialised from v itself (loc = −mean, scale = 1/std), then inverted
+    assert inverse.initialized.item() == 1
+    torch.testing.assert_close(back, v * (v.std(0) + 1e-6) + v.mean(0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="affine"):
+        ActNorm(3, affine=False)

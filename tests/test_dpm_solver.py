@@ -109,3 +109,35 @@ def test_ddim_only_options_are_rejected():
     sampler = DPMSolverSampler(GaussianEpsModel())
     with pytest.raises(ValueError, match="eta, mask/x0"):
         sampler.sample(5, 1, (1, 4, 4), eta=1.0, mask=torch.ones(1, 1, 4, 4), x0=torch.zeros(1, 1, 4, 4), **QUIET)
+
+
+def _hand_dpmpp_2m(denoise, x, times, schedule, first_order_last: bool) -> torch.Tensor:
+    """DPM-Solver++(2M) written out: x_t = (σ_t/σ_s) x_s − α_t expm1(−h) D, D = x̂_0 (first order) or
+    x̂_0 + (x̂_0 − x̂_0,prev) / (2r)."""
+    alphas, sigmas, lambdas = np.exp(schedule.log_alpha(times)), schedule.sigma(times), schedule.lambda_(times)
+    steps, prev = len(times) - 1, None
+    for i in range(steps):
+        x0 = denoise(x, float(times[i]))
+        h = lambdas[i + 1] - lambdas[i]
+        first = prev is None or (first_order_last and i == steps - 1)
+        d = x0 if first else x0 + (x0 - prev) / (2 * (lambdas[i] - lambdas[i - 1]) / h)
+        x = float(sigmas[i + 1] / sigmas[i]) * x - float(alphas[i + 1] * np.expm1(-h)) * d
+        prev = x0
+    return x
+
+
+@pytest.mark.parametrize(("steps", "first_order_last"), [(5, True), (14, True), (15, False)])
+def test_fewer_than_15_steps_end_with_a_first_order_step(steps, first_order_last):
+    """The original runs DPM_Solver.sample(..., method="multistep", order=2, lower_order_final=True): below 15
+    steps the final update is DPM-Solver-1."""
+    from ldm.models.diffusion.dpm_solver.solver import sample_dpmpp_2m
+
+    schedule = DiscreteVPSchedule(GaussianEpsModel().alphas_cumprod)
+    times = time_steps(schedule, steps, "time_uniform")
+    denoise = lambda x, t: torch.tanh(x) * (1 + t)
+    x_T = torch.linspace(-2, 2, 9, dtype=torch.float64)
+    out = sample_dpmpp_2m(denoise, x_T, times, schedule, disable=True)
+    torch.testing.assert_close(out, _hand_dpmpp_2m(denoise, x_T, times, schedule, first_order_last))
+    if first_order_last:
+        plain = sample_dpmpp_2m(denoise, x_T, times, schedule, disable=True, lower_order_final=False)
+        assert not torch.allclose(out, plain)

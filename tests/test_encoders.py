@@ -263,3 +263,19 @@ def test_bert_tokenizer_without_cached_vocab_names_the_offline_option(monkeypatc
         BERTEmbedder(n_embed=8, n_layer=1, tokenizer="clip")
     with pytest.raises(ConfigError, match="'bert' .* 'clip'"):
         BERTTokenizer(tokenizer="wordpiece")
+
+
+def test_spatial_rescaler_resizes_then_maps_channels() -> None:
+    """The original's SpatialRescaler (configs of the super-resolution / semantic-synthesis LDMs)."""
+    torch.manual_seed(0)
+    rescaler = encoders.SpatialRescaler(n_stages=2, method="bilinear", multiplier=0.5, in_channels=3,
+                                        out_channels=5)
+    assert list(rescaler.state_dict()) == ["channel_mapper.weight"]  # bias=False by default
+    x = torch.randn(2, 3, 16, 16)
+    half = torch.nn.functional.interpolate(x, scale_factor=0.5, mode="bilinear")
+    expected = rescaler.channel_mapper(torch.nn.functional.interpolate(half, scale_factor=0.5, mode="bilinear"))
+    torch.testing.assert_close(rescaler(x), expected)
+    torch.testing.assert_close(rescaler.encode(x), expected)
+    assert torch.equal(encoders.SpatialRescaler(n_stages=0)(x), x)
+    with pytest.raises(ValueError, match="method"):
+        encoders.SpatialRescaler(method="lanczos")

@@ -156,3 +156,29 @@ def test_matches_the_lpips_package(lpips_random):
     x, y = _images(7, size=64), _images(8, size=64)
     with torch.no_grad():
         torch.testing.assert_close(lpips_random(x, y), reference(x, y), rtol=1e-5, atol=1e-7)
+
+
+def test_use_dropout_is_the_original_first_parameter(lpips_random):
+    """taming: ``LPIPS(use_dropout=True)``, ``NetLinLayer(chn_in, chn_out=1, use_dropout=False)``."""
+    from ldm.modules.losses.lpips import NetLinLayer
+
+    assert list(NetLinLayer(64).state_dict()) == ["model.0.weight"]
+    assert list(NetLinLayer(64, use_dropout=True).state_dict()) == ["model.1.weight"]
+    torch.manual_seed(0)
+    plain = LPIPS(False, backbone="random")
+    assert "lin0.model.0.weight" in plain.state_dict() and "lin0.model.1.weight" not in plain.state_dict()
+    plain.net.load_state_dict(lpips_random.net.state_dict())
+    x, y = _images(1), _images(2)
+    torch.testing.assert_close(plain(x, y), lpips_random(x, y))  # same lin weights, dropout off in eval anyway
+
+
+def test_from_pretrained_and_load_from_pretrained_give_the_vgg_lpips_lins(lpips_random):
+    torch.manual_seed(0)
+    model = LPIPS.from_pretrained("vgg_lpips", backbone="random")
+    shipped = torch.load(lin_weights_path(), map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        model.lin0.model[1].weight.zero_()
+    model.load_from_pretrained()
+    torch.testing.assert_close(model.lin0.model[1].weight, shipped["lin0.model.1.weight"])
+    with pytest.raises(ValueError, match="unknown"):
+        model.load_from_pretrained("alex_lpips")

@@ -22,8 +22,7 @@ from ldm.modules.diffusionmodules.openaimodel import (
     _heads_and_dim_head,
 )
 from ldm.util import instantiate_from_config
-from tests.helpers import REFDATA, load_manifest, state_dict_manifest
-from tests.test_attention import RecordShapes
+from tests.helpers import REFDATA, RecordShapes, load_manifest, state_dict_manifest
 
 SD_V1_UNET = dict(  # unet_config of CompVis/stable-diffusion configs/stable-diffusion/v1-inference.yaml
     image_size=32, in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
@@ -373,3 +372,86 @@ def test_resblock_up_down():
     assert not down.out_layers[3].weight.any()  # zero-init: output is the pooled input
     torch.testing.assert_close(down(x, emb), nn.functional.avg_pool2d(x, 2))
     assert ResBlock(32, 16, 0.0, out_channels=64, use_conv=True).skip_connection.kernel_size == (3, 3)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The original module's other public names: AttentionPool2d, TransposedUpsample, EncoderUNetModel, flops
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_blocks_keep_their_original_import_path() -> None:
+    from ldm.modules.diffusionmodules import openaimodel, unet_blocks
+
+    for name in ("ResBlock", "AttentionBlock", "QKVAttention", "QKVAttentionLegacy", "Upsample", "Downsample",
+                 "TimestepBlock", "TimestepEmbedSequential", "AttentionPool2d", "TransposedUpsample",
+                 "convert_module_to_f16", "convert_module_to_f32", "count_flops_attn"):
+        assert getattr(openaimodel, name) is getattr(unet_blocks, name)
+
+
+def test_transposed_upsample_is_a_stride_2_transposed_conv() -> None:
+    from ldm.modules.diffusionmodules.openaimodel import TransposedUpsample
+
+    up = TransposedUpsample(4, out_channels=6)
+    x = torch.randn(1, 4, 5, 5)
+    out = up(x)
+    assert out.shape == (1, 6, 13, 13)  # 2·5 + 5 − 2, no padding
+    torch.testing.assert_close(out, torch.nn.functional.conv_transpose2d(x, up.up.weight, up.up.bias, stride=2))
+
+
+def test_attention_pool_2d_pools_through_the_mean_token() -> None:
+    from ldm.modules.diffusionmodules.openaimodel import AttentionPool2d
+
+    torch.manual_seed(0)
+    pool = AttentionPool2d(spacial_dim=3, embed_dim=16, num_heads_channels=8, output_dim=5)
+    assert pool.num_heads == 2 and pool.positional_embedding.shape == (16, 10)
+    x = torch.randn(2, 16, 3, 3)
+    tokens = torch.cat([x.flatten(2).mean(-1, keepdim=True), x.flatten(2)], dim=-1) + pool.positional_embedding
+    q, k, v = pool.qkv_proj(tokens).chunk(3, dim=1)  # "new" order: q, k, v first, then heads
+    heads = lambda t: t.reshape(2 * 2, 8, 10)
+    weights = torch.softmax(torch.einsum("bct,bcs->bts", heads(q), heads(k)) / math.sqrt(8), dim=-1)
+    attended = torch.einsum("bts,bcs->bct", weights, heads(v)).reshape(2, 16, 10)
+    torch.testing.assert_close(pool(x), pool.c_proj(attended)[:, :, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_count_flops_adds_the_two_attention_matmuls() -> None:
+    from ldm.modules.diffusionmodules.openaimodel import QKVAttention, QKVAttentionLegacy
+
+    counter = nn.Module()
+    counter.total_ops = torch.zeros(1, dtype=torch.float64)
+    y = torch.zeros(2, 8, 4, 5)
+    QKVAttention.count_flops(counter, None, (y,))
+    QKVAttentionLegacy.count_flops(counter, None, (y,))
+    assert counter.total_ops.item() == 2 * (2 * 2 * 20**2 * 8)
+
+
+ENCODER_UNET = dict(image_size=16, in_channels=3, model_channels=32, out_channels=7, num_res_blocks=1,
+                    attention_resolutions=[2], channel_mult=(1, 2), num_head_channels=16)
+
+
+@pytest.mark.parametrize("pool", ["adaptive", "attention", "spatial", "spatial_v2"])
+def test_encoder_unet_heads(pool: str) -> None:
+    from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel
+
+    torch.manual_seed(0)
+    model = EncoderUNetModel(**ENCODER_UNET, pool=pool).eval()
+    keys = model.state_dict()
+    assert "input_blocks.3.1.qkv.weight" in keys and "middle_block.1.proj_out.weight" in keys
+    assert "output_blocks.0.0.in_layers.0.weight" not in keys
+    assert model._feature_size == 32 + 32 + 32 + 64 + 64
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 500])
+    with torch.no_grad():
+        out = model(x, t)
+    assert out.shape == (2, 7)
+    if pool == "adaptive":  # the head's last conv starts at zero, as in the original
+        assert torch.equal(out, torch.zeros(2, 7))
+    if pool == "attention":
+        assert model.out[2].positional_embedding.shape == (64, 8 * 8 + 1)  # image_size // ds = 8
+    if pool.startswith("spatial"):
+        assert model.out[0].in_features == model._feature_size
+
+
+def test_encoder_unet_rejects_an_unknown_pool() -> None:
+    from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel
+
+    with pytest.raises(NotImplementedError, match="pooling"):
+        EncoderUNetModel(**ENCODER_UNET, pool="max")

@@ -105,3 +105,13 @@ def test_state_dict_and_init() -> None:
     quantizer = VectorQuantizer2(n_e=16, e_dim=4, beta=0.25)
     assert list(quantizer.state_dict()) == ["embedding.weight"]
     assert quantizer.embedding.weight.abs().max() <= 1 / 16
+
+
+def test_gumbel_compatible_keywords_of_the_original_forward() -> None:
+    quantizer = _quantizer()
+    z_q, _, (_, _, indices) = quantizer(_z(), temp=1.0, rescale_logits=False, return_logits=False)
+    assert torch.equal(indices, EXPECTED_INDICES)
+    torch.testing.assert_close(z_q, quantizer(_z())[0])
+    for bad in ({"temp": 0.5}, {"rescale_logits": True}, {"return_logits": True}):
+        with pytest.raises(ValueError, match="interface compatibility"):
+            quantizer(_z(), **bad)

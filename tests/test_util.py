@@ -52,3 +52,23 @@ def test_default_and_mean_flat():
     assert default(5, 3) == 5
     x = torch.arange(12.0).reshape(2, 6)
     assert torch.equal(mean_flat(x), torch.tensor([2.5, 8.5]))
+
+
+def test_config_errors_are_also_the_exception_types_of_the_original():
+    """The original raises KeyError (no target), ModuleNotFoundError / AttributeError (bad target) and the
+    target's TypeError (bad params); code catching those must keep working."""
+    with pytest.raises(KeyError, match="target"):
+        instantiate_from_config({"params": {}})
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        instantiate_from_config({"target": "ldm.no_such_module.Thing"})
+    with pytest.raises(AttributeError, match="NoSuchClass"):
+        instantiate_from_config({"target": "torch.nn.NoSuchClass"})
+    with pytest.raises(TypeError, match="bais"):
+        instantiate_from_config({"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2,
+                                                                        "bais": False}})
+    with pytest.raises(TypeError, match="out_features"):
+        instantiate_from_config({"target": "torch.nn.Linear", "params": {"in_features": 3}})
+    try:
+        instantiate_from_config({"params": {}}, name="model")
+    except KeyError as error:
+        assert str(error).startswith("model: expected key 'target'")  # the message, not KeyError's quoted repr

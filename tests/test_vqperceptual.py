@@ -110,3 +110,18 @@ def test_bad_parameters_raise():
         _loss(pixel_loss="huber")
     with pytest.raises(ValueError, match="disc_loss"):
         _loss(disc_loss="wgan")
+
+
+def test_hinge_d_loss_with_exemplar_weights() -> None:
+    from ldm.modules.losses.vqperceptual import hinge_d_loss, hinge_d_loss_with_exemplar_weights
+
+    torch.manual_seed(0)
+    real, fake = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    torch.testing.assert_close(hinge_d_loss_with_exemplar_weights(real, fake, torch.ones(3)), hinge_d_loss(real, fake))
+    weights = torch.tensor([1.0, 0.0, 3.0])
+    per_real = torch.relu(1 - real).mean(dim=[1, 2, 3])
+    per_fake = torch.relu(1 + fake).mean(dim=[1, 2, 3])
+    expected = 0.5 * ((per_real[0] + 3 * per_real[2]) / 4 + (per_fake[0] + 3 * per_fake[2]) / 4)
+    torch.testing.assert_close(hinge_d_loss_with_exemplar_weights(real, fake, weights), expected)
+    with pytest.raises(ValueError, match="batch size"):
+        hinge_d_loss_with_exemplar_weights(real, fake, torch.ones(2))

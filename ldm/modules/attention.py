@@ -6,13 +6,59 @@ Every softmax attention here goes through ``torch.nn.functional.scaled_dot_produ
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, KeysView
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
 from ldm.modules.diffusionmodules.util import checkpoint, zero_module
-from ldm.util import default
+from ldm.util import default, exists
+
+__all__ = [
+    "GEGLU",
+    "BasicTransformerBlock",
+    "CrossAttention",
+    "FeedForward",
+    "LinearAttention",
+    "Normalize",
+    "SpatialSelfAttention",
+    "SpatialTransformer",
+    "default",
+    "exists",
+    "init_",
+    "max_neg_value",
+    "uniq",
+    "zero_module",
+]
+
+# --------------------------------------------------------------------------------------------------------
+# Small helpers (the original module's public functions)
+# --------------------------------------------------------------------------------------------------------
+
+
+def uniq(arr: Iterable) -> KeysView:
+    """The distinct elements of ``arr`` in first-seen order (as dict keys)."""
+    return {el: True for el in arr}.keys()
+
+
+def max_neg_value(t: torch.Tensor) -> float:
+    """The most negative finite value of ``t``'s dtype (the mask fill value)."""
+    return -torch.finfo(t.dtype).max
+
+
+def Normalize(in_channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, ε = 1e-6 and a learned affine transform."""
+    return nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
+
+
+def init_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: uniform in ``±1/√d``, ``d`` the last dimension; returns ``tensor``."""
+    std = 1 / math.sqrt(tensor.shape[-1])
+    return tensor.uniform_(-std, std)
+
 
 # --------------------------------------------------------------------------------------------------------
 # Feed-forward
@@ -121,6 +167,26 @@ class LinearAttention(nn.Module):
         return self.to_out(rearrange(out, "b heads c (h w) -> b (heads c) h w", h=h, w=w))
 
 
+class SpatialSelfAttention(nn.Module):
+    """Single-head self-attention over the pixels of ``(B, C, H, W)`` with a residual connection:
+    ``x + proj_out(softmax(q kᵀ / √C) v)``, ``q, k, v`` 1×1 convs of ``norm(x)``."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.norm = Normalize(in_channels)
+        self.q, self.k, self.v, self.proj_out = (
+            nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0) for _ in range(4)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[2:]
+        h = self.norm(x)
+        q, k, v = (rearrange(layer(h), "b c h w -> b 1 (h w) c") for layer in (self.q, self.k, self.v))
+        h = rearrange(F.scaled_dot_product_attention(q, k, v), "b 1 (h w) c -> b c h w", h=height, w=width)
+        return x + self.proj_out(h)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Transformer
 # --------------------------------------------------------------------------------------------------------
@@ -191,10 +257,16 @@ class SpatialTransformer(nn.Module):
         self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1, stride=1, padding=0))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x``.
+
+        The 1x1 ``proj_in``/``proj_out`` convs run as the equal matrix products on the ``(B, HW, C)`` token view,
+        which is free for a channels-last ``x``. The residual add takes the layout of its first operand ``x``: a channels-last
+        view leaking out of an NCHW model would make every later conv re-layout its weights.
+        """
         h, w = x.shape[-2:]
-        x_in = x
-        x = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")
+        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
         for block in self.transformer_blocks:
-            x = block(x, context=context)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
-        return self.proj_out(x) + x_in
+            tokens = block(tokens, context=context)
+        tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w)

@@ -368,3 +368,27 @@ class Decoder(nn.Module):
             return h
         h = self.conv_out(nonlinearity(self.norm_out(h)))
         return torch.tanh(h) if self.tanh_out else h
+
+
+# --------------------------------------------------------------------------------------------------------
+# The original module's other public names, defined in sibling modules that build on the blocks above
+# --------------------------------------------------------------------------------------------------------
+
+_ELSEWHERE = {
+    "get_timestep_embedding": "ldm.modules.diffusionmodules.pixel_unet",
+    "Model": "ldm.modules.diffusionmodules.pixel_unet",
+    **dict.fromkeys(
+        ("SimpleDecoder", "UpsampleDecoder", "LatentRescaler", "MergedRescaleEncoder", "MergedRescaleDecoder",
+         "Upsampler", "Resize", "FirstStagePostProcessor"),
+        "ldm.modules.diffusionmodules.rescalers",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    """Resolve ``model.Model``, ``model.LatentRescaler``, ... lazily (their modules import this one)."""
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

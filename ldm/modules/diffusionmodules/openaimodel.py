@@ -1,299 +1,55 @@
-"""The latent-diffusion UNet (descended from openai/guided-diffusion ``unet.py``) and its blocks.
+"""The latent-diffusion UNet (descended from openai/guided-diffusion ``unet.py``).
 
 ``UNetModel(x_t (B, C, H, W), t (B,), context (B, M, D), y (B,)) -> (B, out_channels, H, W)``: a time
 embedding conditions every ``ResBlock``; ``SpatialTransformer`` (cross-attention to ``context``) or
 ``AttentionBlock`` (self-attention) sits at the resolutions listed in ``attention_resolutions``.
+The blocks live in :mod:`ldm.modules.diffusionmodules.unet_blocks` and the classifier half-UNet in
+:mod:`ldm.modules.diffusionmodules.encoder_unet`; both are re-exported here under their original paths.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from einops import rearrange
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.util import (
-    avg_pool_nd,
-    checkpoint,
-    conv_nd,
-    linear,
-    normalization,
-    timestep_embedding,
-    zero_module,
+from ldm.modules.diffusionmodules.encoder_unet import EncoderUNetModel
+from ldm.modules.diffusionmodules.unet_blocks import (
+    AttentionBlock,
+    AttentionPool2d,
+    Downsample,
+    QKVAttention,
+    QKVAttentionLegacy,
+    ResBlock,
+    TimestepBlock,
+    TimestepEmbedSequential,
+    TransposedUpsample,
+    Upsample,
+    convert_module_to_f16,
+    convert_module_to_f32,
+    count_flops_attn,
 )
+from ldm.modules.diffusionmodules.util import conv_nd, linear, normalization, timestep_embedding, zero_module
 
-# --------------------------------------------------------------------------------------------------------
-# Sequential containers
-# --------------------------------------------------------------------------------------------------------
-
-
-class TimestepBlock(nn.Module):
-    """A module whose ``forward`` takes the timestep embedding as a second argument."""
-
-    @abstractmethod
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """Apply the module to ``x`` given the timestep embeddings ``emb (B, E)``."""
-
-
-class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
-    """``nn.Sequential`` that hands ``emb`` to ``TimestepBlock``s and ``context`` to ``SpatialTransformer``s."""
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        for layer in self:
-            if isinstance(layer, TimestepBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
-            else:
-                x = layer(x)
-        return x
-
-
-# --------------------------------------------------------------------------------------------------------
-# Resampling
-# --------------------------------------------------------------------------------------------------------
-
-
-def _check_channels(x: torch.Tensor, channels: int, layer: str) -> None:
-    if x.shape[1] != channels:
-        raise ValueError(f"{layer} expects {channels} input channels, got a tensor of shape {tuple(x.shape)}")
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2 upsampling (the inner two dims for ``dims=3``), optionally followed by a 3x3 conv."""
-
-    def __init__(
-        self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None, padding: int = 1
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
-        if use_conv:
-            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_channels(x, self.channels, "Upsample")
-        if self.dims == 3:
-            x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
-        else:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.use_conv else x
-
-
-class Downsample(nn.Module):
-    """×2 downsampling (the inner two dims for ``dims=3``) by a strided 3x3 conv or average pooling."""
-
-    def __init__(
-        self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None, padding: int = 1
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
-        stride = 2 if dims != 3 else (1, 2, 2)
-        if use_conv:
-            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
-        elif self.channels != self.out_channels:
-            raise ValueError(
-                f"Downsample without a conv cannot change channels ({channels} -> {out_channels}); "
-                "set use_conv=True (conv_resample in UNetModel) or keep out_channels equal to channels."
-            )
-        else:
-            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_channels(x, self.channels, "Downsample")
-        return self.op(x)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Residual block
-# --------------------------------------------------------------------------------------------------------
-
-
-class ResBlock(TimestepBlock):
-    """Residual block conditioned on the timestep embedding ``emb (B, E)``.
-
-    ``h = in_layers(x)`` (norm, SiLU, [up/down], conv); then either ``h + emb_layers(emb)`` or, with
-    ``use_scale_shift_norm``, ``norm(h)·(1 + scale) + shift``; ``out_layers`` (SiLU, dropout, zero-init conv);
-    output ``skip(x) + h``, where ``skip`` is identity, a 3x3 conv (``use_conv``) or a 1x1 conv.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        emb_channels: int,
-        dropout: float,
-        out_channels: int | None = None,
-        use_conv: bool = False,
-        use_scale_shift_norm: bool = False,
-        dims: int = 2,
-        use_checkpoint: bool = False,
-        up: bool = False,
-        down: bool = False,
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.emb_channels = emb_channels
-        self.dropout = dropout
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.use_checkpoint = use_checkpoint
-        self.use_scale_shift_norm = use_scale_shift_norm
-
-        self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), conv_nd(dims, channels, self.out_channels, 3, padding=1)
-        )
-        self.updown = up or down
-        if up:
-            self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
-        elif down:
-            self.h_upd, self.x_upd = Downsample(channels, False, dims), Downsample(channels, False, dims)
-        else:
-            self.h_upd = self.x_upd = nn.Identity()
-        self.emb_layers = nn.Sequential(
-            nn.SiLU(), linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels)
-        )
-        self.out_layers = nn.Sequential(
-            normalization(self.out_channels),
-            nn.SiLU(),
-            nn.Dropout(p=dropout),
-            zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
-        )
-        if self.out_channels == channels:
-            self.skip_connection = nn.Identity()
-        elif use_conv:
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, 3, padding=1)
-        else:
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, 1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x (B, channels, ...)``, ``emb (B, emb_channels)`` -> ``(B, out_channels, ...)``."""
-        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
-
-    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.updown:
-            in_rest, in_conv = self.in_layers[:-1], self.in_layers[-1]
-            h = in_conv(self.h_upd(in_rest(x)))
-            x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
-        emb_out = self.emb_layers(emb).type(h.dtype)
-        emb_out = emb_out.reshape(*emb_out.shape, *((1,) * (h.ndim - emb_out.ndim)))
-        if self.use_scale_shift_norm:
-            out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = out_rest(out_norm(h) * (1 + scale) + shift)
-        else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
-
-
-# --------------------------------------------------------------------------------------------------------
-# Self-attention block
-# --------------------------------------------------------------------------------------------------------
-
-
-class QKVAttentionLegacy(nn.Module):
-    """Attention on packed ``qkv (B, heads·3·ch, T)``, split per head first ("legacy" order) -> ``(B, heads·ch, T)``.
-
-    ``softmax(Qᵀ K / √ch) Vᵀ`` per head, via scaled_dot_product_attention.
-    """
-
-    def __init__(self, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        qkv = rearrange(qkv, "b w t -> b t w").contiguous()
-        q, k, v = rearrange(qkv, "b t (h three c) -> three b h t c", h=self.n_heads, three=3)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return rearrange(out, "b h t c -> b (h c) t")
-
-
-class QKVAttention(nn.Module):
-    """Attention on packed ``qkv (B, 3·heads·ch, T)``, split into q, k, v first ("new" order) -> ``(B, heads·ch, T)``.
-
-    ``softmax(Qᵀ K / √ch) Vᵀ`` per head, via scaled_dot_product_attention.
-    """
-
-    def __init__(self, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        qkv = rearrange(qkv, "b w t -> b t w").contiguous()
-        q, k, v = rearrange(qkv, "b t (three h c) -> three b h t c", h=self.n_heads, three=3)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return rearrange(out, "b h t c -> b (h c) t")
-
-
-class AttentionBlock(nn.Module):
-    """Self-attention over the positions of ``(B, C, ...)``: ``x + proj_out(attention(qkv(norm(x))))``.
-
-    The head count is ``num_heads``, or ``channels // num_head_channels`` when that is not -1.
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        num_heads: int = 1,
-        num_head_channels: int = -1,
-        use_checkpoint: bool = False,
-        use_new_attention_order: bool = False,
-    ) -> None:
-        super().__init__()
-        self.channels = channels
-        if num_head_channels == -1:
-            self.num_heads = num_heads
-        elif channels % num_head_channels:
-            raise ValueError(
-                f"AttentionBlock: channels {channels} is not divisible by num_head_channels {num_head_channels}; "
-                "choose num_head_channels (or model_channels/channel_mult) so that it divides every width."
-            )
-        else:
-            self.num_heads = channels // num_head_channels
-        self.use_checkpoint = use_checkpoint
-        self.norm = normalization(channels)
-        self.qkv = conv_nd(1, channels, channels * 3, 1)
-        self.attention = QKVAttention(self.num_heads) if use_new_attention_order else QKVAttentionLegacy(self.num_heads)
-        self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(b, c, *spatial)
-
-
-# --------------------------------------------------------------------------------------------------------
-# fp16 conversion
-# --------------------------------------------------------------------------------------------------------
-
-_FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LayerNorm)
-
-
-def convert_module_to_f16(module: nn.Module) -> None:
-    """Cast the parameters of a conv / linear / layer-norm layer to float16 (group norms stay float32)."""
-    if isinstance(module, _FP16_LAYERS):
-        module.to(torch.float16)
-
-
-def convert_module_to_f32(module: nn.Module) -> None:
-    """Undo :func:`convert_module_to_f16`."""
-    if isinstance(module, _FP16_LAYERS):
-        module.to(torch.float32)
-
+__all__ = [
+    "AttentionBlock",
+    "AttentionPool2d",
+    "Downsample",
+    "EncoderUNetModel",
+    "QKVAttention",
+    "QKVAttentionLegacy",
+    "ResBlock",
+    "TimestepBlock",
+    "TimestepEmbedSequential",
+    "TransposedUpsample",
+    "UNetModel",
+    "Upsample",
+    "convert_module_to_f16",
+    "convert_module_to_f32",
+    "count_flops_attn",
+]
 
 # --------------------------------------------------------------------------------------------------------
 # UNet
@@ -330,7 +86,10 @@ class UNetModel(nn.Module):
     :param num_heads_upsample: head count of the decoder-side AttentionBlocks (-1 = ``num_heads``).
     :param use_spatial_transformer: SpatialTransformer (cross-attention to ``context``) instead of AttentionBlock.
     :param legacy: the original's head-width rule (see :func:`_heads_and_dim_head`).
-    :param use_fp16: run the input/middle/output blocks in float16.
+    :param use_fp16: run the input/middle/output blocks in float16. Deliberate difference: the original's
+        ``convert_module_to_f16`` is a no-op, so there ``use_fp16`` only casts the activations (usable under
+        autocast alone) and the state dict stays float32; here the torso's conv/linear/layer-norm weights are
+        cast to float16 (so they are float16 in the state dict too) and the model runs without autocast.
     """
 
     def __init__(

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 from einops import repeat
+
+from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,17 @@ def make_beta_schedule(
     return betas.numpy()
 
 
+def betas_for_alpha_bar(
+    num_diffusion_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
+) -> np.ndarray:
+    """β_t = min(1 − ᾱ((t+1)/T) / ᾱ(t/T), max_beta) for t = 0..T−1, from a continuous ``alpha_bar`` on [0, 1]."""
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        t1, t2 = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return np.array(betas)
+
+
 def make_ddim_timesteps(
     ddim_discr_method: str, num_ddim_timesteps: int, num_ddpm_timesteps: int, verbose: bool = True
 ) -> np.ndarray:
@@ -74,7 +88,7 @@ def make_ddim_timesteps(
     elif ddim_discr_method == "quad":
         steps = (np.linspace(0, np.sqrt(num_ddpm_timesteps * 0.8), num_ddim_timesteps) ** 2).astype(np.int64)
     else:
-        raise ValueError(f"ddim_discretize {ddim_discr_method!r} is unknown; use 'uniform' or 'quad'.")
+        raise NotImplementedError(f"ddim_discretize {ddim_discr_method!r} is unknown; use 'uniform' or 'quad'.")
     steps_out = steps + 1
     if steps_out[-1] >= num_ddpm_timesteps:
         raise ValueError(
@@ -223,3 +237,19 @@ def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
     if dims not in layers:
         raise ValueError(f"unsupported dimensions: {dims}")
     return layers[dims](*args, **kwargs)
+
+
+class HybridConditioner(nn.Module):
+    """Two conditioners built from configs: ``forward(c_concat, c_crossattn)`` returns
+    ``{"c_concat": [concat_conditioner(c_concat)], "c_crossattn": [crossattn_conditioner(c_crossattn)]}``."""
+
+    def __init__(self, c_concat_config: Mapping[str, Any], c_crossattn_config: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.concat_conditioner = instantiate_from_config(c_concat_config, name="c_concat_config")
+        self.crossattn_conditioner = instantiate_from_config(c_crossattn_config, name="c_crossattn_config")
+
+    def forward(self, c_concat: Any, c_crossattn: Any) -> dict[str, list[Any]]:
+        return {
+            "c_concat": [self.concat_conditioner(c_concat)],
+            "c_crossattn": [self.crossattn_conditioner(c_crossattn)],
+        }

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -87,6 +88,48 @@ class TransformerEmbedder(AbstractEncoder):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.transformer(tokens.to(self.device), return_embeddings=True)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+
+INTERPOLATION_MODES = ("nearest", "linear", "bilinear", "trilinear", "bicubic", "area")
+
+
+class SpatialRescaler(nn.Module):
+    """A spatial conditioning ``(B, C, H, W)`` resized ``n_stages`` times by ``multiplier`` (``method``
+    interpolation), then mapped to ``out_channels`` by a 1×1 conv when that is set (super-resolution,
+    semantic-synthesis and layout LDMs)."""
+
+    def __init__(
+        self,
+        n_stages: int = 1,
+        method: str = "bilinear",
+        multiplier: float = 0.5,
+        in_channels: int = 3,
+        out_channels: int | None = None,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_stages < 0:
+            raise ValueError(f"SpatialRescaler: n_stages must be >= 0, got {n_stages}.")
+        if method not in INTERPOLATION_MODES:
+            raise ValueError(f"SpatialRescaler: method {method!r} is not one of {list(INTERPOLATION_MODES)}.")
+        self.n_stages = n_stages
+        self.multiplier = multiplier
+        self.method = method
+        self.remap_output = out_channels is not None
+        if self.remap_output:
+            logger.info("Spatial Rescaler mapping from %s to %s channels after resizing.", in_channels, out_channels)
+            self.channel_mapper = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+
+    def interpolator(self, x: torch.Tensor, scale_factor: float) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=scale_factor, mode=self.method)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.n_stages):
+            x = self.interpolator(x, scale_factor=self.multiplier)
+        return self.channel_mapper(x) if self.remap_output else x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)

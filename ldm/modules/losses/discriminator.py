@@ -31,16 +31,24 @@ def weights_init(module: nn.Module) -> None:
 
 
 class ActNorm(nn.Module):
-    """Per-channel affine ``scale · (x + loc)`` with data-dependent init (Glow).
+    """Per-channel affine ``scale · (x + loc)`` with data-dependent init (Glow), on ``(B, C, H, W)`` or ``(B, C)``.
 
     The first forward in training mode sets ``loc = −mean`` and ``scale = 1 / (std + 1e-6)`` over ``(B, H, W)``
-    of that batch, so its output is zero-mean, unit-std per channel. ``(B, C, H, W) -> (B, C, H, W)``.
+    of that batch, so its output is zero-mean, unit-std per channel. With ``logdet`` the forward also returns
+    ``H·W·Σ log|scale|`` per example; ``reverse`` (or ``forward(..., reverse=True)``) inverts the map and may
+    initialise only with ``allow_reverse_init``. ``affine`` must stay True (the only mode of the original).
     """
 
-    def __init__(self, num_features: int) -> None:
+    def __init__(
+        self, num_features: int, logdet: bool = False, affine: bool = True, allow_reverse_init: bool = False
+    ) -> None:
+        if not affine:
+            raise ValueError("ActNorm supports only affine=True.")
         super().__init__()
+        self.logdet = logdet
         self.loc = nn.Parameter(torch.zeros(1, num_features, 1, 1))
         self.scale = nn.Parameter(torch.ones(1, num_features, 1, 1))
+        self.allow_reverse_init = allow_reverse_init
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
 
     @torch.no_grad()
@@ -49,11 +57,41 @@ class ActNorm(nn.Module):
         self.loc.copy_(-flat.mean(1)[None, :, None, None])
         self.scale.copy_(1 / (flat.std(1)[None, :, None, None] + 1e-6))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _initialize_once(self, x: torch.Tensor) -> None:
         if self.training and self.initialized.item() == 0:
             self.initialize(x)
             self.initialized.fill_(1)
-        return self.scale * (x + self.loc)
+
+    def forward(
+        self, x: torch.Tensor, reverse: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if reverse:
+            return self.reverse(x)
+        squeeze = x.ndim == 2
+        if squeeze:
+            x = x[:, :, None, None]
+        self._initialize_once(x)
+        h = self.scale * (x + self.loc)
+        if squeeze:
+            h = h[:, :, 0, 0]
+        if self.logdet:
+            logdet = x.shape[2] * x.shape[3] * torch.sum(torch.log(torch.abs(self.scale)))
+            return h, logdet * torch.ones(x.shape[0]).to(x)
+        return h
+
+    def reverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``y / scale − loc``, the inverse of the forward map."""
+        if self.training and self.initialized.item() == 0 and not self.allow_reverse_init:
+            raise RuntimeError(
+                "Initializing ActNorm in reverse direction is disabled by default. Use allow_reverse_init=True to "
+                "enable."
+            )
+        squeeze = y.ndim == 2
+        if squeeze:
+            y = y[:, :, None, None]
+        self._initialize_once(y)
+        h = y / self.scale - self.loc
+        return h[:, :, 0, 0] if squeeze else h
 
 
 class NLayerDiscriminator(nn.Module):

@@ -138,11 +138,14 @@ class ScalingLayer(nn.Module):
 
 
 class NetLinLayer(nn.Module):
-    """Dropout then a bias-free 1x1 conv ``C -> 1`` (keys ``model.1.weight``, as in the original)."""
+    """Optional dropout then a bias-free 1x1 conv ``C -> 1``: keys ``model.1.weight`` with ``use_dropout``
+    (as LPIPS builds it), ``model.0.weight`` without, as in the original."""
 
-    def __init__(self, chn_in: int, chn_out: int = 1) -> None:
+    def __init__(self, chn_in: int, chn_out: int = 1, use_dropout: bool = False) -> None:
         super().__init__()
-        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(chn_in, chn_out, 1, stride=1, padding=0, bias=False))
+        layers: list[nn.Module] = [nn.Dropout()] if use_dropout else []
+        layers.append(nn.Conv2d(chn_in, chn_out, 1, stride=1, padding=0, bias=False))
+        self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -152,8 +155,9 @@ class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance; ``forward(x, y)``: two ``(B, 3, H, W)`` images in [-1, 1] -> ``(B, 1, 1, 1)``.
 
     State-dict keys are the original taming ones: ``scaling_layer.shift/scale``, ``net.slice{1..5}.<idx>.*``,
-    ``lin{0..4}.model.1.weight``. Every parameter has ``requires_grad=False`` and the module stays in eval mode
-    (``train()`` does not switch it), so the lin-layer dropout never fires.
+    ``lin{0..4}.model.1.weight`` (``model.0`` with ``use_dropout=False``, the original's other option). Every
+    parameter has ``requires_grad=False`` and the module stays in eval mode (``train()`` does not switch it), so
+    the lin-layer dropout never fires.
 
     ``backbone`` says where the VGG16 weights come from:
 
@@ -168,12 +172,13 @@ class LPIPS(nn.Module):
     Built on the meta device (``with torch.device("meta")``), nothing is loaded: keys and shapes only.
     """
 
-    def __init__(self, backbone: Backbone = "pretrained") -> None:
+    def __init__(self, use_dropout: bool = True, backbone: Backbone = "pretrained") -> None:
         super().__init__()
         self.scaling_layer = ScalingLayer()
         self.net = VGG16Features()
         for i, channels in enumerate(CHANNELS):
-            self.add_module(f"lin{i}", NetLinLayer(channels))
+            self.add_module(f"lin{i}", NetLinLayer(channels, use_dropout=use_dropout))
+        self.use_dropout = use_dropout
         if not self.scaling_layer.shift.is_meta:
             self._load(backbone)
         self.requires_grad_(False)
@@ -181,6 +186,8 @@ class LPIPS(nn.Module):
 
     def _load(self, backbone: Backbone) -> None:
         lins = torch.load(lin_weights_path(), map_location="cpu", weights_only=True)
+        if not self.use_dropout:  # the shipped file holds the with-dropout keys lin<i>.model.1.weight
+            lins = {k.replace(".model.1.", ".model.0."): v for k, v in lins.items()}
         self.load_state_dict(lins, strict=False)
         if backbone is None:
             return
@@ -193,6 +200,19 @@ class LPIPS(nn.Module):
         else:
             self.net.load_torchvision_state_dict(load_vgg16_state_dict(backbone), source=str(backbone))
         logger.info("LPIPS: VGG16 backbone loaded from %s", backbone)
+
+    def load_from_pretrained(self, name: str = "vgg_lpips") -> None:
+        """(Re)load the lin-layer weights ``vgg_lpips`` (the ``lpips`` package's ``v0.1/vgg.pth``, the same file)."""
+        if name != "vgg_lpips":
+            raise ValueError(f"LPIPS weights {name!r} are unknown; only 'vgg_lpips' exists.")
+        self._load(None)
+
+    @classmethod
+    def from_pretrained(cls, name: str = "vgg_lpips", backbone: Backbone = "pretrained") -> LPIPS:
+        """A new LPIPS with the ``name`` lin weights and the VGG16 ``backbone`` (see the class docstring)."""
+        model = cls(backbone=backbone)
+        model.load_from_pretrained(name)
+        return model
 
     def train(self, mode: bool = True) -> LPIPS:
         """Stay in eval mode whatever ``mode`` is (the loss is a fixed metric)."""

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from ldm.modules.losses.discriminator import PatchGANPerceptualLoss, adopt_weight, hinge_d_loss, vanilla_d_loss
 
-__all__ = ["VQLPIPSWithDiscriminator", "adopt_weight", "hinge_d_loss", "vanilla_d_loss", "l1", "l2",
-           "measure_perplexity"]
+__all__ = ["VQLPIPSWithDiscriminator", "adopt_weight", "hinge_d_loss", "hinge_d_loss_with_exemplar_weights",
+           "vanilla_d_loss", "l1", "l2", "measure_perplexity"]
 
 
 def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -24,6 +24,21 @@ def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 PIXEL_LOSSES = {"l1": l1, "l2": l2}
+
+
+def hinge_d_loss_with_exemplar_weights(
+    logits_real: torch.Tensor, logits_fake: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Hinge d-loss with one weight per example: ``½ (Σ w_b r_b / Σ w + Σ w_b f_b / Σ w)`` where
+    ``r_b = mean relu(1 − D(x)_b)`` and ``f_b = mean relu(1 + D(x̂)_b)`` over ``(C, H, W)``."""
+    if not weights.shape[0] == logits_real.shape[0] == logits_fake.shape[0]:
+        raise ValueError(
+            f"weights {tuple(weights.shape)}, logits_real {tuple(logits_real.shape)} and logits_fake "
+            f"{tuple(logits_fake.shape)} must share the batch size."
+        )
+    loss_real = (weights * torch.mean(F.relu(1.0 - logits_real), dim=[1, 2, 3])).sum() / weights.sum()
+    loss_fake = (weights * torch.mean(F.relu(1.0 + logits_fake), dim=[1, 2, 3])).sum() / weights.sum()
+    return 0.5 * (loss_real + loss_fake)
 
 
 def measure_perplexity(predicted_indices: torch.Tensor, n_embed: int) -> tuple[torch.Tensor, torch.Tensor]:

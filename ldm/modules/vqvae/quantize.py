@@ -73,8 +73,8 @@ class VectorQuantizer2(nn.Module):
         match = inds[:, :, None] == self.used.to(inds)[None, None, :]
         new = match.long().argmax(-1)
         unknown = ~match.any(-1)
-        if self.unknown_index == "random":
-            new[unknown] = torch.randint(0, self.re_embed, size=new[unknown].shape, device=new.device)
+        if self.unknown_index == "random":  # drawn on the CPU, as the original, so a seed gives the same codes
+            new[unknown] = torch.randint(0, self.re_embed, size=new[unknown].shape).to(new.device)
         else:
             new[unknown] = self.unknown_index
         return new.reshape(shape)
@@ -87,13 +87,25 @@ class VectorQuantizer2(nn.Module):
         inds = torch.where(inds >= used.shape[0], torch.zeros_like(inds), inds)
         return used[inds].reshape(shape)
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[None, None, torch.Tensor]]:
+    def forward(
+        self,
+        z: torch.Tensor,
+        temp: float | None = None,
+        rescale_logits: bool = False,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[None, None, torch.Tensor]]:
         """``z (B, e_dim, H, W)`` -> ``(z_q (B, e_dim, H, W), loss (), (None, None, indices))``.
 
         ``z_q = z + sg[e_k − z]`` (straight-through). Indices are ``(B·H·W,)``, ``(B·H·W, 1)`` with ``remap``,
         or ``(B, H, W)`` with ``sane_index_shape``; perplexity and one-hot encodings are None, as in the
-        original (the loss measures perplexity from the indices).
+        original (the loss measures perplexity from the indices). ``temp``, ``rescale_logits`` and
+        ``return_logits`` exist for call compatibility with the Gumbel quantizer and must keep their defaults.
         """
+        if temp not in (None, 1.0) or rescale_logits or return_logits:
+            raise ValueError(
+                "VectorQuantizer2 is deterministic: temp must be None or 1.0 and rescale_logits/return_logits "
+                "False (they are only for interface compatibility with a Gumbel quantizer)."
+            )
         z = rearrange(z, "b c h w -> b h w c").contiguous()
         z_flattened = z.view(-1, self.e_dim)
         codebook = self.embedding.weight

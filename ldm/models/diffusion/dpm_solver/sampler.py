@@ -60,7 +60,8 @@ class DPMSolverSampler:
         skip_type: str = "time_uniform",
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Sample ``(batch_size, *shape)`` latents in S DPM-Solver++(2M) steps from t = 1 to t = 1/N.
+        """Sample ``(batch_size, *shape)`` latents in S DPM-Solver++(2M) steps from t = 1 to t = 1/N (the
+        original's multistep order 2 with ``lower_order_final``: below 15 steps the last step is first order).
 
         Same calling convention as ``DDIMSampler.sample``; the DDIM-only options (η > 0, mask/x0, quantize_x0,
         temperature, noise_dropout, score_corrector) raise ``ValueError`` when set. ``skip_type`` is

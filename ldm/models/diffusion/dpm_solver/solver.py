@@ -88,8 +88,13 @@ def sample_dpmpp_2m(
     schedule: DiscreteVPSchedule,
     callback: StepCallback | None = None,
     disable: bool = False,
+    lower_order_final: bool = True,
 ) -> torch.Tensor:
-    """Integrate the diffusion ODE from ``x`` ``(B, ...)`` at ``times[0]`` to ``times[-1]`` with DPM-Solver++(2M)."""
+    """Integrate the diffusion ODE from ``x`` ``(B, ...)`` at ``times[0]`` to ``times[-1]`` with DPM-Solver++(2M).
+
+    ``lower_order_final`` (the original's setting): with fewer than 15 steps the last step is first order
+    (D = x̂_0(s)), which stabilises very short runs.
+    """
     alphas = np.exp(schedule.log_alpha(times))
     sigmas = schedule.sigma(times)
     lambdas = schedule.lambda_(times)
@@ -98,7 +103,7 @@ def sample_dpmpp_2m(
     for i in progress(range(steps), "DPM-Solver++ Sampler", steps, disable):
         x0 = denoise(x, float(times[i]))
         h = lambdas[i + 1] - lambdas[i]
-        if x0_prev is None:
+        if x0_prev is None or (lower_order_final and steps < 15 and i == steps - 1):
             d = x0
         else:
             r = (lambdas[i] - lambdas[i - 1]) / h
