@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ldm.models.diffusion.conditioning import as_wrapper_kwargs, drop_conditioning, take_batch
+from ldm.models.diffusion.conditioning import as_wrapper_kwargs, drop_conditioning, rescale_bboxes, take_batch
 
 
 def test_as_wrapper_kwargs_names_the_conditioning_as_the_original():
@@ -54,3 +54,9 @@ def test_drop_conditioning_on_captions_defaults_to_the_empty_prompt():
 def test_drop_conditioning_names_a_missing_key():
     with pytest.raises(KeyError, match="'txt'"):
         drop_conditioning({"caption": ["a"]}, {"txt": {"p": 0.1}})
+
+
+def test_rescale_bboxes_maps_boxes_into_crop_fractions_and_clips_them():
+    # crop (0.2, 0.1, 0.5, 0.5): x0' = (x0 − 0.2)/0.5, y0' = (y0 − 0.1)/0.5, sizes / 0.5, kept inside [0, 1]
+    boxes = rescale_bboxes([(0.3, 0.2, 0.1, 0.2), (0.1, 0.9, 0.6, 0.2)], (0.2, 0.1, 0.5, 0.5))
+    assert [pytest.approx(box) for box in [(0.2, 0.2, 0.2, 0.4), (0.0, 1.0, 1.0, 0.0)]] == boxes

@@ -19,6 +19,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from ldm.models.diffusion import ddpm
 from ldm.models.diffusion.ddpm import DDPM, DiffusionWrapper, LatentDiffusion
 from ldm.models.diffusion.schedule import PERSISTENT_BUFFERS
 from ldm.util import ConfigError, instantiate_from_config
@@ -138,8 +139,30 @@ def test_constructor_errors_name_the_setting():
         make_ddpm(conditioning_key="film")
     with pytest.raises(ConfigError, match="num_timesteps_cond"):
         make_pixel_ldm(num_timesteps_cond=20, timesteps=10)
-    with pytest.raises(NotImplementedError, match="split_input_params"):
-        make_pixel_ldm(split_input_params={"ks": (128, 128)})
+
+
+def test_constructor_errors_keep_the_original_exception_types():
+    """Code written against the original catches AssertionError (its asserts) and NotImplementedError."""
+    with pytest.raises(AssertionError, match="parameterization"):
+        make_ddpm(parameterization="v")
+    with pytest.raises(AssertionError, match="conditioning_key"):
+        make_ddpm(conditioning_key="film")
+    with pytest.raises(AssertionError, match="num_timesteps_cond"):
+        make_pixel_ldm(num_timesteps_cond=20, timesteps=10)
+    with pytest.raises(AssertionError, match="scale_factor"):
+        make_pixel_ldm(scale_by_std=True, scale_factor=0.5).on_train_batch_start({"image": torch.ones(1, 2, 2, 3)}, 0)
+    with pytest.raises(NotImplementedError, match="loss_type 'huber'"):
+        make_ddpm(loss_type="huber")
+    unknown_forward = make_pixel_ldm(cond_stage_forward="embed")
+    unknown_forward.cond_stage_model = nn.Identity()
+    with pytest.raises(AssertionError, match="cond_stage_forward = 'embed'"):
+        unknown_forward.get_learned_conditioning(torch.zeros(1))
+    with pytest.raises(AssertionError, match="a mask needs x0"):
+        make_pixel_ldm(timesteps=5).p_sample_loop(None, (1, 3, 2, 2), mask=torch.ones(1, 1, 2, 2), verbose=False)
+    model = make_ddpm()
+    model.loss_type = "huber"
+    with pytest.raises(NotImplementedError, match="huber"):
+        model.get_loss(torch.zeros(2), torch.ones(2))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -480,7 +503,7 @@ def test_diffusion_wrapper_routes_the_conditioning(key, expected):
 def test_scale_by_std_sets_one_over_the_std_of_the_first_latents():
     model = make_pixel_ldm(scale_by_std=True)
     image = torch.randn(4, 8, 8, 3, generator=torch.Generator().manual_seed(2)) * 3.0 + 1.0
-    model.on_train_batch_start({"image": image}, 0)
+    model.on_train_batch_start({"image": image}, 0, 0)  # the original (Lightning 1) hook also took dataloader_idx
     assert "scale_factor" in model.state_dict()
     torch.testing.assert_close(model.scale_factor, 1.0 / image.flatten().std())
     model.on_train_batch_start({"image": image * 10}, 1)
@@ -702,3 +725,52 @@ def test_latent_diffusion_log_images_keys():
     assert log["samples"].shape == (2, 3, 4, 4)
     colorized = model.to_rgb(torch.randn(2, 5, 4, 4))
     assert colorized.shape == (2, 3, 4, 4) and colorized.min() == -1.0 and colorized.max() == 1.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Original public names and attributes
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_module_level_names_of_the_original():
+    assert ddpm.__conditioning_keys__ == {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
+    assert ddpm.disabled_train(model := nn.Linear(1, 1), False) is model
+    torch.manual_seed(3)
+    draws = ddpm.uniform_on_device(2.0, -1.0, (4, 5), "cpu")
+    torch.manual_seed(3)
+    torch.testing.assert_close(draws, 3.0 * torch.rand(4, 5) - 1.0)
+    assert draws.shape == (4, 5) and draws.min() >= -1.0 and draws.max() < 2.0
+
+
+def test_latent_diffusion_attributes_and_bbox_rescaling():
+    model = make_pixel_ldm()
+    assert model.bbox_tokenizer is None
+    assert model.cond_stage_model is None and model.restarted_from_ckpt is False
+    # crop (0.2, 0.1, 0.5, 0.5): a box starting left of the crop is clipped to 0 and keeps its width in crop units
+    boxes = model._rescale_annotations([(0.1, 0.3, 0.2, 0.1), (0.6, 0.5, 0.4, 0.9)], (0.2, 0.1, 0.5, 0.5))
+    np.testing.assert_allclose(boxes, [(0.0, 0.4, 0.4, 0.2), (0.8, 0.8, 0.2, 0.2)], rtol=1e-12, atol=1e-12)
+
+
+def test_p_sample_refuses_codebook_ids_with_the_original_exception():
+    model = make_pixel_ldm(timesteps=10)
+    with pytest.raises(DeprecationWarning, match="return_codebook_ids"):
+        model.p_sample(torch.zeros(1, 3, 2, 2), None, torch.tensor([3]), return_codebook_ids=True)
+
+
+def test_original_conditioning_is_the_colorized_map_only_when_the_shown_conditioning_is_one():
+    """The original checks ``ismap`` on what it logs as ``conditioning`` (the decoded c), not the raw input."""
+
+    class Decodes(nn.Module):
+        def decode(self, c: torch.Tensor) -> torch.Tensor:
+            return c[:, :3]
+
+    model = make_pixel_ldm()
+    x, seg = torch.zeros(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    model.cond_stage_model, model.cond_stage_key = Decodes(), "segmentation"
+    log = model._conditioning_log({}, seg, x, seg)
+    assert set(log) == {"conditioning"}
+    torch.testing.assert_close(log["conditioning"], seg[:, :3])
+    model.cond_stage_model = None  # no decoder: the raw map is shown, colorized
+    log = model._conditioning_log({}, seg, x, seg)
+    assert set(log) == {"original_conditioning"}
+    assert log["original_conditioning"].shape == (2, 3, 4, 4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,3 +59,23 @@ def drop_conditioning(batch: Mapping[str, Any], ucg_training: Mapping[str, Mappi
         else:
             out[key] = [value if dropped else entry for entry, dropped in zip(entries, drop.tolist())]
     return out
+
+
+def rescale_bboxes(
+    bboxes: Sequence[Sequence[float]], crop_coordinates: Sequence[float]
+) -> list[tuple[float, float, float, float]]:
+    """Boxes ``(x0, y0, w, h)`` in image fractions → fractions of the crop ``(cx, cy, cw, ch)``.
+
+    x0' = clip((x0 − cx) / cw), y0' = clip((y0 − cy) / ch) with clip to [0, 1]; w' = min(w / cw, 1 − x0'),
+    h' = min(h / ch, 1 − y0'), so every box stays inside the crop.
+    """
+    cx, cy, cw, ch = crop_coordinates
+
+    def clip(value: float) -> float:
+        return max(min(value, 1.0), 0.0)
+
+    rescaled = []
+    for x0, y0, w, h in (bbox[:4] for bbox in bboxes):
+        new_x0, new_y0 = clip((x0 - cx) / cw), clip((y0 - cy) / ch)
+        rescaled.append((new_x0, new_y0, min(w / cw, 1.0 - new_x0), min(h / ch, 1.0 - new_y0)))
+    return rescaled

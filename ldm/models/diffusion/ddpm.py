@@ -1,10 +1,13 @@
 """Denoising diffusion in pixel space (``DDPM``); ``LatentDiffusion`` (in ``latent_diffusion.py``) builds on it.
 
 Both are Lightning modules with the original constructor parameters, state-dict keys and logged names. Beside
-this file: the schedule constants (:mod:`~ldm.models.diffusion.schedule`), the diffusion equations over them
+this file: the denoiser wrapper (:mod:`~ldm.models.diffusion.diffusion_wrapper`), the schedule constants
+(:mod:`~ldm.models.diffusion.schedule`), the diffusion equations over them
 (:mod:`~ldm.models.diffusion.gaussian_diffusion`), conditioning plumbing
 (:mod:`~ldm.models.diffusion.conditioning`), LatentDiffusion's ancestral sampler
-(:mod:`~ldm.models.diffusion.latent_sampling`) and its image logs (:mod:`~ldm.models.diffusion.image_logging`).
+(:mod:`~ldm.models.diffusion.latent_sampling`), its image logs (:mod:`~ldm.models.diffusion.image_logging`), its
+patch-wise paths (:mod:`~ldm.models.diffusion.patch_folding`) and ``Layout2ImgDiffusion``
+(:mod:`~ldm.models.diffusion.layout_diffusion`).
 
 - forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I);
 - posterior q(x_{t−1} | x_t, x_0) = N(μ̃(x_t, x_0), β̃_t I), sampled with x_0 predicted by the network;
@@ -15,7 +18,6 @@ this file: the schedule constants (:mod:`~ldm.models.diffusion.schedule`), the d
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,14 +31,21 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from ldm.checkpoint import apply_state_dict, load_state_dict_file
-from ldm.models.diffusion.conditioning import drop_conditioning
+from ldm.models.diffusion.conditioning import CONDITIONING_KEYS, drop_conditioning
+from ldm.models.diffusion.diffusion_wrapper import (
+    DiffusionWrapper,
+    SettingError,
+    UnsupportedSettingError,
+)
+from ldm.models.diffusion.diffusion_wrapper import (
+    disabled_train as disabled_train,
+)
 from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusionMixin
 from ldm.models.diffusion.image_logging import logged_timesteps, rows_to_grid, select_keys
 from ldm.models.diffusion.schedule import PARAMETERIZATIONS
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.ema import LitEma
 from ldm.util import (
-    ConfigError,
     count_params,
     default,
     instantiate_from_config,
@@ -47,73 +56,13 @@ from ldm.util import (
 logger = logging.getLogger(__name__)
 
 LOSS_TYPES = ("l1", "l2")
-CONDITIONING_KINDS = (None, "concat", "crossattn", "hybrid", "adm")
+#: ``DiffusionWrapper`` keyword for each conditioning kind, under the original's module-level name.
+__conditioning_keys__ = CONDITIONING_KEYS
 
 
-def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    """Replacement ``train`` of a frozen sub-model: it stays in eval mode whatever its parent does."""
-    return self
-
-
-def freeze_module(model: nn.Module) -> nn.Module:
-    """Eval mode for good (``train`` becomes :func:`disabled_train`) and no gradients."""
-    model = model.eval()
-    model.train = types.MethodType(disabled_train, model)
-    for param in model.parameters():
-        param.requires_grad = False
-    return model
-
-
-def require_checkpoint_file(config: Any, where: str) -> None:
-    """Raise FileNotFoundError naming ``<where>.params.ckpt_path`` when it is set to a missing file."""
-    params = config.get("params") if hasattr(config, "get") else None
-    ckpt_path = params.get("ckpt_path") if params is not None else None
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"{where}.params.ckpt_path = {str(ckpt_path)!r}: no such file. Download the released model to that "
-            "path, point the key at your copy, or set it to null to build the model without these weights."
-        )
-
-
-# --------------------------------------------------------------------------------------------------------
-# The denoising network and how conditionings enter it
-# --------------------------------------------------------------------------------------------------------
-
-
-class DiffusionWrapper(nn.Module):
-    """Holds the UNet as ``diffusion_model`` and feeds it the conditioning as ``conditioning_key`` says.
-
-    ``None``: ε(x, t); ``concat``: ε([x, *c_concat], t) on channels; ``crossattn``: ε(x, t, context=cat(c_crossattn,
-    tokens)); ``hybrid``: both; ``adm``: ε(x, t, y=c_crossattn[0]) (class-embedding UNets).
-    """
-
-    def __init__(self, diff_model_config: Any, conditioning_key: str | None):
-        super().__init__()
-        if conditioning_key not in CONDITIONING_KINDS:
-            raise ConfigError(
-                f"conditioning_key {conditioning_key!r} is unknown; use one of {list(CONDITIONING_KINDS)}."
-            )
-        self.diffusion_model = instantiate_from_config(diff_model_config, name="unet_config")
-        self.conditioning_key = conditioning_key
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        c_concat: list[torch.Tensor] | None = None,
-        c_crossattn: list[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` → the UNet output ``(B, C_out, H, W)``."""
-        key = self.conditioning_key
-        if key is None:
-            return self.diffusion_model(x, t)
-        if key == "concat":
-            return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t)
-        if key == "crossattn":
-            return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
-        if key == "hybrid":
-            return self.diffusion_model(torch.cat([x, *c_concat], dim=1), t, context=torch.cat(c_crossattn, 1))
-        return self.diffusion_model(x, t, y=c_crossattn[0])
+def uniform_on_device(r1: float, r2: float, shape: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """Uniform draws on the interval between ``r2`` and ``r1``: (r1 − r2) · U[0, 1) + r2, of ``shape``."""
+    return (r1 - r2) * torch.rand(*shape, device=device) + r2
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -161,9 +110,9 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
     ):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
-            raise ConfigError(f"parameterization {parameterization!r} is not supported; use 'eps' or 'x0'.")
+            raise SettingError(f"parameterization {parameterization!r} is not supported; use 'eps' or 'x0'.")
         if loss_type not in LOSS_TYPES:
-            raise ConfigError(f"loss_type {loss_type!r} is unknown; use 'l1' or 'l2'.")
+            raise UnsupportedSettingError(f"loss_type {loss_type!r} is unknown; use 'l1' or 'l2'.")
         self.parameterization = parameterization
         logger.info("%s: Running in %s-prediction mode", type(self).__name__, parameterization)
         self.cond_stage_model = None
@@ -380,7 +329,11 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         return params
 
     def configure_optimizers(self) -> Any:
-        """AdamW(lr=self.learning_rate); with ``scheduler_config``, a LambdaLR on its ``schedule``, every step."""
+        """AdamW(lr=self.learning_rate); with ``scheduler_config``, a LambdaLR on its ``schedule``, every step.
+
+        Kept difference: the original's pixel-space ``DDPM`` ignored ``scheduler_config`` here (only
+        ``LatentDiffusion`` used it) while still logging ``lr_abs``; here both classes apply it.
+        """
         lr = getattr(self, "learning_rate", None)
         if lr is None:
             raise AttributeError(
@@ -391,7 +344,7 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
         if not self.use_scheduler:
             return opt
         if "target" not in self.scheduler_config:
-            raise ConfigError("scheduler_config needs a 'target', e.g. ldm.lr_scheduler.LambdaLinearScheduler.")
+            raise SettingError("scheduler_config needs a 'target', e.g. ldm.lr_scheduler.LambdaLinearScheduler.")
         schedule = instantiate_from_config(self.scheduler_config, name="scheduler_config")
         logger.info("Setting up LambdaLR scheduler...")
         return [opt], [{"scheduler": LambdaLR(opt, lr_lambda=schedule.schedule), "interval": "step", "frequency": 1}]
@@ -435,9 +388,14 @@ class DDPM(GaussianDiffusionMixin, pl.LightningModule):
 
 
 def __getattr__(name: str) -> Any:
-    """``ldm.models.diffusion.ddpm.LatentDiffusion``, the path configs name, lives in ``latent_diffusion.py``."""
+    """``ldm.models.diffusion.ddpm.LatentDiffusion`` / ``.Layout2ImgDiffusion``, the paths configs name, live in
+    ``latent_diffusion.py`` / ``layout_diffusion.py`` (they import this module)."""
     if name == "LatentDiffusion":
         from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 
         return LatentDiffusion
+    if name == "Layout2ImgDiffusion":
+        from ldm.models.diffusion.layout_diffusion import Layout2ImgDiffusion
+
+        return Layout2ImgDiffusion
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

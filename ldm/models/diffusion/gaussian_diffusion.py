@@ -9,17 +9,20 @@ The host class sets ``v_posterior``, ``parameterization`` and ``loss_type`` befo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from ldm.models.diffusion.diffusion_wrapper import UnsupportedSettingError
 from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, PERSISTENT_BUFFERS, make_betas, schedule_buffers
 from ldm.modules.diffusionmodules.util import extract_into_tensor
-from ldm.util import default
+from ldm.modules.distributions.distributions import normal_kl
+from ldm.util import default, mean_flat
 
 
 class GaussianDiffusionMixin:
-    """``register_schedule``, ``q_*`` / ``predict_start_from_noise`` and the loss of the simple objective."""
+    """``register_schedule``, ``q_*``, ``predict_*`` / ``_predict_*``, the prior's bits per dim and the simple loss."""
 
     def register_schedule(
         self,
@@ -57,6 +60,19 @@ class GaussianDiffusionMixin:
             - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
         )
 
+    def _predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (√(1/ᾱ_t) x_t − x̂_0) / √(1/ᾱ_t − 1), the inverse of :meth:`predict_start_from_noise`."""
+        return (
+            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart
+        ) / extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
+
+    def _prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:
+        """KL(q(x_T | x_0) ‖ N(0, I)) per sample ``(B,)``, averaged over dimensions, in bits (the VLB's prior term)."""
+        t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
+        qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
+        kl_prior = normal_kl(mean1=qt_mean, logvar1=qt_log_variance, mean2=0.0, logvar2=0.0)
+        return mean_flat(kl_prior) / math.log(2.0)
+
     def q_posterior(
         self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,6 +103,8 @@ class GaussianDiffusionMixin:
         if self.loss_type == "l1":
             loss = (target - pred).abs()
             return loss.mean() if mean else loss
+        if self.loss_type != "l2":
+            raise UnsupportedSettingError(f"unknown loss type {self.loss_type!r}; use 'l1' or 'l2'.")
         reduction = "mean" if mean else "none"
         return torch.nn.functional.mse_loss(target, pred, reduction=reduction)
 

@@ -65,8 +65,9 @@ class LatentImageLoggingMixin:
             log["conditioning"] = log_txt_as_img((x.shape[2], x.shape[3]), batch["human_label"])
         elif isimage(xc):
             log["conditioning"] = xc
-        if ismap(xc):
-            log["original_conditioning"] = self.to_rgb(xc)
+        shown = log.get("conditioning", xc)  # the original tests what it shows, not the raw input
+        if ismap(shown):
+            log["original_conditioning"] = self.to_rgb(shown)
         return log
 
     @torch.no_grad()
@@ -86,7 +87,12 @@ class LatentImageLoggingMixin:
         plot_diffusion_rows: bool = True,
         **kwargs,
     ) -> dict[str, torch.Tensor]:
-        """Inputs, reconstructions, conditioning, diffusion row, samples (EMA), in/outpainting, progressives."""
+        """Inputs, reconstructions, conditioning, diffusion row, samples (EMA), in/outpainting, progressives.
+
+        Kept differences from the original: ``samples_outpainting`` keeps the centre and generates the border
+        (mask 1 − m; the original reused the inpainting mask m); ``conditioning`` is also drawn for ``txt``
+        captions and skipped for ``class_label`` batches without ``human_label`` (the original raised KeyError).
+        """
         use_ddim = ddim_steps is not None
         z, c, x, xrec, xc = self.get_input(
             batch,

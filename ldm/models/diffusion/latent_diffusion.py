@@ -13,18 +13,20 @@ import torch
 from einops import rearrange
 
 from ldm.models.autoencoder import VQModelInterface
-from ldm.models.diffusion.conditioning import as_wrapper_kwargs
-from ldm.models.diffusion.ddpm import DDPM, freeze_module, require_checkpoint_file
+from ldm.models.diffusion.conditioning import as_wrapper_kwargs, rescale_bboxes
+from ldm.models.diffusion.ddpm import DDPM
+from ldm.models.diffusion.diffusion_wrapper import SettingError, freeze_module, require_checkpoint_file
 from ldm.models.diffusion.image_logging import LatentImageLoggingMixin
 from ldm.models.diffusion.latent_sampling import LatentSamplingMixin
+from ldm.models.diffusion.patch_folding import PatchFoldingMixin
 from ldm.models.diffusion.schedule import cond_schedule_ids
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import (
     SENTINELS,
-    ConfigError,
     default,
     instantiate_from_config,
     mean_flat,
+    to_container,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,12 +37,14 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------
 
 
-class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
+class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFoldingMixin, DDPM):
     """DDPM on z = scale_factor · E(x), E a frozen first-stage autoencoder, conditioned on c = τ(y).
 
     ``cond_stage_config`` is a model config, ``"__is_first_stage__"`` (τ = E) or ``"__is_unconditional__"``.
-    Other keyword arguments go to :class:`DDPM` (including the new ``ucg_training``). The original's patch-wise
-    ``split_input_params`` path is not implemented and raises NotImplementedError.
+    Other keyword arguments go to :class:`DDPM` (including the new ``ucg_training``). Patch-wise processing of
+    large inputs follows ``self.split_input_params`` (:mod:`~ldm.models.diffusion.patch_folding`; new: it may also
+    be passed as a keyword). ``get_input`` also reads ``cond_stage_key="txt"`` captions as a list (the original
+    only did so for ``caption``); ``timesteps`` may be left at its default.
     """
 
     def __init__(
@@ -58,11 +62,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
         *args,
         **kwargs,
     ):
-        if "split_input_params" in kwargs:
-            raise NotImplementedError(
-                "split_input_params (patch-wise encoding/decoding of huge images) is not implemented; remove the "
-                "key from model.params and sample at the model's native resolution."
-            )
+        split_input_params = kwargs.pop("split_input_params", None)
         if kwargs.get("use_positional_encodings", False):
             raise NotImplementedError(
                 "use_positional_encodings is not implemented for LatentDiffusion (the original lacks the latent "
@@ -72,7 +72,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
         self.scale_by_std = scale_by_std
         timesteps = kwargs.get("timesteps", 1000)
         if self.num_timesteps_cond > timesteps:
-            raise ConfigError(
+            raise SettingError(
                 f"num_timesteps_cond ({self.num_timesteps_cond}) must not exceed timesteps ({timesteps})."
             )
         if conditioning_key is None:
@@ -94,6 +94,9 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
         self.instantiate_cond_stage(cond_stage_config)
         self.cond_stage_forward = cond_stage_forward
         self.clip_denoised = False
+        self.bbox_tokenizer = None
+        if split_input_params is not None:
+            self.split_input_params = dict(to_container(split_input_params))
 
         self.restarted_from_ckpt = False
         if ckpt_path is not None:
@@ -130,7 +133,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
         where = "model.params.cond_stage_config"
         if self.cond_stage_trainable:
             if isinstance(config, str) and config in SENTINELS:
-                raise ConfigError(f"{where} = {config!r} cannot be combined with cond_stage_trainable: true.")
+                raise SettingError(f"{where} = {config!r} cannot be combined with cond_stage_trainable: true.")
             require_checkpoint_file(config, where)
             self.cond_stage_model = instantiate_from_config(config, name=where)
         elif config == "__is_first_stage__":
@@ -144,13 +147,17 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
             self.cond_stage_model = freeze_module(instantiate_from_config(config, name=where))
 
     @torch.no_grad()
-    def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """With ``scale_by_std``, set scale_factor = 1 / std(z) of the very first training batch's latents."""
+    def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """With ``scale_by_std``, set scale_factor = 1 / std(z) of the very first training batch's latents.
+
+        ``dataloader_idx`` is the original (Lightning 1) hook argument, accepted and unused. Unlike the original,
+        every rank computes the factor (the original did it on rank 0 only, leaving other ranks at 1).
+        """
         first_batch = self.current_epoch == 0 and self.global_step == 0 and batch_idx == 0
         if not (self.scale_by_std and first_batch and not self.restarted_from_ckpt):
             return
         if float(self.scale_factor) != 1.0:
-            raise ConfigError("scale_by_std: true rescales the latents itself; leave scale_factor at 1.0.")
+            raise SettingError("scale_by_std: true rescales the latents itself; leave scale_factor at 1.0.")
         x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
         z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
         del self.scale_factor
@@ -174,7 +181,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
         if self.cond_stage_forward is not None:
             method = getattr(self.cond_stage_model, self.cond_stage_forward, None)
             if not callable(method):
-                raise ConfigError(
+                raise SettingError(
                     f"cond_stage_forward = {self.cond_stage_forward!r}: "
                     f"{type(self.cond_stage_model).__name__} has no such method."
                 )
@@ -188,6 +195,8 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor) -> Any:
         """The first stage's ``encode(x)``: a DiagonalGaussianDistribution (KL) or a tensor (VQ, identity)."""
+        if self._patch_distributed():
+            return self._encode_patchwise(x)
         return self.first_stage_model.encode(x)
 
     def _decode(self, z: torch.Tensor, predict_cids: bool, force_not_quantize: bool) -> torch.Tensor:
@@ -197,6 +206,8 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
             z = self.first_stage_model.quantize.get_codebook_entry(z, shape=None)
             z = rearrange(z, "b h w c -> b c h w").contiguous()
         z = 1.0 / self.scale_factor * z
+        if self._patch_distributed():
+            return self._decode_patchwise(z, force_not_quantize=predict_cids or force_not_quantize)
         if isinstance(self.first_stage_model, VQModelInterface):
             return self.first_stage_model.decode(z, force_not_quantize=predict_cids or force_not_quantize)
         return self.first_stage_model.decode(z)
@@ -270,7 +281,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
     def _noised_cond(self, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """With ``num_timesteps_cond > 1``: the conditioning diffused to step ``cond_ids[t]``."""
         if self.model.conditioning_key == "hybrid":
-            raise NotImplementedError("num_timesteps_cond > 1 does not support conditioning_key 'hybrid'.")
+            raise SettingError("num_timesteps_cond > 1 does not support conditioning_key 'hybrid'.")
         tc = self.cond_ids.to(t.device)[t]
         return self.q_sample(x_start=cond, t=tc, noise=torch.randn_like(cond.float()))
 
@@ -279,16 +290,31 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, DDPM):
         t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
         if self.model.conditioning_key is not None:
             if c is None:
-                raise ValueError(f"conditioning_key is {self.model.conditioning_key!r} but no conditioning was given.")
+                key = self.model.conditioning_key
+                raise SettingError(f"conditioning_key is {key!r} but no conditioning was given; pass c.")
             if self.cond_stage_trainable:
                 c = self.get_learned_conditioning(c)
             if self.shorten_cond_schedule:
                 c = self._noised_cond(c, t)
         return self.p_losses(x, c, t, *args, **kwargs)
 
+    def _rescale_annotations(
+        self, bboxes: Sequence[Sequence[float]], crop_coordinates: Sequence[float]
+    ) -> list[tuple[float, float, float, float]]:
+        """Bounding boxes relative to a crop, see :func:`~ldm.models.diffusion.conditioning.rescale_bboxes`."""
+        return rescale_bboxes(bboxes, crop_coordinates)
+
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any, return_ids: bool = False) -> Any:
-        """ε̂ or x̂_0 ``(B, C, h, w)``; a tensor/list ``cond`` goes in as ``c_concat`` or ``c_crossattn``."""
-        x_recon = self.model(x_noisy, t, **as_wrapper_kwargs(cond, self.model.conditioning_key))
+        """ε̂ or x̂_0 ``(B, C, h, w)``; a tensor/list ``cond`` goes in as ``c_concat`` or ``c_crossattn``.
+
+        With ``split_input_params`` set, the denoiser runs on overlapping patches (no ``return_ids`` then).
+        """
+        cond = as_wrapper_kwargs(cond, self.model.conditioning_key)
+        if hasattr(self, "split_input_params"):
+            if return_ids:
+                raise NotImplementedError("apply_model: return_ids cannot be combined with split_input_params.")
+            return self._apply_model_patchwise(x_noisy, t, cond)
+        x_recon = self.model(x_noisy, t, **cond)
         if isinstance(x_recon, tuple) and not return_ids:
             return x_recon[0]
         return x_recon

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.conditioning import take_batch
+from ldm.models.diffusion.diffusion_wrapper import SettingError
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.util import default
 
@@ -40,7 +41,7 @@ class LatentSamplingMixin:
         model_out = self.apply_model(x, t, c, return_ids=return_codebook_ids)
         if score_corrector is not None:
             if self.parameterization != "eps":
-                raise ValueError("score_corrector needs parameterization 'eps'.")
+                raise SettingError("score_corrector needs parameterization 'eps'.")
             model_out = score_corrector.modify_score(self, model_out, x, t, c, **(corrector_kwargs or {}))
         if return_codebook_ids:
             model_out, logits = model_out
@@ -78,7 +79,7 @@ class LatentSamplingMixin:
         ``generator`` (new, optional) draws z.
         """
         if return_codebook_ids:
-            raise NotImplementedError("return_codebook_ids is no longer supported (as in the original).")
+            raise DeprecationWarning("return_codebook_ids is no longer supported (the original raises this too).")
         outputs = self.p_mean_variance(
             x=x,
             c=c,
@@ -175,7 +176,7 @@ class LatentSamplingMixin:
             )
             if mask is not None:
                 if x0 is None:
-                    raise ValueError("progressive_denoising: a mask needs x0, the latents to keep.")
+                    raise SettingError("progressive_denoising: a mask needs x0, the latents to keep.")
                 img = self._keep_masked(img, x0, mask, ts, generator)
             if i % log_every_t == 0 or i == timesteps - 1:
                 intermediates.append(x0_partial)
@@ -219,9 +220,9 @@ class LatentSamplingMixin:
             timesteps = min(timesteps, start_T)
         if mask is not None:
             if x0 is None:
-                raise ValueError("p_sample_loop: a mask needs x0, the latents to keep.")
+                raise SettingError("p_sample_loop: a mask needs x0, the latents to keep.")
             if x0.shape[2:] != mask.shape[2:]:
-                raise ValueError(f"p_sample_loop: mask {tuple(mask.shape)} and x0 {tuple(x0.shape)} differ in size.")
+                raise SettingError(f"p_sample_loop: mask {tuple(mask.shape)} and x0 {tuple(x0.shape)} differ in size.")
 
         for i in self._timestep_iterator(timesteps, verbose, "Sampling t"):
             ts = torch.full((b,), i, device=device, dtype=torch.long)
