@@ -47,6 +47,14 @@ class ParamsError(ConfigError, TypeError):
     """``params`` has keys the target does not accept, or lacks required ones (the original: ``TypeError``)."""
 
 
+class SettingError(ConfigError, AssertionError):
+    """A constructor/config setting is out of range; the original asserts there (hence ``AssertionError``)."""
+
+
+class UnsupportedSettingError(ConfigError, NotImplementedError):
+    """A setting names a variant that does not exist; the original raises ``NotImplementedError`` for it."""
+
+
 def exists(value: Any) -> bool:
     return value is not None
 

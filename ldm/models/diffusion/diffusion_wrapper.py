@@ -14,17 +14,9 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
-from ldm.util import ConfigError, instantiate_from_config
+from ldm.util import SettingError, instantiate_from_config
 
 CONDITIONING_KINDS = (None, "concat", "crossattn", "hybrid", "adm")
-
-
-class SettingError(ConfigError, AssertionError):
-    """A constructor/config setting is out of range; the original asserts there (hence ``AssertionError``)."""
-
-
-class UnsupportedSettingError(ConfigError, NotImplementedError):
-    """A setting names a variant that does not exist; the original raises ``NotImplementedError`` for it."""
 
 
 def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps, noise_like
+from ldm.util import SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def model_eps(
     e_t = guided_eps(model, x, t, cond, unconditional_conditioning, unconditional_guidance_scale)
     if score_corrector is not None:
         if getattr(model, "parameterization", "eps") != "eps":
-            raise ValueError("score_corrector needs an ε-predicting model (parameterization 'eps').")
+            raise SettingError("score_corrector needs an ε-predicting model (parameterization 'eps').")
         e_t = score_corrector.modify_score(model, e_t, x, t, cond, **(corrector_kwargs or {}))
     return e_t
 
@@ -273,7 +274,7 @@ class DDIMScheduleSampler:
         first step. Returns ``(x_0, intermediates)``.
         """
         if mask is not None and x0 is None:
-            raise ValueError("sampling with a mask needs x0, the latent whose masked region is kept.")
+            raise SettingError("sampling with a mask needs x0, the latent whose masked region is kept.")
         img = self._initial_noise(shape, x_T, generator)
         time_range = self._time_range(timesteps, use_original_steps)
         total_steps = len(time_range)
