@@ -8,13 +8,8 @@ import torch
 import torch.nn as nn
 
 from ldm.models.diffusion import ddpm
-from ldm.models.diffusion.diffusion_wrapper import (
-    DiffusionWrapper,
-    SettingError,
-    UnsupportedSettingError,
-    freeze_module,
-)
-from ldm.util import ConfigError
+from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper, freeze_module
+from ldm.util import ConfigError, SettingError, UnsupportedSettingError
 
 SCALE = {"target": "tests.test_ddpm.ScaleUNet"}
 

@@ -32,20 +32,16 @@ from tqdm import tqdm
 
 from ldm.checkpoint import apply_state_dict, load_state_dict_file
 from ldm.models.diffusion.conditioning import CONDITIONING_KEYS, drop_conditioning
-from ldm.models.diffusion.diffusion_wrapper import (
-    DiffusionWrapper,
-    SettingError,
-    UnsupportedSettingError,
-)
-from ldm.models.diffusion.diffusion_wrapper import (
-    disabled_train as disabled_train,
-)
+from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper
+from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
 from ldm.models.diffusion.gaussian_diffusion import GaussianDiffusionMixin
 from ldm.models.diffusion.image_logging import logged_timesteps, rows_to_grid, select_keys
 from ldm.models.diffusion.schedule import PARAMETERIZATIONS
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.ema import LitEma
 from ldm.util import (
+    SettingError,
+    UnsupportedSettingError,
     count_params,
     default,
     instantiate_from_config,

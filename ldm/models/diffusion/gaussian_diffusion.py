@@ -14,11 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ldm.models.diffusion.diffusion_wrapper import UnsupportedSettingError
 from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, PERSISTENT_BUFFERS, make_betas, schedule_buffers
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 from ldm.modules.distributions.distributions import normal_kl
-from ldm.util import default, mean_flat
+from ldm.util import UnsupportedSettingError, default, mean_flat
 
 
 class GaussianDiffusionMixin:

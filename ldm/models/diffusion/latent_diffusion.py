@@ -15,7 +15,7 @@ from einops import rearrange
 from ldm.models.autoencoder import VQModelInterface
 from ldm.models.diffusion.conditioning import as_wrapper_kwargs, rescale_bboxes
 from ldm.models.diffusion.ddpm import DDPM
-from ldm.models.diffusion.diffusion_wrapper import SettingError, freeze_module, require_checkpoint_file
+from ldm.models.diffusion.diffusion_wrapper import freeze_module, require_checkpoint_file
 from ldm.models.diffusion.image_logging import LatentImageLoggingMixin
 from ldm.models.diffusion.latent_sampling import LatentSamplingMixin
 from ldm.models.diffusion.patch_folding import PatchFoldingMixin
@@ -23,6 +23,7 @@ from ldm.models.diffusion.schedule import cond_schedule_ids
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import (
     SENTINELS,
+    SettingError,
     default,
     instantiate_from_config,
     mean_flat,

@@ -13,9 +13,8 @@ import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.conditioning import take_batch
-from ldm.models.diffusion.diffusion_wrapper import SettingError
 from ldm.modules.diffusionmodules.util import noise_like
-from ldm.util import default
+from ldm.util import SettingError, default
 
 
 class LatentSamplingMixin:

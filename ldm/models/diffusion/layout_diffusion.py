@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ldm.models.diffusion.diffusion_wrapper import SettingError
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
+from ldm.util import SettingError
 
 LAYOUT_KEY = "coordinates_bbox"
 #: Size ``(W, H)`` of the rendered layout images in ``log_images``' ``bbox_image``.
