@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,8 +63,7 @@ def make_watermarker(text: str = "StableDiffusionV1") -> Watermark | None:
     encoder.set_watermark("bytes", text.encode("utf-8"))
 
     def watermark(image: Image.Image) -> Image.Image:
-        bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
-        return Image.fromarray(np.ascontiguousarray(encoder.encode(bgr, "dwtDct")[:, :, ::-1]))
+        return put_watermark(image, encoder)
 
     return watermark
 
@@ -93,3 +93,31 @@ def save_grid(batches: list[torch.Tensor], outdir: Path, n_rows: int, watermark:
     picture = to_pil(grid)
     (watermark(picture) if watermark else picture).save(path)
     return path
+
+
+def numpy_to_pil(images: np.ndarray) -> list[Image.Image]:
+    """``(H, W, 3)`` or ``(B, H, W, 3)`` floats in [0, 1] → 8-bit PIL images (``round(255 x)``)."""
+    if images.ndim == 3:
+        images = images[None, ...]
+    return [Image.fromarray(image) for image in (images * 255).round().astype("uint8")]
+
+
+def put_watermark(img: Image.Image, wm_encoder: Any = None) -> Image.Image:
+    """``img`` with ``wm_encoder``'s invisible watermark (an ``imwatermark.WatermarkEncoder``, DWT-DCT, which
+    works on BGR arrays); ``img`` unchanged without an encoder."""
+    if wm_encoder is None:
+        return img
+    bgr = np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+    return Image.fromarray(np.ascontiguousarray(wm_encoder.encode(bgr, "dwtDct")[:, :, ::-1]))
+
+
+def load_replacement(x: np.ndarray, path: str | Path = "assets/rick.jpeg") -> np.ndarray:
+    """The image shown instead of a flagged one: ``path`` resized to ``x``'s ``(H, W, 3)``, in [0, 1] with ``x``'s
+    dtype; ``x`` itself when that file is missing or unreadable."""
+    try:
+        with Image.open(path) as file:
+            replacement = file.convert("RGB").resize((x.shape[1], x.shape[0]))
+    except (OSError, ValueError):
+        return x
+    y = (np.asarray(replacement) / 255.0).astype(x.dtype)
+    return y if y.shape == x.shape else x

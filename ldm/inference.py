@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,29 @@ def load_model_from_config(
     return model.to(device).eval(), global_step
 
 
+def load_eval_model(config: DictConfig, ckpt: str | Path, verbose: bool = False) -> torch.nn.Module:
+    """The original scripts' ``load_model_from_config(config, ckpt, verbose=False)``: the model of
+    ``config.model`` with ``ckpt``'s weights (non-strict), in eval mode on CUDA, else MPS, else the CPU.
+    With ``verbose`` the missing and unexpected keys are logged in full."""
+    model = instantiate_from_config(config.model)
+    logger.info("Loading model from %s", ckpt)
+    checkpoint = load_checkpoint(ckpt, config_key="ckpt")
+    if global_step_of(checkpoint) is not None:
+        logger.info("Global Step: %d", global_step_of(checkpoint))
+    report = apply_state_dict(model, state_dict_of(checkpoint, ckpt), what=type(model).__name__)
+    if verbose and report.missing:
+        logger.info("missing keys:\n%s", report.missing)
+    if verbose and report.unexpected:
+        logger.info("unexpected keys:\n%s", report.unexpected)
+    return model.to(choose_device()).eval()
+
+
+def chunk(it: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
+    """Consecutive tuples of ``size`` items of ``it`` (the last one shorter)."""
+    iterator = iter(it)
+    return iter(lambda: tuple(islice(iterator, size)), ())
+
+
 def load_config(path: str | Path, what: str = "--config") -> DictConfig:
     path = Path(path)
     if not path.is_file():
@@ -138,7 +163,7 @@ def prompt_batches(prompt: str, from_file: str | None, batch_size: int) -> list[
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"prompt file {path} (from --from-file) has no prompts; write one prompt per line")
-    return [lines[start : start + batch_size] for start in range(0, len(lines), batch_size)]
+    return [list(batch) for batch in chunk(lines, batch_size)]
 
 
 def text_conditioning(model: Any, prompts: list[str], negative_prompt: str, scale: float) -> tuple[Any, Any]:

@@ -7,6 +7,8 @@ factor times the UNet's downsampling, 64 for Stable Diffusion), encoded, noised 
     python scripts/img2img.py --init-img sketch.png --prompt "a fantasy landscape" --strength 0.8
 
 Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``.
+The original script's helpers keep their names: ``chunk``, ``load_model_from_config(config, ckpt, verbose=False)``
+and ``load_img(path)`` (resizes to multiples of 32, as the original; ``main`` uses the model's own multiple).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from ldm.image_io import image_to_tensor, read_rgb_image, save_grid, save_sample
 from ldm.inference import (
     check_latent_geometry,
     choose_device,
+    chunk,
     load_config,
-    load_model_from_config,
     make_sampler,
     pixel_multiple,
     precision_scope,
@@ -32,9 +34,18 @@ from ldm.inference import (
     seed_everything,
     text_conditioning,
 )
+from ldm.inference import load_eval_model as load_model_from_config
+from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments
 
+__all__ = ["chunk", "load_img", "load_model_from_config", "main", "parse_args"]
+
 logger = logging.getLogger("img2img")
+
+
+def load_img(path: str) -> torch.Tensor:
+    """The image at ``path`` as ``(1, 3, H, W)`` in [-1, 1], resized (Lanczos) down to multiples of 32."""
+    return image_to_tensor(read_rgb_image(path), 32)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = parse_args(argv)
     init_image = read_rgb_image(opt.init_img)
     device = choose_device(opt.device)
-    model, _ = load_model_from_config(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
+    model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
     check_latent_geometry(model, opt.f, opt.C)
     seed_everything(opt.seed)
     sampler = make_sampler("ddim", model)

@@ -23,16 +23,21 @@ import numpy as np
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from tqdm import trange
 
+from ldm.checkpoint import global_step_of, load_checkpoint, state_dict_of
 from ldm.image_io import to_pil, to_unit_range
-from ldm.inference import choose_device, load_config, load_model_from_config, make_sampler, seed_everything
+from ldm.inference import choose_device, load_config, make_sampler, seed_everything
+from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.modules.encoders.modules import ClassEmbedder
+from ldm.util import instantiate_from_config
 
 logger = logging.getLogger("sample_diffusion")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+def get_parser() -> argparse.ArgumentParser:
+    """The original options (``-r -n -e -v -l -c --batch_size``) plus ``--class``, ``--seed`` and ``--device``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--resume", type=str, nargs="?", help="load from logdir or checkpoint in logdir")
     parser.add_argument("-n", "--n_samples", type=int, nargs="?", default=50000, help="number of samples to draw")
@@ -48,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="class label(s) for a class-conditional model; samples cycle through them")
     parser.add_argument("--seed", type=int, default=None, help="the seed; a random seed when omitted")
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU) or a device")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """``(options, key=value config overrides)``; exits with a usage error for anything else."""
+    parser = get_parser()
     opt, unknown = parser.parse_known_args(argv)
     if not opt.resume:
         parser.error("-r/--resume is required: a checkpoint file or a log directory")
@@ -55,6 +66,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if bad:
         parser.error(f"unrecognized arguments {bad}; config overrides are written key=value")
     return opt, unknown
+
+
+def custom_to_pil(x: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` in [-1, 1] → RGB image: ``uint8(255 (clamp(x, -1, 1) + 1) / 2)``."""
+    return to_pil(to_unit_range(x.detach().cpu()))
+
+
+def custom_to_np(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [-1, 1] → ``(B, H, W, 3)`` uint8: ``clamp((x + 1) 127.5, 0, 255)`` (ADM's format)."""
+    sample = ((x.detach().cpu() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+    return sample.permute(0, 2, 3, 1).contiguous()
+
+
+def load_model_from_config(config: DictConfig, sd: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """The original's helper: build ``config`` (a ``{target, params}`` node), load ``sd`` non-strictly (None keeps
+    the initialisation), eval mode on CUDA when available."""
+    model = instantiate_from_config(config)
+    if sd is not None:
+        model.load_state_dict(sd, strict=False)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+
+
+def load_model(config: DictConfig, ckpt: str | None, gpu: bool, eval_mode: bool) -> tuple[torch.nn.Module, int | None]:
+    """The original's helper: ``(model, global_step)`` of ``config.model`` with ``ckpt``'s weights (read safely);
+    ``gpu`` and ``eval_mode`` are accepted for compatibility (the model is always in eval mode)."""
+    if not ckpt:
+        return load_model_from_config(config.model, None), None
+    checkpoint = load_checkpoint(ckpt, config_key="-r/--resume")
+    return load_model_from_config(config.model, state_dict_of(checkpoint, ckpt)), global_step_of(checkpoint)
 
 
 def resolve_run(resume: str) -> tuple[Path, Path]:
@@ -100,8 +140,8 @@ def check_classes(model: Any, classes: list[int] | None) -> None:
 
 @torch.no_grad()
 def sample_batch(model: Any, sampler: Any, opt: argparse.Namespace, batch_size: int, first: int) -> torch.Tensor:
-    """Images ``(B, 3, H, W)`` in [0, 1] of samples ``first ... first + B - 1`` (DDIM, or vanilla without a
-    sampler); sample ``i`` of a class-conditional model gets label ``classes[i % len(classes)]``."""
+    """Decoded samples ``(B, 3, H, W)`` (about [-1, 1]) numbered ``first ... first + B - 1`` (DDIM, or vanilla
+    without a sampler); sample ``i`` of a class-conditional model gets label ``classes[i % len(classes)]``."""
     cond = None
     if opt.classes:
         labels = [opt.classes[(first + i) % len(opt.classes)] for i in range(batch_size)]
@@ -117,7 +157,7 @@ def sample_batch(model: Any, sampler: Any, opt: argparse.Namespace, batch_size: 
                 opt.custom_steps, batch_size=batch_size, shape=shape, conditioning=cond, eta=opt.eta, verbose=False
             )
         logger.info("Throughput for this batch: %.3f samples/s", batch_size / (time.time() - start))
-    return to_unit_range(model.decode_first_stage(latents)).cpu()
+    return model.decode_first_stage(latents).cpu()
 
 
 def fresh_dir(parent: Path) -> Path:
@@ -139,7 +179,7 @@ def main(argv: list[str] | None = None) -> Path:
     opt, overrides = parse_args(argv)
     logdir, ckpt = resolve_run(opt.resume)
     config = run_config(logdir, overrides)
-    model, global_step = load_model_from_config(config, ckpt, choose_device(opt.device))
+    model, global_step = load_model_and_step(config, ckpt, choose_device(opt.device))
     check_classes(model, opt.classes)
     seed_everything(opt.seed)
 
@@ -159,8 +199,8 @@ def main(argv: list[str] | None = None) -> Path:
     for first in trange(0, opt.n_samples, opt.batch_size, desc="Sampling Batches"):
         images = sample_batch(model, sampler, opt, min(opt.batch_size, opt.n_samples - first), first)
         for offset, image in enumerate(images):
-            to_pil(image).save(outdir / "img" / f"sample_{first + offset:06}.png")
-        arrays.append((255.0 * images).permute(0, 2, 3, 1).to(torch.uint8).numpy())
+            custom_to_pil(image).save(outdir / "img" / f"sample_{first + offset:06}.png")
+        arrays.append(custom_to_np(images).numpy())
     samples = np.concatenate(arrays)
     np.savez(outdir / "numpy" / f"{'x'.join(map(str, samples.shape))}-samples.npz", samples)
     logger.info("sampling of %d images finished in %s", len(samples), outdir)

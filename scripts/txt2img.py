@@ -3,7 +3,12 @@
     python scripts/txt2img.py --prompt "a photograph of an astronaut riding a horse" --plms
 
 Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``,
-invisibly watermarked ("StableDiffusionV1") when the `invisible-watermark` package is installed.
+invisibly watermarked ("StableDiffusionV1") when the `invisible-watermark` package is installed. No NSFW filter
+runs: the original's ``check_safety`` is kept here (from :mod:`ldm.safety`) but needs external weights.
+
+The original script's module-level helpers keep their names and signatures: ``chunk``, ``numpy_to_pil``,
+``load_model_from_config(config, ckpt, verbose=False)`` (returns the model), ``put_watermark``,
+``load_replacement``, ``check_safety``.
 """
 
 from __future__ import annotations
@@ -15,13 +20,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm, trange
 
-from ldm.image_io import make_watermarker, save_grid, save_samples, to_unit_range
+from ldm.image_io import (
+    load_replacement,
+    make_watermarker,
+    numpy_to_pil,
+    put_watermark,
+    save_grid,
+    save_samples,
+    to_unit_range,
+)
 from ldm.inference import (
     check_image_size,
     check_latent_geometry,
     choose_device,
+    chunk,
     load_config,
-    load_model_from_config,
     make_sampler,
     pixel_multiple,
     precision_scope,
@@ -29,7 +42,21 @@ from ldm.inference import (
     seed_everything,
     text_conditioning,
 )
+from ldm.inference import load_eval_model as load_model_from_config
+from ldm.inference import load_model_from_config as load_model_and_step
+from ldm.safety import check_safety
 from ldm.sampling_cli import NO_SAFETY_CHECKER, SD_CKPT, SD_CONFIG, add_sampling_arguments
+
+__all__ = [
+    "check_safety",
+    "chunk",
+    "load_model_from_config",
+    "load_replacement",
+    "main",
+    "numpy_to_pil",
+    "parse_args",
+    "put_watermark",
+]
 
 logger = logging.getLogger("txt2img")
 
@@ -67,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = parse_args(argv)
     check_image_size(opt.H, opt.W, opt.f)
     device = choose_device(opt.device)
-    model, _ = load_model_from_config(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
+    model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
     check_latent_geometry(model, opt.f, opt.C)
     check_image_size(opt.H, opt.W, pixel_multiple(model), why="--f times the UNet's downsampling")
     seed_everything(opt.seed)

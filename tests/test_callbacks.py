@@ -65,13 +65,30 @@ def test_make_grid_layout() -> None:
     [
         ({"batch_frequency": 8}, [1, 2, 4, 8, 16]),
         ({"batch_frequency": 8, "increase_log_steps": False}, [8, 16]),
-        ({"batch_frequency": 8, "log_first_step": True}, [0, 1, 2, 4, 8, 16]),
+        # as the original: each logged step pops the *first* pending early step, so step 0 uses up step 1
+        ({"batch_frequency": 8, "log_first_step": True}, [0, 2, 4, 8, 16]),
         ({"batch_frequency": 6}, [1, 2, 4, 6, 12, 18]),
     ],
 )
 def test_image_logger_frequency(kwargs: dict, expected: list[int]) -> None:
     logger = ImageLogger(max_images=4, **kwargs)
     assert [step for step in range(20) if logger.check_frequency(step)] == expected
+
+
+def test_image_logger_checks_the_step_before_looking_for_log_images() -> None:
+    """The original evaluates check_frequency first, so a module without log_images still uses up early steps."""
+
+    class NoLogImages(torch.nn.Module):
+        global_step = 1
+        trainer = None
+
+    image_logger = ImageLogger(batch_frequency=4, max_images=2)
+    image_logger.log_img(NoLogImages(), batch=None, batch_idx=0)
+    assert image_logger.log_steps == [2, 4]
+
+
+def test_make_grid_defaults_to_eight_per_row_as_torchvision() -> None:
+    assert make_grid(torch.zeros(9, 3, 2, 2)).shape == (3, 2 * 4 + 2, 8 * 4 + 2)
 
 
 def test_image_logger_writes_png_grids_at_the_right_steps(tmp_path: Path) -> None:
@@ -185,3 +202,15 @@ def test_setup_callback_writes_dirs_and_configs(tmp_path: Path) -> None:
     assert OmegaConf.load(logdir / "configs" / "NOW-project.yaml") == {"model": {"target": "x"}}
     assert OmegaConf.load(logdir / "configs" / "NOW-lightning.yaml").lightning.trainer.max_steps == 1
     assert (logdir / "checkpoints" / "trainstep_checkpoints").is_dir()
+
+
+def test_callback_signatures_match_the_original() -> None:
+    import inspect
+
+    assert list(inspect.signature(SetupCallback).parameters) == [
+        "resume", "now", "logdir", "ckptdir", "cfgdir", "config", "lightning_config"]
+    defaults = {k: p.default for k, p in inspect.signature(ImageLogger).parameters.items()}
+    assert defaults == {
+        "batch_frequency": inspect.Parameter.empty, "max_images": inspect.Parameter.empty, "clamp": True,
+        "increase_log_steps": True, "rescale": True, "disabled": False, "log_on_batch_idx": False,
+        "log_first_step": False, "log_images_kwargs": None}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.model_helpers import is_overridden
@@ -76,6 +79,28 @@ def test_worker_init_fn_gives_iterable_workers_disjoint_slices() -> None:
     assert sorted(seen) == list(range(8))
 
 
+@pytest.mark.parametrize("iterable", [False, True])
+def test_worker_init_fn_seeds_numpy_as_the_original(monkeypatch: pytest.MonkeyPatch, iterable: bool) -> None:
+    """Seed ``key[0] + worker_id`` of numpy's state; for iterable datasets ``key[j] + worker_id`` with ``j`` drawn
+    by ``np.random.choice`` (the key read after that draw)."""
+    dataset = StreamedIds(num_records=6, valid_ids=list(range(6))) if iterable else WrappedDataset(range(6))
+    info = SimpleNamespace(dataset=dataset, id=1, num_workers=2)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+    np.random.seed(7)
+    if iterable:
+        index = np.random.choice(len(np.random.get_state()[1]), 1)
+        key = int(np.random.get_state()[1][index][0])
+    else:
+        key = int(np.random.get_state()[1][0])
+    np.random.seed((key + 1) % 2**32)
+    expected = np.random.random(3)
+    np.random.seed(7)
+    worker_init_fn(1)
+    np.testing.assert_array_equal(np.random.random(3), expected)
+    if iterable:
+        assert dataset.sample_ids == [3, 4, 5]
+
+
 def test_iterable_train_split_is_not_shuffled_and_uses_worker_init_fn() -> None:
     params = {"num_records": 6, "valid_ids": [0, 1, 2, 3, 4, 5]}
     config = {"target": "tests.test_datamodule.StreamedIds", "params": params}
@@ -84,3 +109,12 @@ def test_iterable_train_split_is_not_shuffled_and_uses_worker_init_fn() -> None:
     loader = dm.train_dataloader()
     assert loader.worker_init_fn is worker_init_fn
     assert torch.equal(next(iter(loader)), torch.arange(6))
+
+
+def test_original_private_loader_methods() -> None:
+    dm = DataModuleFromConfig(batch_size=10, validation=range_config(10), test=range_config(10),
+                              predict=range_config(10), num_workers=0)
+    dm.setup("fit")
+    assert next(iter(dm._val_dataloader()))["index"].tolist() == list(range(10))
+    assert next(iter(dm._test_dataloader(shuffle=True)))["index"].tolist() != list(range(10))
+    assert next(iter(dm._predict_dataloader(shuffle=True)))["index"].tolist() == list(range(10))

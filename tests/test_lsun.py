@@ -34,3 +34,25 @@ def test_missing_file_list_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="church_outdoor_train.txt"):
         LSUNChurchesTrain(size=256)
+
+
+def test_flip_draws_once_per_example_even_with_flip_p_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As torchvision's RandomHorizontalFlip: one ``torch.rand(1)`` per example; flip iff it is below ``flip_p``."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data" / "lsun" / "churches"
+    root.mkdir(parents=True)
+    array = np.zeros((4, 4, 3), dtype=np.uint8)
+    array[:, :2] = 255
+    Image.fromarray(array).save(root / "a.png")
+    (tmp_path / "data" / "lsun" / "church_outdoor_val.txt").write_text("a.png\n")
+    torch.manual_seed(0)
+    draws = torch.rand(3)
+    torch.manual_seed(0)
+    LSUNChurchesValidation()[0]
+    assert torch.rand(1).item() == draws[1].item()
+    torch.manual_seed(0)
+    flips = [LSUNBase("data/lsun/church_outdoor_val.txt", "data/lsun/churches", flip_p=0.5)[0]["image"][0, 0, 0] < 0
+             for _ in range(3)]
+    assert flips == [bool(d < 0.5) for d in draws]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -20,6 +22,10 @@ import main
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "tests" / "configs" / "toy_autoencoder.yaml")
 QUIET = ["--enable_progress_bar", "false"]
+#: LatentDiffusion.log_images samples with 200 DDIM steps and extra rows by default; the tests need only a few.
+FEW_SAMPLING_STEPS = [f"lightning.callbacks.image_logger.params.log_images_kwargs.{key}" for key in (
+    "ddim_steps=2", "inpaint=false", "plot_progressive_rows=false", "plot_diffusion_rows=false",
+    "quantize_denoised=false")]
 
 
 def make_images(folder: Path, count: int = 4) -> Path:
@@ -129,6 +135,81 @@ def test_manual_optimisation_models_accumulate_themselves(tmp_path: Path) -> Non
     assert not model.automatic_optimization
     assert (trainer.accumulate_grad_batches, model.accumulate_grad_batches) == (1, 2)
     assert model.learning_rate == pytest.approx(2 * 1 * 1 * 2 * 1.0e-4)
+    (setup,) = [c for c in trainer.callbacks if isinstance(c, main.SetupCallback)]
+    assert setup.lightning_config.trainer.accumulate_grad_batches == 2  # saved as given, so -r restores it
+
+
+def test_main_reexports_the_original_public_names() -> None:
+    from ldm.callbacks import CUDACallback, ImageLogger, SetupCallback
+    from ldm.data.base import Txt2ImgIterableBaseDataset
+    from ldm.data.datamodule import DataModuleFromConfig, WrappedDataset, worker_init_fn
+
+    assert (main.DataModuleFromConfig, main.WrappedDataset, main.worker_init_fn) == (
+        DataModuleFromConfig, WrappedDataset, worker_init_fn)
+    assert (main.SetupCallback, main.ImageLogger, main.CUDACallback) == (SetupCallback, ImageLogger, CUDACallback)
+    assert main.Txt2ImgIterableBaseDataset is Txt2ImgIterableBaseDataset
+    assert main.LearningRateMonitor.__module__.startswith("pytorch_lightning")
+    assert all(hasattr(main, name) for name in main.__all__)
+
+
+def test_get_parser_takes_argparse_kwargs_and_the_original_defaults() -> None:
+    parser = main.get_parser(prog="custom", add_help=False)
+    assert parser.prog == "custom" and "-h" not in parser._option_string_actions
+    opt = parser.parse_args([])
+    assert (opt.name, opt.resume, opt.base, opt.train, opt.no_test, opt.project, opt.debug) == (
+        "", "", [], False, False, None, False)
+    assert (opt.seed, opt.postfix, opt.logdir, opt.scale_lr) == (23, "", "logs", True)
+    opt = parser.parse_args(["-n", "-r", "-t", "--no-test", "no", "-d", "yes", "--scale_lr", "0", "-b", "a", "b"])
+    assert (opt.name, opt.resume, opt.train, opt.no_test, opt.debug, opt.scale_lr) == (True, True, True, False,
+                                                                                        True, False)
+    assert opt.base == ["a", "b"]
+
+
+def test_nondefault_trainer_args() -> None:
+    opt = main.get_parser().parse_args(["--max_steps", "-1", "--max_epochs", "3", "--gpus", "0,", "-t"])
+    assert main.nondefault_trainer_args(opt) == ["gpus", "max_epochs"]
+    assert main.nondefault_trainer_args(main.get_parser().parse_args([])) == []
+
+
+def test_lightning1_resume_from_checkpoint_key(tmp_path: Path) -> None:
+    """Lightning 1's Trainer(resume_from_checkpoint=...) (in the original's saved lightning.yaml of resumed runs)
+    is not a Lightning 2 argument: it becomes fit's ckpt_path instead of an error."""
+    lightning = OmegaConf.create({"trainer": {"resume_from_checkpoint": "x.ckpt", "max_steps": 2}})
+    assert dict(main.trainer_config(lightning, {})) == {"max_steps": 2}
+    from ldm.cli.config import legacy_resume
+
+    assert legacy_resume(lightning) == "x.ckpt"
+    opt = main.get_parser().parse_args(["-n", "new", "--resume_from_checkpoint", str(tmp_path / "missing.ckpt")])
+    with pytest.raises(main.UsageError, match="missing.ckpt: no such file"):
+        main.new_run(opt, "now")
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    opt.resume_from_checkpoint = str(tmp_path / "x.ckpt")
+    paths = main.new_run(opt, "now")
+    assert (paths.nowname, paths.resume_ckpt) == ("now_new", str(tmp_path / "x.ckpt"))
+
+
+def test_logdir_name_from_name_or_first_base_config() -> None:
+    parser = main.get_parser()
+    assert main.new_run(parser.parse_args(["-b", "c/first.yaml", "c/second.yaml", "-f", "_p"]), "T").nowname == (
+        "T_first_p")
+    assert main.new_run(parser.parse_args(["-b", "c/first.yaml", "-n", "run"]), "T").logdir == os.path.join(
+        "logs", "T_run")
+    assert main.new_run(parser.parse_args(["-l", "out"]), "T").logdir == os.path.join("out", "T")
+
+
+def test_ignore_keys_callback_gets_the_resumed_checkpoint_or_is_dropped() -> None:
+    opt = main.get_parser().parse_args([])
+    lightning = OmegaConf.create({"callbacks": {"ignore_keys_callback": {"target": "x.Y", "params": {"a": 1}}}})
+    fresh = main.RunPaths(nowname="n", logdir="logs/n", resume_ckpt=None, saved_configs=[])
+    modelckpt = OmegaConf.create({"target": "pytorch_lightning.callbacks.ModelCheckpoint"})
+    config = OmegaConf.create()
+    assert "ignore_keys_callback" not in main.callbacks_config(opt, "now", fresh, config, lightning, modelckpt)
+    resumed = main.RunPaths(nowname="n", logdir="logs/n", resume_ckpt="logs/n/checkpoints/last.ckpt",
+                            saved_configs=[])
+    callbacks = main.callbacks_config(opt, "now", resumed, config, lightning, modelckpt)
+    assert dict(callbacks.ignore_keys_callback.params) == {"a": 1, "ckpt_path": "logs/n/checkpoints/last.ckpt"}
+    assert list(callbacks)[:4] == ["setup_callback", "image_logger", "learning_rate_logger", "cuda_callback"]
+    assert dict(callbacks.image_logger.params) == {"batch_frequency": 750, "max_images": 4, "clamp": True}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,7 +245,7 @@ def test_debug_run_moves_to_debug_runs_and_logger_is_configurable(tmp_path: Path
 def test_default_logger_is_csv_without_tensorboard(monkeypatch: pytest.MonkeyPatch) -> None:
     paths = main.RunPaths(nowname="x", logdir="logs/x", resume_ckpt=None, saved_configs=[])
     assert main.logger_config(OmegaConf.create(), paths).target.endswith("TensorBoardLogger")
-    monkeypatch.setattr(main.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert main.logger_config(OmegaConf.create(), paths) == {
         "target": "pytorch_lightning.loggers.CSVLogger", "params": {"name": "csv", "save_dir": "logs/x"}}
 
@@ -225,11 +306,14 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert "cannot be used together" in run_main_error(["-r", str(tmp_path), "-n", "x"], capsys)
 
 
-def test_script_error_has_no_traceback() -> None:
-    process = run_script(["-b", "does/not/exist.yaml", "-t"])
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 2
-    assert err.strip().splitlines() == ["main.py: error: config file 'does/not/exist.yaml' not found."]
+def test_script_error_has_no_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``python main.py ...`` (the ``__main__`` block, run in this interpreter) exits 2 with one line."""
+    monkeypatch.setattr(sys, "argv", ["main.py", "-b", "does/not/exist.yaml", "-t"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "main.py: error: config file 'does/not/exist.yaml' not found."]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,6 +330,7 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_sigusr1_then_kill9_leave_loadable_checkpoints(tmp_path: Path) -> None:
     """SIGUSR1 writes last.ckpt mid-run; SIGKILL while checkpoints are written every step corrupts none."""
     process = run_script(toy_args(tmp_path, "-t", "--max_steps", "100000", "model.params.step_delay=0.02",
@@ -273,6 +358,7 @@ def test_sigusr1_then_kill9_leave_loadable_checkpoints(tmp_path: Path) -> None:
         assert "state_dict" in torch.load(path, weights_only=True), path
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     process = run_script(toy_args(tmp_path, "-t", "--no-test", "--accelerator", "cpu", "--devices", "2",
                                   "--strategy", "ddp", "lightning.callbacks.image_logger.params.disabled=true"))
@@ -288,15 +374,12 @@ def test_two_stage_training_autoencoder_then_latent_diffusion(tmp_path: Path) ->
     images = make_images(tmp_path / "images", count=4)
     data = [f"data.params.train.params.root={images}", f"data.params.validation.params.root={images}"]
     logs = tmp_path / "logs"
-    stage1 = run_script(["-b", "tests/configs/tiny_autoencoder_kl.yaml", "-t", "-n", "stage1", "-l", str(logs), *data])
-    _, err = stage1.communicate(timeout=300)
-    assert stage1.returncode == 0, err[-3000:]
+    assert main.main(["-b", "tests/configs/tiny_autoencoder_kl.yaml", "-t", "-n", "stage1", "-l", str(logs), *QUIET,
+                      *data]) == 0
     (stage1_dir,) = logs.glob("*_stage1")
     stage1_ckpt = stage1_dir / "checkpoints" / "last.ckpt"
-    stage2 = run_script(["-b", "tests/configs/tiny_ldm.yaml", "-t", "-n", "stage2", "-l", str(logs), *data,
-                         f"model.params.first_stage_config.params.ckpt_path={stage1_ckpt}"])
-    _, err = stage2.communicate(timeout=300)
-    assert stage2.returncode == 0, err[-3000:]
+    assert main.main(["-b", "tests/configs/tiny_ldm.yaml", "-t", "-n", "stage2", "-l", str(logs), *QUIET, *data,
+                      f"model.params.first_stage_config.params.ckpt_path={stage1_ckpt}", *FEW_SAMPLING_STEPS]) == 0
     (stage2_dir,) = logs.glob("*_stage2")
     for run in (stage1_dir, stage2_dir):
         assert len(list((run / "configs").glob("*-project.yaml"))) == 1

@@ -297,3 +297,67 @@ def test_txt2img_laion400m_switches_the_default_files():
     assert parse_args([]).config == "configs/stable-diffusion/v1-inference.yaml"
     with pytest.raises(SystemExit):
         parse_args(["--plms", "--dpm_solver"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the original scripts' module-level helpers
+
+
+def test_txt2img_original_helpers(text_model, tmp_path, monkeypatch):
+    import inspect
+
+    from scripts import txt2img as script
+
+    assert [list(t) for t in script.chunk(range(5), 2)] == [[0, 1], [2, 3], [4]]
+    (single,) = script.numpy_to_pil(np.full((2, 2, 3), 0.5))
+    assert np.asarray(single).tolist() == [[[128] * 3] * 2] * 2  # round(127.5) = 128
+    assert len(script.numpy_to_pil(np.zeros((3, 2, 2, 3)))) == 3
+
+    class Negate:
+        def encode(self, bgr: np.ndarray, method: str) -> np.ndarray:
+            assert method == "dwtDct"
+            return bgr[:, :, [0, 0, 0]]  # keeps the B channel (the image's blue)
+
+    image = Image.fromarray(np.array([[[10, 20, 30]]], dtype=np.uint8))
+    assert script.put_watermark(image) is image
+    assert np.asarray(script.put_watermark(image, Negate())).tolist() == [[[30, 30, 30]]]
+
+    monkeypatch.chdir(tmp_path)
+    x = np.zeros((4, 6, 3), dtype=np.float32)
+    assert script.load_replacement(x) is x  # no assets/rick.jpeg here
+    (tmp_path / "assets").mkdir()
+    Image.new("RGB", (3, 3), (255, 0, 0)).save(tmp_path / "assets" / "rick.jpeg")
+    replacement = script.load_replacement(x)
+    assert replacement.shape == (4, 6, 3) and replacement.dtype == np.float32 and replacement[..., 0].min() > 0.9
+
+    assert list(inspect.signature(script.load_model_from_config).parameters) == ["config", "ckpt", "verbose"]
+    config, ckpt = text_model
+    model = script.load_model_from_config(OmegaConf.load(config), str(ckpt))
+    assert not model.training and type(model).__name__ == "LatentDiffusion"
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    torch.testing.assert_close(model.state_dict()["model.diffusion_model.out.2.weight"].cpu(),
+                               saved["model.diffusion_model.out.2.weight"])
+    assert callable(script.check_safety)
+
+
+def test_img2img_load_img_uses_multiples_of_32(tmp_path):
+    from scripts.img2img import load_img
+
+    Image.new("RGB", (70, 40), (255, 0, 0)).save(tmp_path / "x.png")
+    image = load_img(str(tmp_path / "x.png"))
+    assert image.shape == (1, 3, 32, 64) and image.dtype == torch.float32
+    torch.testing.assert_close(image[0, :, 5, 5], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_sample_diffusion_original_parser_and_array_helpers():
+    from scripts.sample_diffusion import custom_to_np, custom_to_pil, get_parser
+
+    opt, unknown = get_parser().parse_known_args(["-r", "x.ckpt", "model.params.a=1"])
+    assert (opt.resume, opt.n_samples, opt.eta, opt.vanilla_sample, opt.logdir, opt.custom_steps,
+            opt.batch_size) == ("x.ckpt", 50000, 1.0, False, "none", 50, 10)
+    assert unknown == ["model.params.a=1"]
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0]).view(1, 1, 2, 3).expand(1, 3, 2, 3)
+    array = custom_to_np(x)
+    assert array.shape == (1, 2, 3, 3) and array.dtype == torch.uint8
+    assert array[0, :, :, 0].flatten().tolist() == [0, 0, 127, 254, 255, 255]
+    assert np.asarray(custom_to_pil(x[0]))[:, :, 0].flatten().tolist() == [0, 0, 127, 254, 255, 255]

@@ -1,7 +1,8 @@
 """``ImageLogger``: calls ``pl_module.log_images(batch, split=...)`` at chosen steps and writes PNG grids.
 
 Files go to ``<save_dir>/images/<split>/{k}_gs-{global_step:06}_e-{epoch:06}_b-{batch_idx:06}.png``
-(``save_dir`` is the logger's, i.e. the run's logdir) and, with a TensorBoard logger, to ``add_image``.
+(``save_dir`` is the logger's, i.e. the run's logdir) and, with a TensorBoard logger, to ``add_image`` (8 per
+row, as the original's logger grids).
 ``global_step`` is Lightning 2's: the number of optimizer steps taken, so the first batch logs as 1.
 """
 
@@ -20,7 +21,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 
-def make_grid(images: torch.Tensor, nrow: int = 4, padding: int = 2) -> torch.Tensor:
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """Tile ``(B, C, H, W)`` into ``(3, rows * (H + p) + p, cols * (W + p) + p)`` with ``cols = min(nrow, B)``.
 
     Row-major order on a zero background, like ``torchvision.utils.make_grid``; one image is returned as is
@@ -78,13 +79,15 @@ class ImageLogger(Callback):
         self.log_first_step = log_first_step
 
     def check_frequency(self, check_idx: int) -> bool:
-        """True when ``check_idx`` is a multiple of ``batch_frequency`` or a pending early log step."""
-        if check_idx <= 0 and not self.log_first_step:
+        """True when ``check_idx`` is a multiple of ``batch_frequency`` or in ``log_steps`` (and > 0 unless
+        ``log_first_step``). Each True drops the first pending early step, as the original does, so with
+        ``log_first_step`` step 0 uses up step 1."""
+        due = check_idx % self.batch_freq == 0 or check_idx in self.log_steps
+        if not due or (check_idx <= 0 and not self.log_first_step):
             return False
-        if check_idx in self.log_steps:
-            self.log_steps.remove(check_idx)
-            return True
-        return check_idx % self.batch_freq == 0
+        if self.log_steps:
+            self.log_steps.pop(0)
+        return True
 
     @rank_zero_only
     def log_local(
@@ -106,15 +109,15 @@ class ImageLogger(Callback):
         if not isinstance(trainer.logger, TensorBoardLogger):
             return
         for key, batch in images.items():
-            grid = (make_grid(batch) + 1.0) / 2.0
+            grid = (make_grid(batch, nrow=8) + 1.0) / 2.0
             trainer.logger.experiment.add_image(f"{split}/{key}", grid, global_step=trainer.global_step)
 
     def log_img(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: str = "train") -> None:
         trainer = pl_module.trainer
         check_idx = batch_idx if self.log_on_batch_idx else pl_module.global_step
-        if not (callable(getattr(pl_module, "log_images", None)) and self.max_images > 0):
-            return
         if not self.check_frequency(check_idx):
+            return
+        if not (callable(getattr(pl_module, "log_images", None)) and self.max_images > 0):
             return
         was_training = pl_module.training
         pl_module.eval()

@@ -53,8 +53,9 @@ def square_crop_box(width: int, height: int, random_crop: bool = False) -> tuple
 
 
 def maybe_flip(image: Image.Image, flip_p: float) -> Image.Image:
-    """Horizontal flip with probability ``flip_p`` (torch RNG, so DataLoader workers differ)."""
-    if flip_p > 0 and torch.rand(()).item() < flip_p:
+    """Horizontal flip with probability ``flip_p`` (torch RNG, so DataLoader workers differ); one draw per call
+    whatever ``flip_p``, as ``torchvision.transforms.RandomHorizontalFlip``."""
+    if torch.rand(1).item() < flip_p:
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
 

@@ -37,14 +37,19 @@ class WrappedDataset(Dataset):
 def worker_init_fn(_: int) -> None:
     """Give each DataLoader worker its own numpy seed and, for iterable datasets, a disjoint slice of ids.
 
-    Worker ``w`` of ``n`` streams ``valid_ids[w * k:(w + 1) * k]`` with ``k = num_records // n``.
+    Worker ``w`` of ``n`` streams ``valid_ids[w * k:(w + 1) * k]`` with ``k = num_records // n``. The seed is
+    ``key[0] + w`` of numpy's MT19937 state, or for iterable datasets ``key[j] + w`` with ``j`` drawn from that
+    state (the original's choice), modulo ``2**32``.
     """
     info = torch.utils.data.get_worker_info()
     dataset, worker_id = info.dataset, info.id
     if isinstance(dataset, Txt2ImgIterableBaseDataset):
         split_size = dataset.num_records // info.num_workers
         dataset.sample_ids = dataset.valid_ids[worker_id * split_size : (worker_id + 1) * split_size]
-    base_seed = int(np.random.get_state()[1][0])
+        index = int(np.random.choice(len(np.random.get_state()[1]), 1)[0])
+    else:
+        index = 0
+    base_seed = int(np.random.get_state()[1][index])
     np.random.seed((base_seed + worker_id) % 2**32)
 
 
@@ -80,13 +85,13 @@ class DataModuleFromConfig(pl.LightningDataModule):
             self.train_dataloader = self._train_dataloader
         if validation is not None:
             self.dataset_configs["validation"] = validation
-            self.val_dataloader = partial(self._eval_dataloader, "validation", shuffle=shuffle_val_dataloader)
+            self.val_dataloader = partial(self._val_dataloader, shuffle=shuffle_val_dataloader)
         if test is not None:
             self.dataset_configs["test"] = test
-            self.test_dataloader = partial(self._eval_dataloader, "test", shuffle=shuffle_test_loader)
+            self.test_dataloader = partial(self._test_dataloader, shuffle=shuffle_test_loader)
         if predict is not None:
             self.dataset_configs["predict"] = predict
-            self.predict_dataloader = partial(self._eval_dataloader, "predict", shuffle=False)
+            self.predict_dataloader = self._predict_dataloader
 
     def _build(self, split: str) -> None:
         if split in self.datasets:
@@ -128,3 +133,13 @@ class DataModuleFromConfig(pl.LightningDataModule):
             shuffle=shuffle and not iterable,
             worker_init_fn=self._init_fn(split),
         )
+
+    def _val_dataloader(self, shuffle: bool = False) -> DataLoader:
+        return self._eval_dataloader("validation", shuffle=shuffle)
+
+    def _test_dataloader(self, shuffle: bool = False) -> DataLoader:
+        return self._eval_dataloader("test", shuffle=shuffle)
+
+    def _predict_dataloader(self, shuffle: bool = False) -> DataLoader:
+        """Never shuffled (the original ignores ``shuffle`` here)."""
+        return self._eval_dataloader("predict", shuffle=False)
