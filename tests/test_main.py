@@ -330,7 +330,6 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slow
 def test_sigusr1_then_kill9_leave_loadable_checkpoints(tmp_path: Path) -> None:
     """SIGUSR1 writes last.ckpt mid-run; SIGKILL while checkpoints are written every step corrupts none."""
     process = run_script(toy_args(tmp_path, "-t", "--max_steps", "100000", "model.params.step_delay=0.02",
@@ -358,7 +357,6 @@ def test_sigusr1_then_kill9_leave_loadable_checkpoints(tmp_path: Path) -> None:
         assert "state_dict" in torch.load(path, weights_only=True), path
 
 
-@pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     process = run_script(toy_args(tmp_path, "-t", "--no-test", "--accelerator", "cpu", "--devices", "2",
                                   "--strategy", "ddp", "lightning.callbacks.image_logger.params.disabled=true"))
