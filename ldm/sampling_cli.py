@@ -4,6 +4,14 @@ original Stable Diffusion scripts; the defaults that differ between the two are 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ldm.checkpoint import CheckpointError
+from ldm.util import ConfigError
 
 SD_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
 SD_CKPT = "models/ldm/stable-diffusion-v1/model.ckpt"
@@ -50,3 +58,21 @@ def add_sampling_arguments(
     arg("--precision", type=str, choices=["full", "autocast"], default="autocast",
         help="evaluate at this precision (autocast: float16 on CUDA/MPS; the CPU always runs float32)")
     arg("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU), or a torch device name")
+
+
+#: Errors that mean bad input (a path, a file, a size, a setting) rather than a bug: a script reports them as one line.
+BAD_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, CheckpointError, ConfigError, ValueError)
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run a script's ``main``; bad input ends it with one line on stderr and exit status 2, no traceback.
+
+    Set ``LDM_TRACEBACK=1`` to see the traceback instead.
+    """
+    try:
+        main()
+    except BAD_INPUT_ERRORS as error:
+        if os.environ.get("LDM_TRACEBACK"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -30,6 +30,7 @@ from ldm.checkpoint import (
     save_safetensors,
     state_dict_of,
 )
+from ldm.sampling_cli import run_script
 
 logger = logging.getLogger("convert_checkpoint")
 
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,7 +36,7 @@ from ldm.inference import (
 )
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.inference import load_model_from_config as load_model_and_step
-from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments
+from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, run_script
 
 __all__ = ["chunk", "load_img", "load_model_from_config", "main", "parse_args"]
 
@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
+    batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     init_image = read_rgb_image(opt.init_img)
     device = choose_device(opt.device)
     model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
@@ -77,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     outdir = Path(opt.outdir)
     sample_dir = outdir / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
-    batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
 
     sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
     t_enc = int(opt.strength * opt.ddim_steps)
@@ -114,4 +114,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

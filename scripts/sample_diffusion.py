@@ -31,6 +31,7 @@ from ldm.image_io import to_pil, to_unit_range
 from ldm.inference import choose_device, load_config, make_sampler, seed_everything
 from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.modules.encoders.modules import ClassEmbedder
+from ldm.sampling_cli import run_script
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger("sample_diffusion")
@@ -208,4 +209,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

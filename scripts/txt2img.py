@@ -45,7 +45,7 @@ from ldm.inference import (
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.safety import check_safety
-from ldm.sampling_cli import NO_SAFETY_CHECKER, SD_CKPT, SD_CONFIG, add_sampling_arguments
+from ldm.sampling_cli import NO_SAFETY_CHECKER, SD_CKPT, SD_CONFIG, add_sampling_arguments, run_script
 
 __all__ = [
     "check_safety",
@@ -92,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
+    batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     check_image_size(opt.H, opt.W, opt.f)
     device = choose_device(opt.device)
     model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
@@ -104,7 +105,6 @@ def main(argv: list[str] | None = None) -> None:
     sample_dir = outdir / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
     watermark = make_watermarker()
-    batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     shape = (opt.C, opt.H // opt.f, opt.W // opt.f)
     start_code = torch.randn((opt.n_samples, *shape), device=device) if opt.fixed_code else None
 
@@ -135,4 +135,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

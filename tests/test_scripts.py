@@ -237,6 +237,33 @@ def test_img2img_unreadable_init_image_names_the_file(text_model, tmp_path):
         img2img(["--config", str(config), "--ckpt", str(ckpt), "--init-img", str(broken)])
 
 
+def test_bad_input_is_one_line_and_exit_2_with_nothing_written(text_model, tmp_path, monkeypatch, capsys):
+    """As a command: each bad input ends with one stderr line naming it, status 2, and no output folder."""
+    from ldm.sampling_cli import run_script
+
+    config, ckpt = text_model
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    common = ["--config", str(config), "--outdir", str(out)]
+    cases = [
+        (txt2img, [*common, *SIZE, "--ckpt", str(ckpt), "--H", "30"], "not a multiple of 4"),
+        (txt2img, [*common, *SIZE, "--ckpt", str(tmp_path / "missing.ckpt")], "missing.ckpt"),
+        (txt2img, [*common, *SIZE, "--ckpt", str(ckpt), "--from-file", str(empty)], "has no prompts"),
+        (img2img, [*common, "--ckpt", str(ckpt), "--init-img", str(broken)], "cannot read init image"),
+    ]
+    monkeypatch.delenv("LDM_TRACEBACK", raising=False)
+    for script, argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(lambda script=script, argv=argv: script(argv))
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], lines
+        assert not out.exists()
+
+
 def test_sample_diffusion_class_conditional(class_model, tmp_path):
     args = ["-r", str(class_model), "-n", "3", "--batch_size", "2", "-c", "5", "-e", "0", "--seed", "2",
             "-l", str(tmp_path)]
