@@ -9,7 +9,8 @@
 3. Stage 1 is measured on held-out shapes (PSNR, KL, latent std); ``scripts/txt2img.py`` samples every kind x
    colour prompt at guidance scale 1 and at the larger scales, and an independent pixel-statistics checker
    (``ldm.data.shapes_checker``) reads what each image shows.
-4. The figures go to the terminal and to ``<outdir>/demo_report.md`` and ``demo_report.json``.
+4. The figures go to the terminal and to ``<outdir>/demo_report.md`` and ``demo_report.json`` (the latest run's);
+   samples and grids to ``<outdir>/<stage-2 run name>/txt2img-scale<s>/``.
 """
 
 from __future__ import annotations
@@ -182,15 +183,14 @@ def main(argv: list[str] | None = None) -> dict:
     timings["stage 1 evaluation"] = time.perf_counter() - tick
 
     specs = prompt_specs(opt.samples_per_prompt)
-    prompts_file = outdir / "prompts.txt"
+    sample_root = outdir / stage2.name
+    sample_root.mkdir(parents=True)
+    prompts_file = sample_root / "prompts.txt"
     prompts_file.write_text("".join(spec.caption + "\n" for spec in specs))
     figures2, paths = {}, {"stage 1 run": str(stage1), "stage 2 run": str(stage2), "prompts": str(prompts_file)}
     timings["sampling"] = 0.0
     for scale in opt.scales:
-        folder = outdir / f"txt2img-scale{scale:g}"
-        if folder.exists():
-            raise FileExistsError(f"{folder} exists: txt2img.py would number new samples after the old ones; "
-                                  "remove it or pass another --outdir")
+        folder = sample_root / f"txt2img-scale{scale:g}"
         timings["sampling"] += sample(stage2, prompts_file, folder, scale, opt, batch_size=min(len(specs), 60))
         images = read_images(sorted((folder / "samples").glob("*.png")))
         figures2[f"{scale:g}"] = prompt_adherence(images, specs)["accuracy"]

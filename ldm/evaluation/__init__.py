@@ -1,0 +1,1 @@
+"""Measurements of trained models by code that is not the model (reconstruction quality, prompt adherence)."""
