@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,6 +266,16 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
         torch.testing.assert_close(resumed["state_dict"][key], value)
     assert resumed["optimizer_states"][0]["state"][0]["step"] == 4
     assert resumed["lr_schedulers"][0]["last_epoch"] == whole["lr_schedulers"][0]["last_epoch"] == 4
+
+
+def test_resuming_a_moved_logdir_keeps_writing_last_ckpt(tmp_path: Path) -> None:
+    """No ``last-v1.ckpt``: checkpoint files are overwritten, as with the Lightning the original used."""
+    assert main.main(toy_args(tmp_path, "-t", "-n", "run")) == 0
+    moved = tmp_path / "moved" / only_logdir(tmp_path).name
+    shutil.copytree(only_logdir(tmp_path), moved)
+    assert main.main(["-r", str(moved), "-t", "--max_steps", "3", *QUIET]) == 0
+    assert sorted(p.name for p in (moved / "checkpoints").glob("last*")) == ["last.ckpt"]
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_resume_from_a_checkpoint_inside_a_logdir(tmp_path: Path) -> None:

@@ -33,8 +33,13 @@ def logger_config(lightning_config: DictConfig, paths: RunPaths) -> DictConfig:
 
 
 def checkpoint_config(model: Any, lightning_config: DictConfig, paths: RunPaths) -> DictConfig:
-    """``last.ckpt`` always; with a ``model.monitor`` also the best 3 by that metric."""
-    params: dict[str, Any] = {"dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}
+    """``last.ckpt`` always; with a ``model.monitor`` also the best 3 by that metric.
+
+    Files are overwritten, never versioned (``last-v1.ckpt``): a resumed run keeps updating ``last.ckpt``, as with
+    the Lightning version the original was written for, even when its logdir was moved.
+    """
+    params: dict[str, Any] = {"dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True,
+                              "enable_version_counter": False}
     if getattr(model, "monitor", None):
         rank_zero_info(f"Monitoring {model.monitor} as checkpoint metric.")
         params.update(monitor=model.monitor, save_top_k=3)
