@@ -260,8 +260,8 @@ class SpatialTransformer(nn.Module):
         """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x``.
 
         The 1x1 ``proj_in``/``proj_out`` convs run as the equal matrix products on the ``(B, HW, C)`` token view,
-        which is free for a channels-last ``x``. The residual add takes the layout of its first operand ``x``: a channels-last
-        view leaking out of an NCHW model would make every later conv re-layout its weights.
+        which is free for a channels-last ``x``. The residual add takes the layout of its first operand ``x``: a
+        channels-last view leaking out of an NCHW model would make every later conv re-layout its weights.
         """
         h, w = x.shape[-2:]
         tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")

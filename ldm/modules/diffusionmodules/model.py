@@ -26,8 +26,9 @@ ATTN_TYPES = ("vanilla", "linear", "none")
 
 
 def nonlinearity(x: torch.Tensor) -> torch.Tensor:
-    """Swish: ``x · σ(x)``."""
-    return x * torch.sigmoid(x)
+    """Swish: ``x · σ(x)``, as the one fused ``silu`` kernel (within one ulp of the product, one pass, no
+    temporary)."""
+    return F.silu(x)
 
 
 def Normalize(in_channels: int, num_groups: int = 32) -> nn.GroupNorm:
