@@ -1,0 +1,50 @@
+"""VAE decode: the SD v1 kl-f8 decoder on a ``(1, 4, 64, 64)`` latent (a 512x512 image), ours against diffusers'
+``AutoencoderKL.decode`` with the same random weights (asserted equal within 1e-4 first)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bench.common import Row, median_times, peak_memory_mb, randomize_, sd_config
+from bench.convert_diffusers import vae_diffusers_config, vae_to_diffusers
+from ldm.util import instantiate_from_config
+
+TOLERANCE = 1e-4
+
+
+def build_pair(seed: int = 1) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Our first-stage ``AutoencoderKL`` with random weights and diffusers' with the same weights."""
+    from diffusers import AutoencoderKL
+
+    ours = randomize_(instantiate_from_config(sd_config().first_stage_config), seed)
+    theirs = AutoencoderKL(**vae_diffusers_config(ours))
+    theirs.load_state_dict(vae_to_diffusers(ours), strict=True)
+    return ours, theirs.eval()
+
+
+def run(latent: int = 64, repeats: int = 3, seed: int = 1, large_latent: int | None = 128) -> list[Row]:
+    """Decode time and peak memory, ours vs diffusers; then, once, ours alone at ``large_latent`` (1024 px)."""
+    ours, theirs = build_pair(seed)
+    z = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(seed))
+    step = {"ours": lambda: ours.decode(z), "theirs": lambda: theirs.decode(z).sample}
+    with torch.no_grad():
+        diff = (step["ours"]() - step["theirs"]()).abs().max().item()
+        if diff > TOLERANCE:
+            raise RuntimeError(f"VAE decodes differ from diffusers' by {diff:.2e} > {TOLERANCE}")
+        seconds = median_times(step, repeats, warmup=0)
+        mem = {name: peak_memory_mb(fn) for name, fn in step.items()}
+    size = latent * 8
+    rows = [Row(f"VAE decode {latent}x{latent}x4 -> {size}x{size}", seconds["ours"], seconds["theirs"], mem["ours"],
+                mem["theirs"], diff)]
+    if large_latent:
+        del theirs
+        z = torch.randn(1, 4, large_latent, large_latent, generator=torch.Generator().manual_seed(seed))
+        start = time.perf_counter()
+        with torch.no_grad():
+            peak = peak_memory_mb(lambda: ours.decode(z))
+        size = large_latent * 8
+        rows.append(Row(f"VAE decode {large_latent}x{large_latent}x4 -> {size}x{size} (ours, untiled)",
+                        time.perf_counter() - start, ours_mb=peak, note="one run"))
+    return rows
