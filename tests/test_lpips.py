@@ -27,7 +27,8 @@ def _images(seed: int, n: int = 2, size: int = 16) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_keys_shapes_match_the_original_manifest():
+def test_keys_shapes_match_the_original_manifest(monkeypatch):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
     with torch.device("meta"):
         module = LPIPS()  # default "pretrained": on meta nothing is loaded, so no network is needed
     expected = {k.removeprefix("loss.perceptual_loss."): v for k, v in load_manifest("ldm-kl-f8.tsv").items()
@@ -130,6 +131,11 @@ def test_pretrained_reads_the_torch_hub_cache(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     torch.save(state, tmp_path / "checkpoints" / VGG16_URL.rsplit("/", 1)[1])
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the cached file must be used; nothing may be downloaded")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     module = LPIPS()
     assert torch.equal(module.net.state_dict()["slice5.28.weight"], state["features.28.weight"])
     assert torch.equal(module.net.state_dict()["slice1.0.bias"], state["features.0.bias"])
