@@ -345,6 +345,32 @@ def test_kl_fit_updates_autoencoder_and_discriminator_but_not_logvar() -> None:
     assert len(metrics["train/rec_loss"]) == 3
 
 
+@pytest.mark.parametrize("loss_params", [{"disc_start": 2}, {"disc_factor": 0.0}], ids=["before_disc_start", "off"])
+def test_inactive_gan_skips_the_graph_but_trains_exactly_as_the_full_path(loss_params: dict) -> None:
+    """Steps where the GAN terms have weight 0: the discriminator runs without a graph, yet the weights and the
+    optimizers' states equal those of the full path that back-propagates the zero-weighted terms."""
+    lossconfig = {**KL_LOSS, "params": {**KL_LOSS["params"], **loss_params}}
+    models = []
+    for force_graph in (False, True):
+        torch.manual_seed(0)
+        model = _tiny_kl(lossconfig)
+        model.learning_rate = 1e-3
+        initial_disc = model.loss.discriminator.main[0].weight.detach().clone()
+        if force_graph:
+            model.loss.gan_active = lambda global_step: True
+        _fit(model, max_steps=4)
+        models.append(model)
+    fast, full = models
+    for key, value in full.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], value), key
+    for fast_opt, full_opt in zip(fast.trainer.optimizers, full.trainer.optimizers):
+        for fast_state, full_state in zip(fast_opt.state.values(), full_opt.state.values()):
+            assert all(torch.equal(fast_state[k], full_state[k]) for k in full_state)
+    # from disc_start on (steps 2 and 3) the discriminator trains; while off it keeps its initial weights
+    trained = not torch.equal(fast.loss.discriminator.main[0].weight.detach(), initial_disc)
+    assert trained == ("disc_start" in loss_params)
+
+
 class HalvingSchedule:
     """A ``scheduler_config`` target: the learning-rate factor halves every step."""
 

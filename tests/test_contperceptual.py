@@ -175,7 +175,7 @@ def test_bad_configuration_and_calls_raise():
     loss_fn = _loss()
     x, z, post = _batch(8)
     decoder = TinyDecoder()
-    with pytest.raises(ValueError, match="last_layer"):
-        loss_fn(x, decoder(z), post, 0, global_step=0)
+    with pytest.raises(ValueError, match="last_layer"):  # needed once the GAN term is on (disc_start 10)
+        loss_fn(x, decoder(z), post, 0, global_step=10)
     with pytest.raises(ValueError, match="optimizer_idx"):
         loss_fn(x, decoder(z), post, 2, global_step=0)

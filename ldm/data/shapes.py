@@ -21,13 +21,15 @@ COLORS = {
     "yellow": (235, 200, 30),
     "purple": (140, 50, 190),
 }
-SIZES = {"small": 0.13, "large": 0.22}
+#: Size name → half the side of the shape's bounding box, as a fraction of the image side (at 32 px: 10 and 16 px
+#: sides, so that a small triangle still spans 3x3 cells of an f=4 latent).
+SIZES = {"small": 0.16, "large": 0.25}
 #: Position name → centre of the shape as a fraction of the image side (x, y).
 POSITIONS = {
-    "top left": (0.28, 0.28),
-    "top right": (0.72, 0.28),
-    "bottom left": (0.28, 0.72),
-    "bottom right": (0.72, 0.72),
+    "top left": (0.3, 0.3),
+    "top right": (0.7, 0.3),
+    "bottom left": (0.3, 0.7),
+    "bottom right": (0.7, 0.7),
     "center": (0.5, 0.5),
 }
 BACKGROUND = (255, 255, 255)

@@ -4,23 +4,23 @@ It shares nothing with the models, so it can judge whether generated images foll
 - foreground = pixels whose colour is far from the white background, weighted by how far (soft coverage);
 - colour = the palette entry nearest to the coverage-weighted mean colour of the solid foreground;
 - kind = filled fraction of the soft bounding box, whose sides are the sums of the column and row maxima of the
-  coverage (circle π/4 ≈ 0.79, square 1, triangle 1/2);
+  coverage (ideally circle π/4 ≈ 0.79, square 1, triangle 1/2); the two thresholds are the midpoints between the
+  kinds' fractions as this very measure reads them on the renderer's own drawings at the image's resolution (at
+  32 px anti-aliasing lifts a small triangle to ≈ 0.58), never on model output;
 - size = the bounding-box side against the midpoint of the two drawn sides; position = the nearest position centre to
   the centroid.
 """
 
 from __future__ import annotations
 
-import math
+from functools import lru_cache
 
 import numpy as np
 
-from ldm.data.shapes import BACKGROUND, COLORS, POSITIONS, SIZES, ShapeSpec
+from ldm.data.shapes import BACKGROUND, COLORS, KINDS, POSITIONS, SIZES, ShapeSpec, render
 
 _BACKGROUND = np.asarray(BACKGROUND, dtype=np.float64)
 _PALETTE = {name: np.asarray(rgb, dtype=np.float64) for name, rgb in COLORS.items()}
-#: Bounding-box fill fractions separating triangle (0.5) | circle (0.785) | square (1.0).
-_KIND_THRESHOLDS = ((0.5 + math.pi / 4) / 2, (math.pi / 4 + 1.0) / 2)
 
 
 def foreground_coverage(image: np.ndarray) -> np.ndarray:
@@ -34,13 +34,39 @@ def foreground_coverage(image: np.ndarray) -> np.ndarray:
     return np.clip(distance / full, 0.0, 1.0)
 
 
+def box_fill(coverage: np.ndarray) -> float:
+    """Area of the (thresholded) soft ``coverage`` over its soft bounding box, whose sides are the sums of the
+    column and the row maxima."""
+    return float(coverage.sum() / (coverage.max(axis=0).sum() * coverage.max(axis=1).sum()))
+
+
+def _solid_coverage(image: np.ndarray) -> np.ndarray:
+    """Foreground coverage with the faint pixels (below 0.2: noise, compression, halos) set to zero."""
+    coverage = foreground_coverage(image)
+    return np.where(coverage > 0.2, coverage, 0.0)
+
+
+@lru_cache(maxsize=8)
+def kind_thresholds(image_size: int) -> tuple[float, float]:
+    """Fill fractions separating triangle | circle | square at ``image_size`` px: the midpoints between the mean
+    :func:`box_fill` of each kind, drawn by :func:`ldm.data.shapes.render` in every size and position."""
+    means = {}
+    for kind in KINDS:
+        fills = [box_fill(_solid_coverage(render(ShapeSpec(kind, "red", size, position), image_size)))
+                 for size in SIZES for position in POSITIONS]
+        means[kind] = float(np.mean(fills))
+    triangle, circle, square = means["triangle"], means["circle"], means["square"]
+    if not triangle < circle < square:
+        raise ValueError(f"at {image_size} px the drawn kinds cannot be told apart by their fill ({means})")
+    return (triangle + circle) / 2, (circle + square) / 2
+
+
 def read_shape(image: np.ndarray) -> ShapeSpec | None:
     """The attributes an ``(H, W, 3)`` uint8 image shows, or None when it shows no shape at all."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
     height, width = image.shape[:2]
-    coverage = foreground_coverage(image)
-    coverage = np.where(coverage > 0.2, coverage, 0.0)
+    coverage = _solid_coverage(image)
     area = coverage.sum()
     if area < 4.0:
         return None
@@ -51,15 +77,15 @@ def read_shape(image: np.ndarray) -> ShapeSpec | None:
     mean_colour = image[solid].astype(np.float64).mean(axis=0)
     color = min(_PALETTE, key=lambda name: np.linalg.norm(_PALETTE[name] - mean_colour))
 
-    box_width, box_height = coverage.max(axis=0).sum(), coverage.max(axis=1).sum()
-    fill = area / (box_width * box_height)
-    kind = "triangle" if fill < _KIND_THRESHOLDS[0] else "circle" if fill < _KIND_THRESHOLDS[1] else "square"
+    fill = box_fill(coverage)
+    low, high = kind_thresholds(max(height, width))
+    kind = "triangle" if fill < low else "circle" if fill < high else "square"
 
     grid_y, grid_x = np.mgrid[0:height, 0:width] + 0.5
     cx, cy = (coverage * grid_x).sum() / area / width, (coverage * grid_y).sum() / area / height
     position = min(POSITIONS, key=lambda name: (POSITIONS[name][0] - cx) ** 2 + (POSITIONS[name][1] - cy) ** 2)
 
-    box_side = max(box_width, box_height) / max(height, width)
+    box_side = max(coverage.max(axis=0).sum(), coverage.max(axis=1).sum()) / max(height, width)
     size = "small" if box_side < SIZES["small"] + SIZES["large"] else "large"
     return ShapeSpec(kind=kind, color=color, size=size, position=position)
 

@@ -135,7 +135,10 @@ class AdversarialAutoencoder(pl.LightningModule):
             with self.toggled_optimizer(optimizer):
                 loss, log = loss_fn(optimizer_idx)
                 self._check_finite(loss, log, what)
-                self.manual_backward(loss / accumulate)
+                if loss.requires_grad:
+                    self.manual_backward(loss / accumulate)
+                else:
+                    _zero_gradients(optimizer)
                 if update:
                     if optimizer_idx == 0:
                         optimizer.step()
@@ -153,3 +156,12 @@ class AdversarialAutoencoder(pl.LightningModule):
             return
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
+
+
+def _zero_gradients(optimizer: Any) -> None:
+    """Give every parameter of ``optimizer`` a zero gradient: the update of a loss with no weight yet (the
+    discriminator before ``disc_start``), which still advances the optimizer's state as the original's does."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)

@@ -20,7 +20,9 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
         loss = nll_w + kl_weight · KL(q(z|x) ‖ N(0, I)) / B + λ · disc_factor · (−mean D(x̂))
 
     with ``λ`` the adaptive weight (0 when ``disc_factor`` is 0 or there is no graph) and ``disc_factor`` 0 before
-    ``disc_start``. Discriminator step (``optimizer_idx=1``): ``disc_factor · d_loss(D(x), D(x̂))``.
+    ``disc_start``. While that product is 0 the discriminator runs without a graph (same update, far less work), so
+    ``λ`` is logged as 0 then instead of the value the original computes and multiplies by 0.
+    Discriminator step (``optimizer_idx=1``): ``disc_factor · d_loss(D(x), D(x̂))``.
     ``logvar`` is a learnable scalar (key ``logvar``); the original autoencoder keeps it out of its optimizers.
 
     ``perceptual_backbone`` (not in the original): where LPIPS' VGG16 weights come from — ``"pretrained"``
@@ -65,7 +67,7 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
         kl_loss = posteriors.kl()
         kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
 
-        g_loss = self.generator_loss(reconstructions, cond)
+        g_loss = self.generator_loss(reconstructions, cond, global_step)
         if self.disc_factor > 0.0:
             d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
         else:

@@ -199,21 +199,35 @@ class PatchGANPerceptualLoss(nn.Module):
     def _disc_input(self, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return images.contiguous() if cond is None else torch.cat((images.contiguous(), cond), dim=1)
 
-    def generator_loss(self, reconstructions: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """``−mean D(x̂)`` (``D(x̂ ⊕ cond)`` when ``disc_conditional``)."""
+    def gan_active(self, global_step: int) -> bool:
+        """Whether the GAN terms have any weight at ``global_step``: ``disc_factor`` > 0 and ``disc_start`` reached.
+
+        While they have none (the first ``disc_start`` steps of the original configs, or ``disc_factor: 0``) both
+        GAN terms are multiplied by 0, so their gradients are exactly zero: the discriminator then runs without a
+        graph (its outputs are still logged) and the update is the one zero gradients give.
+        """
+        return adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start) != 0.0
+
+    def generator_loss(self, reconstructions: torch.Tensor, cond: torch.Tensor | None,
+                       global_step: int | None = None) -> torch.Tensor:
+        """``−mean D(x̂)`` (``D(x̂ ⊕ cond)`` when ``disc_conditional``); without a graph when ``global_step`` is
+        given and the GAN is not active then."""
         if (cond is not None) != self.disc_conditional:
             raise ValueError(f"disc_conditional is {self.disc_conditional} but cond is "
                              f"{'given' if cond is not None else 'None'}: pass cond exactly when "
                              "lossconfig.params.disc_conditional is true")
-        return -torch.mean(self.discriminator(self._disc_input(reconstructions, cond)))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (global_step is None or self.gan_active(global_step))):
+            return -torch.mean(self.discriminator(self._disc_input(reconstructions, cond)))
 
     def discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
                            cond: torch.Tensor | None, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``disc_factor · d_loss(D(x), D(x̂))`` on detached images, and its log dict."""
-        logits_real = self.discriminator(self._disc_input(inputs.detach(), cond))
-        logits_fake = self.discriminator(self._disc_input(reconstructions.detach(), cond))
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
-        d_loss = disc_factor * self.disc_loss(logits_real, logits_fake)
+        """``disc_factor · d_loss(D(x), D(x̂))`` on detached images, and its log dict (a loss without a graph
+        while the GAN is not active: its gradients would be zero)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.gan_active(global_step)):
+            logits_real = self.discriminator(self._disc_input(inputs.detach(), cond))
+            logits_fake = self.discriminator(self._disc_input(reconstructions.detach(), cond))
+            disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+            d_loss = disc_factor * self.disc_loss(logits_real, logits_fake)
         log = {
             f"{split}/disc_loss": d_loss.clone().detach().mean(),
             f"{split}/logits_real": logits_real.detach().mean(),

@@ -58,7 +58,8 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
         nll  = mean(rec)
         loss = nll + λ · disc_factor · (−mean D(x̂)) + codebook_weight · mean(codebook_loss)
 
-    ``λ`` is the adaptive weight (0 without a graph), ``disc_factor`` is 0 before ``disc_start``. Given
+    ``λ`` is the adaptive weight (0 without a graph, as before ``disc_start``, when the discriminator runs without
+    one because its terms have no weight), ``disc_factor`` is 0 before ``disc_start``. Given
     ``predicted_indices`` and ``n_classes`` (the codebook size), the codebook perplexity and cluster usage are
     logged; without ``n_classes`` they are skipped (latent-diffusion asserts there, so its own VQ configs, which
     do not set ``n_classes``, would fail in training). Discriminator step (``optimizer_idx=1``):
@@ -108,7 +109,7 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
             p_loss = torch.zeros(1, device=inputs.device)
         nll_loss = torch.mean(rec_loss)
 
-        g_loss = self.generator_loss(reconstructions, cond)
+        g_loss = self.generator_loss(reconstructions, cond, global_step)
         d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
         disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
         loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
