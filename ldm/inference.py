@@ -1,4 +1,5 @@
-"""What the sampling scripts share: device choice, seeding, precision, model loading, sampler choice, prompts."""
+"""What the sampling scripts share: device choice, seeding, precision, model loading, speed options, sampler choice,
+prompts."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from ldm.checkpoint import apply_state_dict, global_step_of, load_checkpoint, st
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.dpm_solver import DPMSolverSampler
 from ldm.models.diffusion.plms import PLMSSampler
+from ldm.models.vae_tiling import set_vae_tiling
+from ldm.modules.attention import SpatialTransformer
+from ldm.modules.attention_slicing import set_attention_slicing
+from ldm.modules.diffusionmodules.prepack import prepack_convolutions
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -47,14 +52,58 @@ def seed_everything(seed: int | None) -> int:
     return seed
 
 
+#: The ``--precision`` choices: float32, the original flag, and explicit bfloat16/float16 autocast.
+PRECISIONS = ("full", "autocast", "bf16", "fp16")
+
+
 def precision_scope(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """``autocast``: float16 autocast on CUDA/MPS; on the CPU full precision (autocast there means bfloat16, which
-    is slower and changes results). ``full``: float32 everywhere."""
-    if precision == "autocast" and device.type in ("cuda", "mps"):
-        return torch.autocast(device.type, dtype=torch.float16)
+    """The context sampling runs in.
+
+    ``full``: float32 everywhere. ``autocast`` (the original flag): float16 autocast on CUDA/MPS; on the CPU
+    float32 (the original numerics). ``bf16``: bfloat16 autocast on the CPU or a CUDA GPU with bfloat16 support.
+    ``fp16``: float16 autocast on CUDA/MPS. Raises ``ValueError`` naming the fix where a choice is unsupported.
+    """
+    kind = device.type
+    if precision == "full":
+        return contextlib.nullcontext()
     if precision == "autocast":
-        logger.info("--precision autocast has no effect on %s; sampling in float32", device)
+        if kind in ("cuda", "mps"):
+            return torch.autocast(kind, dtype=torch.float16)
+        logger.info("--precision autocast has no effect on %s; sampling in float32 (--precision bf16 for bfloat16)",
+                    device)
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        if kind == "cpu" or (kind == "cuda" and torch.cuda.is_bf16_supported()):
+            return torch.autocast(kind, dtype=torch.bfloat16)
+        fix = "--precision fp16" if kind in ("cuda", "mps") else "--precision full"
+        raise ValueError(f"--precision bf16 is not supported on {device} (bfloat16 autocast needs the CPU or a CUDA "
+                         f"GPU with bfloat16 support); use {fix}")
+    if precision == "fp16":
+        if kind in ("cuda", "mps"):
+            return torch.autocast(kind, dtype=torch.float16)
+        fix = "--precision bf16" if kind == "cpu" else "--precision full"
+        raise ValueError(f"--precision fp16 needs a CUDA or MPS device, not {device}; use {fix}")
+    raise ValueError(f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def _float32_scope(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off on ``device`` (where autocast exists at all)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def decode_latents(model: Any, z: torch.Tensor) -> torch.Tensor:
+    """x = D(z / scale_factor) ``(B, C, h, w) -> (B, 3, H, W)`` in float32 with autocast off, whatever the sampling
+    precision: a half-precision decoder overflows to inf/NaN (black images)."""
+    with _float32_scope(z.device):
+        return model.decode_first_stage(z.float())
+
+
+def encode_latents(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """z = scale_factor · E(x) ``(B, 3, H, W) -> (B, C, h, w)`` in float32 with autocast off (the same overflow)."""
+    with _float32_scope(x.device):
+        return model.get_first_stage_encoding(model.encode_first_stage(x.float()))
 
 
 def load_model_from_config(
@@ -150,6 +199,60 @@ def make_sampler(name: str, model: Any) -> DDIMSampler | PLMSSampler | DPMSolver
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](model)
+
+
+#: The ``torch.compile`` backend of ``--compile``.
+COMPILE_BACKEND = "inductor"
+#: The latent tile side of ``--vae_tiling`` (512 pixels with Stable Diffusion's f=8 autoencoder).
+VAE_TILE = 64
+
+
+def optimize_for_inference(
+    model: Any,
+    *,
+    channels_last: bool = False,
+    prepack: bool = False,
+    compile: bool = False,
+    attention_slicing: int | None = None,
+    vae_tiling: bool = False,
+) -> None:
+    """Apply the sampling scripts' speed options to a ``LatentDiffusion`` in place; all off leaves it untouched.
+
+    ``channels_last``: the UNet in channels-last memory format (same numbers). ``prepack`` (CPU, float32 only):
+    the UNet channels-last with its convolutions outside the SpatialTransformers pre-packed for oneDNN (same
+    numbers; the EMA weights, if the model keeps any, are copied in for good first, as sampling uses them anyway).
+    ``compile``: ``torch.compile`` of the UNet's forward (the first step compiles). ``attention_slicing``: the
+    attention layers compute at most that many query rows at a time. ``vae_tiling``: the first stage decodes in
+    tiles of ``VAE_TILE`` latent pixels.
+    """
+    unet = model.model.diffusion_model
+    if prepack and compile:
+        raise ValueError("--prepack and --compile exclude each other (packed convolutions defeat the compiler, "
+                         "which packs weights itself); drop one")
+    if prepack and next(unet.parameters()).device.type != "cpu":
+        raise ValueError(f"--prepack packs convolutions for oneDNN on the CPU, but the model is on "
+                         f"{next(unet.parameters()).device}; drop --prepack or pass --device cpu")
+    if attention_slicing is not None and attention_slicing < 1:
+        raise ValueError(f"--attention_slicing {attention_slicing}: the slice size must be a positive number of "
+                         "query rows; pass e.g. --attention_slicing 1024, or drop the flag")
+    if channels_last or prepack:
+        unet.to(memory_format=torch.channels_last)
+    if prepack:
+        if getattr(model, "use_ema", False):
+            model.model_ema.copy_to(model.model)
+            model.use_ema = False
+        prepack_convolutions(unet, skip=(SpatialTransformer,))
+    if attention_slicing is not None:
+        sliced = set_attention_slicing(model, attention_slicing)
+        logger.info("attention slicing: %d attention layers compute %d query rows at a time", sliced,
+                    attention_slicing)
+    if vae_tiling:
+        set_vae_tiling(model.first_stage_model, VAE_TILE)
+        logger.info("VAE tiling: the first stage decodes in tiles of %d latent pixels", VAE_TILE)
+    if compile:
+        logger.info("torch.compile (%s) of the UNet: the first sampling step compiles and takes longer",
+                    COMPILE_BACKEND)
+        unet.compile(backend=COMPILE_BACKEND)
 
 
 def prompt_batches(prompt: str, from_file: str | None, batch_size: int) -> list[list[str]]:

@@ -55,9 +55,39 @@ def add_sampling_arguments(
     arg("--seed", type=int, default=seed,
         help="the seed (for reproducible sampling); a random seed when omitted" if seed is None else
         "the seed (for reproducible sampling)")
-    arg("--precision", type=str, choices=["full", "autocast"], default="autocast",
-        help="evaluate at this precision (autocast: float16 on CUDA/MPS; the CPU always runs float32)")
+    arg("--precision", type=str, choices=["full", "autocast", "bf16", "fp16"], default="autocast",
+        help="evaluate at this precision: full = float32; autocast (the original) = float16 autocast on CUDA/MPS, "
+        "float32 on the CPU; bf16 = bfloat16 autocast on the CPU or a CUDA GPU that supports it; fp16 = float16 "
+        "autocast on CUDA/MPS. The autoencoder always runs in float32 (no black images from half-precision overflow)")
     arg("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU), or a torch device name")
+    add_speed_arguments(parser)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Speed and memory options, all off by default (off: the original numbers); see ``optimize_for_inference``."""
+    arg = parser.add_argument
+    arg("--channels_last", action="store_true", help="run the UNet in channels-last memory format (same numbers)")
+    arg("--prepack", action="store_true",
+        help="CPU, float32 only: run the UNet channels-last with its convolutions pre-packed for oneDNN once "
+        "(same numbers, faster on the CPU)")
+    arg("--compile", action="store_true",
+        help="torch.compile the UNet (inductor); the first sampling step compiles and takes longer")
+    arg("--attention_slicing", type=int, default=None, metavar="N",
+        help="compute attention N query rows at a time (less memory for large images, a bit slower)")
+    arg("--vae_tiling", action="store_true",
+        help="decode the latents in overlapping tiles of 64 latent pixels (less memory for large images)")
+
+
+def speed_options(opt: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``optimize_for_inference`` from the parsed flags; ``ValueError`` naming the fix for
+    combinations that cannot work together."""
+    if opt.prepack and opt.precision in ("bf16", "fp16"):
+        raise ValueError(f"--prepack packs float32 convolutions, which --precision {opt.precision} would bypass; "
+                         "drop --prepack or use --precision full")
+    return {
+        "channels_last": opt.channels_last, "prepack": opt.prepack, "compile": opt.compile,
+        "attention_slicing": opt.attention_slicing, "vae_tiling": opt.vae_tiling,
+    }
 
 
 #: Errors that mean bad input (a path, a file, a size, a setting) rather than a bug: a script reports them as one line.

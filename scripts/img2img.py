@@ -26,8 +26,11 @@ from ldm.inference import (
     check_latent_geometry,
     choose_device,
     chunk,
+    decode_latents,
+    encode_latents,
     load_config,
     make_sampler,
+    optimize_for_inference,
     pixel_multiple,
     precision_scope,
     prompt_batches,
@@ -36,7 +39,7 @@ from ldm.inference import (
 )
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.inference import load_model_from_config as load_model_and_step
-from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, run_script
+from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, run_script, speed_options
 
 __all__ = ["chunk", "load_img", "load_model_from_config", "main", "parse_args"]
 
@@ -70,8 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     init_image = read_rgb_image(opt.init_img)
     device = choose_device(opt.device)
+    precision = precision_scope(opt.precision, device)
+    speed = speed_options(opt)
     model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
     check_latent_geometry(model, opt.f, opt.C)
+    optimize_for_inference(model, **speed)
     seed_everything(opt.seed)
     sampler = make_sampler("ddim", model)
 
@@ -87,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     t_noise = min(t_enc, opt.ddim_steps - 1)
 
     all_samples = []
-    with torch.no_grad(), precision_scope(opt.precision, device), model.ema_scope():
+    with torch.no_grad(), precision, model.ema_scope():
         pixels = image_to_tensor(init_image, pixel_multiple(model)).to(device)
         pixels = repeat(pixels, "1 ... -> b ...", b=opt.n_samples)
-        init_latent = model.get_first_stage_encoding(model.encode_first_stage(pixels))
+        init_latent = encode_latents(model, pixels)
         fixed_noise = torch.randn_like(init_latent) if opt.fixed_code else None
         for _ in trange(opt.n_iter, desc="Sampling"):
             for prompts in tqdm(batches, desc="data"):
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                 samples = sampler.decode(
                     z_enc, c, t_enc, unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc
                 )
-                images = to_unit_range(model.decode_first_stage(samples)).cpu()
+                images = to_unit_range(decode_latents(model, samples)).cpu()
                 if not opt.skip_save:
                     save_samples(images, sample_dir)
                 all_samples.append(images)

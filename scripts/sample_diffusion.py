@@ -28,7 +28,7 @@ from tqdm import trange
 
 from ldm.checkpoint import global_step_of, load_checkpoint, state_dict_of
 from ldm.image_io import to_pil, to_unit_range
-from ldm.inference import choose_device, load_config, make_sampler, seed_everything
+from ldm.inference import choose_device, decode_latents, load_config, make_sampler, seed_everything
 from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.modules.encoders.modules import ClassEmbedder
 from ldm.sampling_cli import run_script
@@ -158,7 +158,7 @@ def sample_batch(model: Any, sampler: Any, opt: argparse.Namespace, batch_size: 
                 opt.custom_steps, batch_size=batch_size, shape=shape, conditioning=cond, eta=opt.eta, verbose=False
             )
         logger.info("Throughput for this batch: %.3f samples/s", batch_size / (time.time() - start))
-    return model.decode_first_stage(latents).cpu()
+    return decode_latents(model, latents).cpu()
 
 
 def fresh_dir(parent: Path) -> Path:

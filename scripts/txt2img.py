@@ -34,8 +34,10 @@ from ldm.inference import (
     check_latent_geometry,
     choose_device,
     chunk,
+    decode_latents,
     load_config,
     make_sampler,
+    optimize_for_inference,
     pixel_multiple,
     precision_scope,
     prompt_batches,
@@ -45,7 +47,14 @@ from ldm.inference import (
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.safety import check_safety
-from ldm.sampling_cli import NO_SAFETY_CHECKER, SD_CKPT, SD_CONFIG, add_sampling_arguments, run_script
+from ldm.sampling_cli import (
+    NO_SAFETY_CHECKER,
+    SD_CKPT,
+    SD_CONFIG,
+    add_sampling_arguments,
+    run_script,
+    speed_options,
+)
 
 __all__ = [
     "check_safety",
@@ -95,9 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     check_image_size(opt.H, opt.W, opt.f)
     device = choose_device(opt.device)
+    precision = precision_scope(opt.precision, device)
+    speed = speed_options(opt)
     model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
     check_latent_geometry(model, opt.f, opt.C)
     check_image_size(opt.H, opt.W, pixel_multiple(model), why="--f times the UNet's downsampling")
+    optimize_for_inference(model, **speed)
     seed_everything(opt.seed)
     sampler = make_sampler("dpm_solver" if opt.dpm_solver else "plms" if opt.plms else "ddim", model)
 
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     start_code = torch.randn((opt.n_samples, *shape), device=device) if opt.fixed_code else None
 
     all_samples = []
-    with torch.no_grad(), precision_scope(opt.precision, device), model.ema_scope():
+    with torch.no_grad(), precision, model.ema_scope():
         for _ in trange(opt.n_iter, desc="Sampling"):
             for prompts in tqdm(batches, desc="data"):
                 c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
@@ -124,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                     eta=opt.ddim_eta,
                     x_T=None if start_code is None else start_code[: len(prompts)],
                 )
-                images = to_unit_range(model.decode_first_stage(samples)).cpu()
+                images = to_unit_range(decode_latents(model, samples)).cpu()
                 if not opt.skip_save:
                     save_samples(images, sample_dir, watermark)
                 if not opt.skip_grid:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ldm.modules.diffusionmodules.model as model_module
 from ldm.modules.diffusionmodules.model import (
     AttnBlock,
     Decoder,
@@ -15,8 +16,10 @@ from ldm.modules.diffusionmodules.model import (
     Normalize,
     ResnetBlock,
     Upsample,
+    banded_conv,
     make_attn,
     nonlinearity,
+    upsample_conv,
 )
 
 TINY_DDCONFIG = dict(double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2, 2],
@@ -91,6 +94,75 @@ def test_upsample_is_nearest_then_conv() -> None:
     assert torch.equal(out[0, 0], torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]))
     up = _randomize(Upsample(1, with_conv=True))
     torch.testing.assert_close(up(x), up.conv(out))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (1, 2, 6, 4)])
+def test_fused_upsample_conv_equals_nearest_then_conv(shape: tuple[int, ...]) -> None:
+    """Exact in float64 (the same products, summed in another order); channels-last in, channels-last out."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(shape[1], 5, kernel_size=3, padding=1).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    torch.testing.assert_close(upsample_conv(x, conv), expected, rtol=0, atol=1e-12)
+    fused = upsample_conv(x.contiguous(memory_format=torch.channels_last), conv)
+    assert fused.is_contiguous(memory_format=torch.channels_last) or shape[2:] == (1, 1)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, band_bytes", [(3, 1), (3, 2000), (1, 3000), (5, 5000), (3, 10**9)])
+def test_banded_conv_is_bit_equal_to_the_conv(kernel: int, band_bytes: int) -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 8, kernel, padding=kernel // 2)
+    x = torch.randn(2, 16, 13, 11)
+    with torch.no_grad():
+        assert torch.equal(banded_conv(conv, x, band_bytes=band_bytes), conv(x))
+    out = banded_conv(conv, x, band_bytes=1)  # with autograd: the conv itself
+    assert out.grad_fn is not None and torch.equal(out.detach(), conv(x).detach())
+
+
+def test_upsample_fuses_only_without_autograd() -> None:
+    up = _randomize(Upsample(8, with_conv=True))
+    x = torch.randn(1, 8, 6, 5, requires_grad=True)
+    reference = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    out = up(x)
+    assert out.grad_fn is not None and torch.equal(out, reference)  # training: the original ops, bit-equal
+    with torch.no_grad():
+        torch.testing.assert_close(up(x), reference, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_channels, temb_channels", [(32, 0), (64, 0), (64, 16)])
+def test_resnet_block_inference_path_is_the_same_function(out_channels: int, temb_channels: int) -> None:
+    """Without autograd the swishes and the residual add run in place: same output, input untouched."""
+    torch.manual_seed(0)
+    block = _randomize(ResnetBlock(in_channels=32, out_channels=out_channels, dropout=0.0,
+                                   temb_channels=temb_channels)).eval()
+    x = torch.randn(2, 32, 6, 6)
+    temb = torch.randn(2, temb_channels) if temb_channels else None
+    x_before = x.clone()
+    expected = block(x, temb)
+    with torch.no_grad():
+        out = block(x, temb)
+    assert torch.equal(x, x_before)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_decoder_inference_path_is_as_accurate_as_the_original_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No-grad decoding (fused upsampling, in-place swishes, convs in bands) against float64: no less accurate
+    than the autograd path, which runs the original ops."""
+    monkeypatch.setattr(model_module, "BAND_BYTES", 4096)  # bands of a few rows at these tiny sizes
+    torch.manual_seed(0)
+    decoder = _randomize(Decoder(**TINY_DDCONFIG), seed=1).eval()
+    with torch.no_grad():
+        for param in decoder.parameters():
+            param.mul_(0.3)
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        fast = decoder(z)
+        exact = decoder.double()(z.double())
+    original = decoder.float()(z).detach()
+    scale = exact.abs().max()
+    assert (fast - exact).abs().max() <= 2 * (original - exact).abs().max() + 1e-7 * scale
+    torch.testing.assert_close(fast, original, rtol=0, atol=2e-6 * float(scale))
 
 
 def test_resnet_block_shortcuts_and_timestep_projection() -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.models.adversarial_autoencoder import AdversarialAutoencoder
+from ldm.models.vae_tiling import tiled_decode
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
@@ -240,7 +241,8 @@ class AutoencoderKL(AdversarialAutoencoder):
     """``x -> Encoder -> quant_conv -> N(mean, var) -> z -> post_quant_conv -> Decoder -> x̂``.
 
     ``quant_conv`` maps the encoder's ``2·z_channels`` moments to ``2·embed_dim`` (mean and log-variance);
-    the latent ``z`` has ``embed_dim`` channels at ``1/f`` of the image size.
+    the latent ``z`` has ``embed_dim`` channels at ``1/f`` of the image size. ``vae_tiling = (tile, overlap)``
+    (set by ``ldm.models.vae_tiling.set_vae_tiling``; None, the default, is off) makes ``decode`` work in tiles.
     """
 
     def __init__(
@@ -263,6 +265,7 @@ class AutoencoderKL(AdversarialAutoencoder):
         self.quant_conv = torch.nn.Conv2d(2 * ddconfig["z_channels"], 2 * embed_dim, 1)
         self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         self.embed_dim = embed_dim
+        self.vae_tiling: tuple[int, int] | None = None
         self._setup_common(image_key, colorize_nlabels, monitor)
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
@@ -272,7 +275,12 @@ class AutoencoderKL(AdversarialAutoencoder):
         return DiagonalGaussianDistribution(self.quant_conv(self.encoder(x)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        """``z (B, embed_dim, h, w) -> (B, out_ch, h·f, w·f)``, in overlapping tiles when ``vae_tiling`` is set."""
+        if self.vae_tiling is None:
+            return self.decoder(self.post_quant_conv(z))
+        tile, overlap = self.vae_tiling
+        factor = 2 ** (self.decoder.num_resolutions - 1)
+        return tiled_decode(lambda part: self.decoder(self.post_quant_conv(part)), z, factor, tile, overlap)
 
     def forward(
         self, input: torch.Tensor, sample_posterior: bool = True

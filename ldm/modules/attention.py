@@ -26,6 +26,7 @@ __all__ = [
     "Normalize",
     "SpatialSelfAttention",
     "SpatialTransformer",
+    "attention",
     "default",
     "exists",
     "init_",
@@ -109,9 +110,44 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias.masked_fill(~keep, -torch.finfo(dtype).max)
 
 
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    slice_size: int | None = None,
+) -> torch.Tensor:
+    """``softmax(q kᵀ · scale + attn_mask) v`` for ``q (B, H, N, D)``, ``k, v (B, H, M, D)`` -> ``(B, H, N, D)``;
+    ``attn_mask`` broadcasts over the queries: ``(B, H or 1, 1, M)``; ``scale`` defaults to ``1/√D``.
+
+    With ``slice_size`` the queries run in chunks of at most ``slice_size`` positions (each chunk is the same
+    row-wise math, so the result is unchanged), bounding the ``(N × M)`` score memory to ``slice_size × M``.
+    A float16 ``q`` (fp16 autocast) is computed in float32 outside autocast and cast back: ``q kᵀ`` overflows
+    float16 for large activations and the softmax then turns the image black.
+    """
+    if q.dtype == torch.float16:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            mask = attn_mask.float() if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
+            out = attention(q.float(), k.float(), v.float(), mask, scale, slice_size)
+        return out.to(torch.float16)
+    if slice_size is None or slice_size >= q.shape[2]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(q_chunk, k, v, attn_mask=attn_mask, scale=scale)
+            for q_chunk in q.split(slice_size, dim=2)
+        ],
+        dim=2,
+    )
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention of ``x (B, N, query_dim)`` over ``context (B, M, context_dim)`` (self-attention
     when ``context`` is None): ``softmax(Q Kᵀ / √dim_head) V`` per head, then ``to_out``.
+
+    ``slice_size`` (an attribute, not a config key; see ``ldm.modules.attention_slicing``): run the attention
+    on chunks of at most that many query positions, same output with less memory.
     """
 
     def __init__(
@@ -131,6 +167,7 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.slice_size: int | None = None
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
@@ -142,7 +179,7 @@ class CrossAttention(nn.Module):
             for t in (self.to_q(x), self.to_k(context), self.to_v(context))
         )
         attn_mask = None if mask is None else _additive_mask(mask, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        out = attention(q, k, v, attn_mask=attn_mask, scale=self.scale, slice_size=self.slice_size)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 

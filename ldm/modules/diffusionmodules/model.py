@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ldm.modules.attention import attention
+
 logger = logging.getLogger(__name__)
 
 ATTN_TYPES = ("vanilla", "linear", "none")
@@ -36,8 +38,92 @@ def Normalize(in_channels: int, num_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=num_groups, num_channels=in_channels, eps=1e-6, affine=True)
 
 
+def norm_swish(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``swish(norm(x))``; without autograd the swish overwrites the normalised tensor (a fresh one: ``norm`` is a
+    GroupNorm), one buffer less."""
+    h = norm(x)
+    return F.silu(h, inplace=not torch.is_grad_enabled())
+
+
+BAND_BYTES = 16 * 2**20
+
+
+def banded_conv(conv: nn.Module, x: torch.Tensor, band_bytes: int | None = None) -> torch.Tensor:
+    """``conv(x)`` for ``x (B, C, H, W)``; without autograd, for an input larger than ``band_bytes`` (default
+    ``BAND_BYTES``), in bands of rows with their ``padding``-row halos, written into one output.
+
+    A CPU conv copies its whole input and output into oneDNN's blocked layout; in bands those copies are one
+    band's size instead of two more full-size tensors. Bit-equal to ``conv(x)`` (each output pixel is the same
+    sum over the same inputs). CPU, contiguous input, plain stride-1 zero-padded odd-kernel ``nn.Conv2d`` only;
+    anything else runs whole.
+    """
+    band_bytes = BAND_BYTES if band_bytes is None else band_bytes
+    if (
+        torch.is_grad_enabled()
+        or x.device.type != "cpu"
+        or x.numel() * x.element_size() <= band_bytes
+        or not x.is_contiguous()
+        or type(conv) is not nn.Conv2d
+        or conv.stride != (1, 1)
+        or conv.dilation != (1, 1)
+        or conv.padding_mode != "zeros"
+        or conv.padding != (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
+    ):
+        return conv(x)
+    height, halo = x.shape[2], conv.padding[0]
+    rows = max(1, band_bytes * height // (x.numel() * x.element_size()))
+    out = None
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        first, last = max(top - halo, 0), min(bottom + halo, height)
+        band = x[:, :, first:last]
+        if first > top - halo or last < bottom + halo:
+            band = F.pad(band, (0, 0, first - (top - halo), bottom + halo - last))
+        part = F.conv2d(band, conv.weight, conv.bias, padding=(0, conv.padding[1]), groups=conv.groups)
+        if out is None:
+            out = part.new_empty((x.shape[0], part.shape[1], height, part.shape[3]))
+        out[:, :, top:bottom] = part
+    return out
+
+
+def _fold_taps(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+    """Three kernel taps ``(w0, w1, w2)`` along ``dim`` -> the two that an output of ``phase`` (0 even, 1 odd) of a
+    3-tap conv over a nearest ×2 upsampled input applies to the original input: ``(w0, w1 + w2)`` or
+    ``(w0 + w1, w2)``."""
+    w0, w1, w2 = weight.unbind(dim)
+    return torch.stack((w0, w1 + w2) if phase == 0 else (w0 + w1, w2), dim)
+
+
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(nearest_upsample_x2(x))`` for a 3×3 conv with padding 1 without the upsampled input:
+    ``(B, C, H, W) -> (B, C_out, 2H, 2W)``.
+
+    Output pixel ``(2i + a, 2j + b)`` reads only input rows ``i - 1 + a, i + a`` and columns ``j - 1 + b, j + b``,
+    so each of the four phases ``(a, b)`` is a 2×2 conv with the folded taps (``_fold_taps``), padded by 1 and
+    cropped at offset ``(a, b)``: 16 instead of 36 multiply-adds per input pixel and channel pair, and no 4×-size
+    intermediate. The same sums in another order (within float rounding of the direct form).
+    """
+    height, width = x.shape[-2:]
+    out = None
+    for a in (0, 1):
+        rows = _fold_taps(conv.weight, 2, a)
+        for b in (0, 1):
+            phase = F.conv2d(x, _fold_taps(rows, 3, b), conv.bias, padding=1)[:, :, a : a + height, b : b + width]
+            if out is None:
+                channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+                out = torch.empty(
+                    (x.shape[0], phase.shape[1], 2 * height, 2 * width), dtype=phase.dtype, device=phase.device,
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+                )
+            out.unflatten(3, (width, 2)).unflatten(2, (height, 2))[:, :, :, a, :, b] = phase
+    return out
+
+
 class Upsample(nn.Module):
-    """Nearest-neighbour ×2 upsampling, then an optional 3×3 conv: ``(B, C, H, W) -> (B, C, 2H, 2W)``."""
+    """Nearest-neighbour ×2 upsampling, then an optional 3×3 conv: ``(B, C, H, W) -> (B, C, 2H, 2W)``.
+
+    Without autograd the two run fused (``upsample_conv``): 2.25× fewer FLOPs, no upsampled intermediate.
+    """
 
     def __init__(self, in_channels: int, with_conv: bool) -> None:
         super().__init__()
@@ -46,6 +132,8 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_conv and not torch.is_grad_enabled() and isinstance(self.conv, nn.Conv2d):
+            return upsample_conv(x, self.conv)
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         return self.conv(x) if self.with_conv else x
 
@@ -105,20 +193,26 @@ class ResnetBlock(nn.Module):
                 self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-        h = self.conv1(nonlinearity(self.norm1(x)))
+        """``x (B, in_channels, H, W)``, ``temb (B, temb_channels)`` or None -> ``(B, out_channels, H, W)``.
+
+        Without autograd the swishes and the residual add write into the block's own fresh tensors and large
+        convolutions run in bands (``banded_conv``).
+        """
+        h = banded_conv(self.conv1, norm_swish(self.norm1, x))
         if temb is not None:
             h = h + self.temb_proj(nonlinearity(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+        h = banded_conv(self.conv2, self.dropout(norm_swish(self.norm2, h)))
         if self.in_channels != self.out_channels:
-            x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
-        return x + h
+            x = banded_conv(self.conv_shortcut if self.use_conv_shortcut else self.nin_shortcut, x)
+        return x + h if torch.is_grad_enabled() or h.dtype != x.dtype else h.add_(x)
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over the ``H·W`` positions, with a residual connection.
 
     ``x + proj_out(softmax(q kᵀ / √C) v)`` with ``q, k, v`` 1×1 convs of ``norm(x)``; computed with
-    ``scaled_dot_product_attention``.
+    ``scaled_dot_product_attention`` (in float32 for float16 inputs), in chunks of at most ``slice_size`` query
+    positions when that attribute is set (``ldm.modules.attention_slicing``).
     """
 
     def __init__(self, in_channels: int) -> None:
@@ -129,12 +223,13 @@ class AttnBlock(nn.Module):
         self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
         self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
         self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0)
+        self.slice_size: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2:]
         h = self.norm(x)
         q, k, v = (rearrange(layer(h), "b c h w -> b 1 (h w) c") for layer in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)
+        h = attention(q, k, v, slice_size=self.slice_size)
         h = rearrange(h, "b 1 (h w) c -> b c h w", h=height, w=width)
         return x + self.proj_out(h)
 
@@ -367,7 +462,7 @@ class Decoder(nn.Module):
 
         if self.give_pre_end:
             return h
-        h = self.conv_out(nonlinearity(self.norm_out(h)))
+        h = banded_conv(self.conv_out, norm_swish(self.norm_out, h))
         return torch.tanh(h) if self.tanh_out else h
 
 
