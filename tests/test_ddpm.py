@@ -446,6 +446,24 @@ def test_optimizer_and_warm_up_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (1e-6 + (1 - 1e-6) * 0.5))
 
 
+def test_optimizer_is_the_multi_tensor_adamw_with_the_per_tensor_numbers():
+    model = make_pixel_ldm(unet_config={"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 3}})
+    model.learning_rate = 1e-2
+    opt = model.configure_optimizers()
+    reference_params = [p.detach().clone().requires_grad_() for p in opt.param_groups[0]["params"]]
+    reference = torch.optim.AdamW(reference_params, lr=1e-2, foreach=False)
+    assert opt.defaults["foreach"] is True
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(opt.param_groups[0]["params"], reference_params):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        opt.step()
+        reference.step()
+    for p, q in zip(opt.param_groups[0]["params"], reference_params):
+        assert torch.equal(p, q)
+
+
 def test_trainable_conditioner_is_optimized_and_encoded_in_forward():
     model = LatentDiffusion(
         first_stage_config={"target": "ldm.models.autoencoder.IdentityFirstStage"},
