@@ -34,23 +34,15 @@ from ldm.sampling_cli import run_script, speed_options
 from scripts.img2img import main as img2img
 from scripts.txt2img import main as txt2img
 from scripts.txt2img import parse_args
-from tests.test_scripts import FAST, SIZE, TEXT_ENCODER, _config, _save_model
+from tests import test_scripts
+from tests.test_scripts import FAST, SIZE
+
+#: The script tests' fixtures: their tiny text-conditional model, and one torch thread for this module.
+one_thread = test_scripts.one_thread
+text_model = test_scripts.text_model
 
 CPU = torch.device("cpu")
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory) -> tuple[Path, Path]:
-    return _save_model(tmp_path_factory.mktemp("txt") / "run", _config(TEXT_ENCODER, "caption"), seed=0)
 
 
 @pytest.fixture(scope="module")

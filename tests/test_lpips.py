@@ -17,6 +17,13 @@ from ldm.modules.losses.lpips import (
 from tests.helpers import load_manifest, state_dict_manifest
 
 
+@pytest.fixture(autouse=True)
+def no_download(monkeypatch):
+    """Every torch hub / torchvision weight download goes through ``torch.hub.download_url_to_file``: make it fail
+    so that no test here can reach the network (tests that expect a download patch it themselves)."""
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download weights"))
+
+
 @pytest.fixture(scope="module")
 def lpips_random() -> LPIPS:
     torch.manual_seed(0)

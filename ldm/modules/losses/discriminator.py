@@ -209,14 +209,14 @@ class PatchGANPerceptualLoss(nn.Module):
         return adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start) != 0.0
 
     def generator_loss(self, reconstructions: torch.Tensor, cond: torch.Tensor | None,
-                       global_step: int | None = None) -> torch.Tensor:
-        """``−mean D(x̂)`` (``D(x̂ ⊕ cond)`` when ``disc_conditional``); without a graph when ``global_step`` is
-        given and the GAN is not active then."""
+                       global_step: int) -> torch.Tensor:
+        """``−mean D(x̂)`` (``D(x̂ ⊕ cond)`` when ``disc_conditional``); without a graph while the GAN is not
+        active at ``global_step``."""
         if (cond is not None) != self.disc_conditional:
             raise ValueError(f"disc_conditional is {self.disc_conditional} but cond is "
                              f"{'given' if cond is not None else 'None'}: pass cond exactly when "
                              "lossconfig.params.disc_conditional is true")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and (global_step is None or self.gan_active(global_step))):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.gan_active(global_step)):
             return -torch.mean(self.discriminator(self._disc_input(reconstructions, cond)))
 
     def discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
