@@ -48,7 +48,7 @@ def norm_swish(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 BAND_BYTES = 16 * 2**20
 
 
-def banded_conv(conv: nn.Module, x: torch.Tensor, band_bytes: int | None = None) -> torch.Tensor:
+def banded_conv(conv: nn.Module, x: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
     """``conv(x)`` for ``x (B, C, H, W)``; without autograd, for an input larger than ``band_bytes`` (default
     ``BAND_BYTES``), in bands of rows with their ``padding``-row halos, written into one output.
 
@@ -57,7 +57,6 @@ def banded_conv(conv: nn.Module, x: torch.Tensor, band_bytes: int | None = None)
     sum over the same inputs). CPU, contiguous input, plain stride-1 zero-padded odd-kernel ``nn.Conv2d`` only;
     anything else runs whole.
     """
-    band_bytes = BAND_BYTES if band_bytes is None else band_bytes
     if (
         torch.is_grad_enabled()
         or x.device.type != "cpu"
