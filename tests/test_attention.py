@@ -3,6 +3,8 @@ transformer-block checkpointing, key names of the original."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -93,6 +95,45 @@ def test_geglu_and_feedforward_formulas():
     torch.testing.assert_close(ff(x), ff.net[2](F.gelu(ff.net[0][0](x))))
     gated = FeedForward(8, glu=True)
     assert gated.net[0].proj.weight.shape == (2 * 32, 8)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 12, 13])
+def test_gated_feedforward_without_grad_runs_in_row_chunks_with_equal_numbers(monkeypatch, tokens):
+    torch.manual_seed(0)
+    ff = FeedForward(8, dim_out=6, mult=3, glu=True).eval()
+    monkeypatch.setattr(FeedForward, "INFERENCE_ROWS", 4)  # 2 x 13 tokens: six full chunks and a 2-row rest
+    x = torch.randn(2, tokens, 8)
+    with torch.no_grad():
+        out = ff(x)
+        ref = ff.net(x)  # the plain chain: one full-size intermediate
+    assert out.shape == (2, tokens, 6)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)  # the GEMM kernel may differ by row count
+
+
+def test_gated_feedforward_chunking_bounds_the_intermediate(monkeypatch):
+    torch.manual_seed(0)
+    ff = FeedForward(8, mult=4, glu=True).eval()
+    monkeypatch.setattr(FeedForward, "INFERENCE_ROWS", 16)
+    x = torch.randn(2, 40, 8)
+    with torch.no_grad(), RecordShapes() as rec:
+        ff(x)
+    widest = [shape for _, shapes in rec.ops for shape in shapes if shape and shape[-1] == 2 * 32]
+    assert widest and max(math.prod(shape[:-1]) for shape in widest) == 16
+
+
+def test_gated_feedforward_with_grad_or_dropout_keeps_the_plain_path():
+    torch.manual_seed(0)
+    ff = FeedForward(8, glu=True, dropout=0.5).train()
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    torch.manual_seed(1)
+    out = ff(x)
+    out.sum().backward()
+    assert x.grad is not None
+    with torch.no_grad():
+        torch.manual_seed(1)
+        dropped = ff(x)
+    torch.manual_seed(1)
+    assert torch.equal(dropped, ff.net(x).detach())
 
 
 def test_linear_attention_formula():

@@ -79,7 +79,14 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """``Linear(GELU or GEGLU)(dim -> mult·dim) -> Dropout -> Linear(-> dim_out)`` on ``(..., dim)``."""
+    """``Linear(GELU or GEGLU)(dim -> mult·dim) -> Dropout -> Linear(-> dim_out)`` on ``(..., dim)``.
+
+    Without autograd (sampling) a gated feed-forward runs on ``INFERENCE_ROWS`` tokens at a time, in place:
+    the same per-row math (equal to float rounding; bit-identical at Stable Diffusion's sizes), but its ``(tokens × 2·inner)`` intermediate stays a few MB instead of
+    the ~170 MB of a 64x64-latent Stable Diffusion block, which is faster on a CPU and lowers the peak memory.
+    """
+
+    INFERENCE_ROWS = 2048
 
     def __init__(
         self, dim: int, dim_out: int | None = None, mult: float = 4, glu: bool = False, dropout: float = 0.0
@@ -91,7 +98,25 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        project_in, dropout, project_out = self.net
+        lean = (
+            isinstance(project_in, GEGLU)
+            and not torch.is_grad_enabled()
+            and not (self.training and dropout.p > 0)
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+        return self._gated_inference(x) if lean else self.net(x)
+
+    def _gated_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """``a · GELU(g)`` then the output projection, chunk by chunk of rows into one preallocated output."""
+        project_in, _, project_out = self.net
+        rows = x.reshape(-1, x.shape[-1])
+        out = rows.new_empty(rows.shape[0], project_out.out_features)
+        for chunk, dest in zip(rows.split(self.INFERENCE_ROWS), out.split(self.INFERENCE_ROWS)):
+            a, gate = project_in.proj(chunk).chunk(2, dim=-1)
+            a.mul_(torch.ops.aten.gelu_(gate))
+            torch.addmm(project_out.bias, a, project_out.weight.t(), out=dest)
+        return out.view(*x.shape[:-1], -1)
 
 
 # --------------------------------------------------------------------------------------------------------
