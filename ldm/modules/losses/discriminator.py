@@ -199,6 +199,12 @@ class PatchGANPerceptualLoss(nn.Module):
     def _disc_input(self, images: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         return images.contiguous() if cond is None else torch.cat((images.contiguous(), cond), dim=1)
 
+    @property
+    def discriminator_used(self) -> bool:
+        """False when ``disc_factor`` is 0: the GAN terms have no weight at any step, so the discriminator is never
+        run, and what only it produces (``g_loss``, ``logits_real``, ``logits_fake``) is not logged."""
+        return self.disc_factor != 0.0
+
     def gan_active(self, global_step: int) -> bool:
         """Whether the GAN terms have any weight at ``global_step``: ``disc_factor`` > 0 and ``disc_start`` reached.
 
@@ -222,7 +228,10 @@ class PatchGANPerceptualLoss(nn.Module):
     def discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
                            cond: torch.Tensor | None, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``disc_factor · d_loss(D(x), D(x̂))`` on detached images, and its log dict (a loss without a graph
-        while the GAN is not active: its gradients would be zero)."""
+        while the GAN is not active: its gradients would be zero; 0 without running D when it is never used)."""
+        if not self.discriminator_used:
+            d_loss = torch.zeros((), device=inputs.device)
+            return d_loss, {f"{split}/disc_loss": d_loss}
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.gan_active(global_step)):
             logits_real = self.discriminator(self._disc_input(inputs.detach(), cond))
             logits_fake = self.discriminator(self._disc_input(reconstructions.detach(), cond))

@@ -109,10 +109,16 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
             p_loss = torch.zeros(1, device=inputs.device)
         nll_loss = torch.mean(rec_loss)
 
-        g_loss = self.generator_loss(reconstructions, cond, global_step)
-        d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
         disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
-        loss = nll_loss + d_weight * disc_factor * g_loss + self.codebook_weight * codebook_loss.mean()
+        loss = nll_loss
+        d_weight = torch.zeros((), device=loss.device)
+        gan_log = {}
+        if self.discriminator_used:
+            g_loss = self.generator_loss(reconstructions, cond, global_step)
+            d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
+            loss = loss + d_weight * disc_factor * g_loss
+            gan_log[f"{split}/g_loss"] = g_loss.detach().mean()
+        loss = loss + self.codebook_weight * codebook_loss.mean()
 
         log = {
             f"{split}/total_loss": loss.clone().detach().mean(),
@@ -122,7 +128,7 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
             f"{split}/p_loss": p_loss.detach().mean(),
             f"{split}/d_weight": d_weight.detach(),
             f"{split}/disc_factor": torch.tensor(float(disc_factor)),
-            f"{split}/g_loss": g_loss.detach().mean(),
+            **gan_log,
         }
         if predicted_indices is not None and self.n_classes is not None:
             with torch.no_grad():
