@@ -24,6 +24,7 @@ from ldm.models.vae_tiling import tiled_decode
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
+from ldm.optim import adam
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -187,8 +188,8 @@ class VQModel(AdversarialAutoencoder):
         logger.info("lr_d %s, lr_g %s", lr_d, lr_g)
         autoencoder = [self.encoder, self.decoder, self.quantize, self.quant_conv, self.post_quant_conv]
         parameters = [p for m in autoencoder for p in m.parameters()]
-        opt_ae = torch.optim.Adam(parameters, lr=lr_g, betas=(0.5, 0.9), foreach=True)
-        opt_disc = torch.optim.Adam(self._discriminator_parameters(), lr=lr_d, betas=(0.5, 0.9), foreach=True)
+        opt_ae = adam(torch.optim.Adam, parameters, lr=lr_g, betas=(0.5, 0.9))
+        opt_disc = adam(torch.optim.Adam, self._discriminator_parameters(), lr=lr_d, betas=(0.5, 0.9))
         if self.scheduler_config is None:
             return [opt_ae, opt_disc], []
         schedule = instantiate_from_config(self.scheduler_config, name="scheduler_config").schedule
@@ -316,15 +317,15 @@ class AutoencoderKL(AdversarialAutoencoder):
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list]:
         """Adam(lr, β = (0.5, 0.9)) for encoder, decoder and the 1×1 convs, and one for the discriminator (both
-        multi-tensor: the per-tensor numbers, faster on the CPU).
+        fused where torch can: see :func:`ldm.optim.adam`).
 
         The loss's learned ``logvar`` is in neither, as in the original.
         """
         lr = self._learning_rate()
         autoencoder = [self.encoder, self.decoder, self.quant_conv, self.post_quant_conv]
         parameters = [p for m in autoencoder for p in m.parameters()]
-        opt_ae = torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.9), foreach=True)
-        opt_disc = torch.optim.Adam(self._discriminator_parameters(), lr=lr, betas=(0.5, 0.9), foreach=True)
+        opt_ae = adam(torch.optim.Adam, parameters, lr=lr, betas=(0.5, 0.9))
+        opt_disc = adam(torch.optim.Adam, self._discriminator_parameters(), lr=lr, betas=(0.5, 0.9))
         return [opt_ae, opt_disc], []
 
     @torch.no_grad()

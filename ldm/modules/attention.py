@@ -81,9 +81,10 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     """``Linear(GELU or GEGLU)(dim -> mult·dim) -> Dropout -> Linear(-> dim_out)`` on ``(..., dim)``.
 
-    Without autograd (sampling) a gated feed-forward runs on ``INFERENCE_ROWS`` tokens at a time, in place:
-    the same per-row math (equal to float rounding; bit-identical at Stable Diffusion's sizes), but its ``(tokens × 2·inner)`` intermediate stays a few MB instead of
-    the ~170 MB of a 64x64-latent Stable Diffusion block, which is faster on a CPU and lowers the peak memory.
+    Without autograd (sampling) a gated feed-forward runs on ``INFERENCE_ROWS`` tokens at a time, in place: the
+    same per-row math (equal to float rounding; bit-identical at Stable Diffusion's sizes), but its
+    ``(tokens × 2·inner)`` intermediate stays a few MB instead of the ~170 MB of a 64x64-latent Stable Diffusion
+    block, which is faster on a CPU and lowers the peak memory.
     """
 
     INFERENCE_ROWS = 2048
