@@ -212,6 +212,28 @@ def test_checkpointing_same_output_and_grads_and_recomputes(cls_tiny):
         torch.testing.assert_close(grad, grads[False][name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_transformer_blocks_checkpoint_as_the_original_unless_switched_off(sd_tiny):
+    reference, data = sd_tiny
+    params = OmegaConf.to_container(OmegaConf.load(REFDATA / "configs" / "unet_sdv1_tiny.yaml").model.params)
+    params["use_checkpoint"] = False  # the original checkpoints its transformer blocks whatever this says
+    inputs = data["inputs"]
+    grads, runs = {}, {}
+    for flag in (True, False):
+        model = UNetModel(**{**params, "checkpoint_transformers": flag})
+        model.load_state_dict(reference.state_dict())
+        blocks = [m for m in model.modules() if isinstance(m, SpatialTransformer)]
+        assert blocks and all(b.transformer_blocks[0].checkpoint is flag for b in blocks)
+        runs[flag] = []
+        blocks[0].transformer_blocks[0].attn1.register_forward_hook(lambda *_, f=flag: runs[f].append(1))
+        model(inputs["x"], inputs["timesteps"], context=inputs["context"]).square().mean().backward()
+        grads[flag] = {n: p.grad for n, p in model.named_parameters()}
+    assert len(runs[True]) == 2 and len(runs[False]) == 1  # recomputed in backward only when checkpointing
+    for name, grad in grads[True].items():
+        torch.testing.assert_close(grad, grads[False][name], rtol=0, atol=1e-6, msg=name)
+    default = UNetModel(**params)
+    assert all(m.checkpoint for m in default.modules() if type(m).__name__ == "BasicTransformerBlock")
+
+
 def test_no_checkpoint_without_grad(cls_tiny):
     _, data = cls_tiny
     params = OmegaConf.to_container(OmegaConf.load(REFDATA / "configs" / "unet_cls_tiny.yaml").model.params)

@@ -297,6 +297,9 @@ class SpatialTransformer(nn.Module):
 
     ``GroupNorm -> 1x1 conv (C -> heads·d_head) -> depth × BasicTransformerBlock on (B, HW, ·) -> 1x1 conv
     (zero-initialised) -> + input``.
+
+    ``use_checkpoint`` (as in Stable Diffusion 2's codebase; the original always checkpoints): recompute the
+    blocks' activations in the backward pass instead of storing them.
     """
 
     def __init__(
@@ -307,6 +310,7 @@ class SpatialTransformer(nn.Module):
         depth: int = 1,
         dropout: float = 0.0,
         context_dim: int | None = None,
+        use_checkpoint: bool = True,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -314,7 +318,9 @@ class SpatialTransformer(nn.Module):
         self.norm = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
         self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1, stride=1, padding=0)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim)
+            BasicTransformerBlock(
+                inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim, checkpoint=use_checkpoint
+            )
             for _ in range(depth)
         )
         self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1, stride=1, padding=0))

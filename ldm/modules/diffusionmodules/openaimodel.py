@@ -85,6 +85,9 @@ class UNetModel(nn.Module):
     :param num_heads / num_head_channels: a fixed head count, or a fixed width per head (-1 = unused).
     :param num_heads_upsample: head count of the decoder-side AttentionBlocks (-1 = ``num_heads``).
     :param use_spatial_transformer: SpatialTransformer (cross-attention to ``context``) instead of AttentionBlock.
+    :param checkpoint_transformers: recompute the SpatialTransformer blocks in the backward pass instead of storing
+        their activations. The original does so whatever ``use_checkpoint`` says, hence the default; ``false``
+        trains faster (12% per step on the demo's UNet) with more activation memory, and the same numbers.
     :param legacy: the original's head-width rule (see :func:`_heads_and_dim_head`).
     :param use_fp16: run the input/middle/output blocks in float16. Deliberate difference: the original's
         ``convert_module_to_f16`` is a no-op, so there ``use_fp16`` only casts the activations (usable under
@@ -118,6 +121,7 @@ class UNetModel(nn.Module):
         context_dim: int | None = None,
         n_embed: int | None = None,
         legacy: bool = True,
+        checkpoint_transformers: bool = True,
     ) -> None:
         super().__init__()
         if use_spatial_transformer and context_dim is None:
@@ -172,7 +176,14 @@ class UNetModel(nn.Module):
         def attention(ch: int, attention_block_heads: int) -> nn.Module:
             heads, dim_head = _heads_and_dim_head(ch, num_heads, num_head_channels, use_spatial_transformer, legacy)
             if use_spatial_transformer:
-                return SpatialTransformer(ch, heads, dim_head, depth=transformer_depth, context_dim=context_dim)
+                return SpatialTransformer(
+                    ch,
+                    heads,
+                    dim_head,
+                    depth=transformer_depth,
+                    context_dim=context_dim,
+                    use_checkpoint=checkpoint_transformers,
+                )
             return AttentionBlock(
                 ch,
                 use_checkpoint=use_checkpoint,
