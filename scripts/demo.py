@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "5 sampler steps): checks the path, not the quality")
     parser.add_argument("--samples-per-prompt", type=int, default=4,
                         help="samples for each of the 15 kind x colour prompts, at each guidance scale")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 5.0],
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 5.0, 7.5],
                         help="classifier-free guidance scales to sample and measure at (1 = no guidance)")
     parser.add_argument("--ddim_steps", type=int, default=25, help="DDIM steps per sample")
     parser.add_argument("--ddim_eta", type=float, default=1.0,
