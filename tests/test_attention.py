@@ -121,6 +121,16 @@ def test_gated_feedforward_chunking_bounds_the_intermediate(monkeypatch):
     assert widest and max(math.prod(shape[:-1]) for shape in widest) == 16
 
 
+def test_gated_feedforward_without_grad_runs_on_the_meta_device():
+    """Shape-only passes (FLOP counting, meta-device construction) take the chunked path too."""
+    with torch.device("meta"):
+        ff = FeedForward(8, mult=4, glu=True).eval()
+        x = torch.empty(2, 5000, 8)
+    with torch.no_grad():
+        out = ff(x)
+    assert out.device.type == "meta" and out.shape == (2, 5000, 8)
+
+
 def test_gated_feedforward_with_grad_or_dropout_keeps_the_plain_path():
     torch.manual_seed(0)
     ff = FeedForward(8, glu=True, dropout=0.5).train()

@@ -99,12 +99,13 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        project_in, dropout, project_out = self.net
+        project_in, dropout, _ = self.net
+        device = x.device.type
         lean = (
             isinstance(project_in, GEGLU)
             and not torch.is_grad_enabled()
             and not (self.training and dropout.p > 0)
-            and not torch.is_autocast_enabled(x.device.type)
+            and not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device))
         )
         return self._gated_inference(x) if lean else self.net(x)
 
