@@ -210,7 +210,8 @@ class PatchGANPerceptualLoss(nn.Module):
 
         While they have none (the first ``disc_start`` steps of the original configs, or ``disc_factor: 0``) both
         GAN terms are multiplied by 0, so their gradients are exactly zero: the discriminator then runs without a
-        graph (its outputs are still logged) and the update is the one zero gradients give.
+        graph (its outputs are still logged; with ``disc_factor: 0`` it does not run at all, see
+        :attr:`discriminator_used`) and the update is the one zero gradients give.
         """
         return adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start) != 0.0
 
