@@ -84,7 +84,8 @@ class FeedForward(nn.Module):
     Without autograd (sampling) a gated feed-forward runs on ``INFERENCE_ROWS`` tokens at a time, in place: the
     same per-row math (equal to float rounding; bit-identical at Stable Diffusion's sizes), but its
     ``(tokens × 2·inner)`` intermediate stays a few MB instead of the ~170 MB of a 64x64-latent Stable Diffusion
-    block, which is faster on a CPU and lowers the peak memory.
+    block, which is faster on a CPU and lowers the peak memory. Forward hooks on ``net`` and its layers do not fire
+    on that path (hooks on the ``FeedForward`` itself do).
     """
 
     INFERENCE_ROWS = 2048
