@@ -7,7 +7,7 @@ import os
 import torch
 from torch import nn
 
-from ldm.modules.losses.discriminator import PatchGANPerceptualLoss, adopt_weight
+from ldm.modules.losses.discriminator import PatchGANPerceptualLoss
 
 
 class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
@@ -67,16 +67,8 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
         kl_loss = posteriors.kl()
         kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
 
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
-        loss = weighted_nll_loss + self.kl_weight * kl_loss
-        d_weight = torch.zeros((), device=loss.device)
-        gan_log = {}
-        if self.discriminator_used:
-            g_loss = self.generator_loss(reconstructions, cond, global_step)
-            if self.disc_factor > 0.0:
-                d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
-            loss = loss + d_weight * disc_factor * g_loss
-            gan_log[f"{split}/g_loss"] = g_loss.detach().mean()
+        gan, gan_log = self.adversarial_term(nll_loss, reconstructions, cond, global_step, last_layer, split)
+        loss = weighted_nll_loss + self.kl_weight * kl_loss + gan
 
         log = {
             f"{split}/total_loss": loss.clone().detach().mean(),
@@ -84,8 +76,6 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
             f"{split}/kl_loss": kl_loss.detach().mean(),
             f"{split}/nll_loss": nll_loss.detach().mean(),
             f"{split}/rec_loss": rec_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.tensor(float(disc_factor)),
             **gan_log,
         }
         return loss, log

@@ -226,6 +226,24 @@ class PatchGANPerceptualLoss(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.gan_active(global_step)):
             return -torch.mean(self.discriminator(self._disc_input(reconstructions, cond)))
 
+    def adversarial_term(self, nll_loss: torch.Tensor, reconstructions: torch.Tensor, cond: torch.Tensor | None,
+                         global_step: int, last_layer: torch.Tensor | None,
+                         split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The generator's GAN term ``d_weight · disc_factor · g_loss`` and its log (``d_weight``, ``disc_factor``,
+        and ``g_loss`` when the discriminator runs); a zero term, without running it, when it is never used.
+
+        A negative ``disc_factor`` (meaningless) gets the adaptive weight here; the original KL loss gave it 0.
+        """
+        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
+        zero = torch.zeros((), device=nll_loss.device)
+        log = {f"{split}/d_weight": zero, f"{split}/disc_factor": torch.tensor(float(disc_factor))}
+        if not self.discriminator_used:
+            return zero, log
+        g_loss = self.generator_loss(reconstructions, cond, global_step)
+        d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
+        log |= {f"{split}/d_weight": d_weight.detach(), f"{split}/g_loss": g_loss.detach().mean()}
+        return d_weight * disc_factor * g_loss, log
+
     def discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
                            cond: torch.Tensor | None, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``disc_factor · d_loss(D(x), D(x̂))`` on detached images, and its log dict (a loss without a graph

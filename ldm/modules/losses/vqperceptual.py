@@ -109,16 +109,8 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
             p_loss = torch.zeros(1, device=inputs.device)
         nll_loss = torch.mean(rec_loss)
 
-        disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
-        loss = nll_loss
-        d_weight = torch.zeros((), device=loss.device)
-        gan_log = {}
-        if self.discriminator_used:
-            g_loss = self.generator_loss(reconstructions, cond, global_step)
-            d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
-            loss = loss + d_weight * disc_factor * g_loss
-            gan_log[f"{split}/g_loss"] = g_loss.detach().mean()
-        loss = loss + self.codebook_weight * codebook_loss.mean()
+        gan, gan_log = self.adversarial_term(nll_loss, reconstructions, cond, global_step, last_layer, split)
+        loss = nll_loss + gan + self.codebook_weight * codebook_loss.mean()
 
         log = {
             f"{split}/total_loss": loss.clone().detach().mean(),
@@ -126,8 +118,6 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
             f"{split}/nll_loss": nll_loss.detach().mean(),
             f"{split}/rec_loss": rec_loss.detach().mean(),
             f"{split}/p_loss": p_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.tensor(float(disc_factor)),
             **gan_log,
         }
         if predicted_indices is not None and self.n_classes is not None:
