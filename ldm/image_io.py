@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +13,31 @@ import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image, UnidentifiedImageError
-from torchvision.utils import make_grid
 
 logger = logging.getLogger(__name__)
 
 Watermark = Callable[[Image.Image], Image.Image]
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
+    """Tile ``(B, C, H, W)`` into ``(3, rows * (H + p) + p, cols * (W + p) + p)`` with ``cols = min(nrow, B)``.
+
+    Row-major order on a zero background, like ``torchvision.utils.make_grid``; one image is returned as is
+    and 1-channel images become 3-channel.
+    """
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[0] == 1:
+        return images[0]
+    count, channels, height, width = images.shape
+    cols = min(nrow, count)
+    rows = math.ceil(count / cols)
+    grid = images.new_zeros(channels, rows * (height + padding) + padding, cols * (width + padding) + padding)
+    for index, image in enumerate(images):
+        row, col = divmod(index, cols)
+        top, left = row * (height + padding) + padding, col * (width + padding) + padding
+        grid[:, top : top + height, left : left + width] = image
+    return grid
 
 
 def read_rgb_image(path: str | Path) -> Image.Image:

@@ -10,7 +10,22 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.image_io import image_to_tensor, make_watermarker, next_index, read_rgb_image, save_grid, save_samples
+from ldm.image_io import (
+    image_to_tensor,
+    make_grid,
+    make_watermarker,
+    next_index,
+    read_rgb_image,
+    save_grid,
+    save_samples,
+)
+
+
+@pytest.mark.parametrize(("count", "channels", "nrow"), [(1, 3, 8), (5, 3, 4), (9, 3, 8), (7, 1, 3), (4, 3, 15)])
+def test_make_grid_equals_torchvision(count, channels, nrow):
+    torchvision_utils = pytest.importorskip("torchvision.utils")
+    images = torch.rand(count, channels, 5, 7, generator=torch.Generator().manual_seed(count))
+    assert torch.equal(make_grid(images, nrow=nrow), torchvision_utils.make_grid(images, nrow=nrow))
 
 
 def test_image_to_tensor_rounds_down_and_maps_to_minus_one_one():

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from einops import rearrange
-from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from ldm.image_io import make_grid
 from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage
 from ldm.util import isimage, ismap, log_txt_as_img
 
@@ -22,7 +22,7 @@ def logged_timesteps(num_timesteps: int, log_every_t: int) -> list[int]:
 def rows_to_grid(steps: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     """``n`` steps of ``(B, C, H, W)`` → one image grid with a row per sample and a column per step.
 
-    Returns ``(C, B·(H + 2) + 2, n·(W + 2) + 2)`` as made by ``torchvision.utils.make_grid(nrow=n)``.
+    Returns ``(C, B·(H + 2) + 2, n·(W + 2) + 2)`` as made by :func:`ldm.image_io.make_grid` with ``nrow=n``.
     """
     stacked = torch.stack(list(steps)) if not isinstance(steps, torch.Tensor) else steps
     n_steps = stacked.shape[0]
