@@ -31,6 +31,32 @@ def test_area_over_bounding_box_matches_geometry(kind, fraction):
     assert coverage.sum() / (2 * radius) ** 2 == pytest.approx(fraction, rel=0.02)
 
 
+def _coverage_by_definition(kind: str, size: int, center: tuple[float, float], radius: float) -> np.ndarray:
+    """Coverage straight from the definition: the inside test at 4x4 sample points per pixel, averaged."""
+    coords = (np.arange(4 * size) + 0.5) / 4
+    x, y = np.meshgrid(coords, coords, indexing="xy")
+    (cx, cy), inside = center, None
+    if kind == "circle":
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
+    elif kind == "square":
+        inside = (np.abs(x - cx) <= radius) & (np.abs(y - cy) <= radius)
+    else:
+        inside = (y >= cy - radius) & (y <= cy + radius) & (np.abs(x - cx) <= (y - (cy - radius)) / 2)
+    return inside.reshape(size, 4, size, 4).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_shape_mask_is_the_supersampled_coverage(size):
+    rng = np.random.default_rng(size)
+    for kind in KINDS:
+        for _ in range(20):
+            center = tuple(rng.uniform(0.2 * size, 0.8 * size, size=2).tolist())
+            radius = float(rng.uniform(2.0, 0.3 * size))
+            np.testing.assert_array_equal(
+                shape_mask(kind, size, center, radius), _coverage_by_definition(kind, size, center, radius)
+            )
+
+
 def test_colour_and_position_of_the_drawn_shape():
     spec = ShapeSpec("square", "blue", "large", "bottom right")
     image = render(spec, 32)

@@ -64,7 +64,7 @@ def shape_mask(kind: str, size: int, center: tuple[float, float], radius: float)
     """
     fine = size * _SUPERSAMPLE
     coords = (np.arange(fine, dtype=np.float64) + 0.5) / _SUPERSAMPLE
-    x, y = np.meshgrid(coords, coords, indexing="xy")
+    x, y = coords[None, :], coords[:, None]  # sample grid by broadcasting: row vector x, column vector y
     cx, cy = center
     if kind == "circle":
         inside = (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
@@ -75,7 +75,18 @@ def shape_mask(kind: str, size: int, center: tuple[float, float], radius: float)
         inside = (depth >= 0) & (depth <= 2 * radius) & (np.abs(x - cx) <= depth / 2)
     else:
         raise ValueError(f"unknown shape kind {kind!r}; use one of {KINDS}")
-    return inside.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean(axis=(1, 3))
+    return _block_means(inside, _SUPERSAMPLE)
+
+
+def _block_means(inside: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of every ``factor x factor`` block of a boolean ``(n·factor, n·factor)`` array, ``(n, n)`` float64.
+
+    Exact (a count over ``factor²``) and several times faster than a float ``mean`` over a 4-D view: the counts are
+    summed as uint8 slices, which holds ``factor² ≤ 255``.
+    """
+    counts = inside.view(np.uint8)
+    columns = sum(counts[:, offset::factor] for offset in range(factor))
+    return sum(columns[offset::factor] for offset in range(factor)) / factor**2
 
 
 def render(spec: ShapeSpec, size: int, jitter: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
