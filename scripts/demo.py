@@ -1,6 +1,6 @@
 """The whole method on the embedded shapes data, on a CPU, in minutes: train both stages, sample, measure.
 
-    python scripts/demo.py                 # the full demo (`make demo`): about 14.6 minutes on 2 CPU cores
+    python scripts/demo.py                 # the full demo (`make demo`): 14.6-14.9 minutes on 2 CPU cores
     python scripts/demo.py --smoke         # the same path with a few steps (what tests/test_demo.py runs)
 
 1. ``main.py --base configs/demo/autoencoder_kl.yaml -t``: stage 1, a KL autoencoder (32x32 px -> 8x8x4).
