@@ -219,8 +219,9 @@ def optimize_for_inference(
     """Apply the sampling scripts' speed options to a ``LatentDiffusion`` in place; all off leaves it untouched.
 
     ``channels_last``: the UNet in channels-last memory format (same numbers). ``prepack`` (CPU, float32 only):
-    the UNet channels-last with its convolutions outside the SpatialTransformers pre-packed for oneDNN (same
-    numbers; the EMA weights, if the model keeps any, are copied in for good first, as sampling uses them anyway).
+    the UNet channels-last with its convolutions outside the SpatialTransformers pre-packed for oneDNN and its
+    upsampling convs fused with the nearest x2 upsampling (same numbers within float rounding; the EMA weights, if
+    the model keeps any, are copied in for good first, as sampling uses them anyway).
     ``compile``: ``torch.compile`` of the UNet's forward (the first step compiles). ``attention_slicing``: the
     attention layers compute at most that many query rows at a time. ``vae_tiling``: the first stage decodes in
     tiles of ``VAE_TILE`` latent pixels.

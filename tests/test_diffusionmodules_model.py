@@ -19,7 +19,6 @@ from ldm.modules.diffusionmodules.model import (
     banded_conv,
     make_attn,
     nonlinearity,
-    upsample_conv,
 )
 
 TINY_DDCONFIG = dict(double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2, 2],
@@ -94,19 +93,6 @@ def test_upsample_is_nearest_then_conv() -> None:
     assert torch.equal(out[0, 0], torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]))
     up = _randomize(Upsample(1, with_conv=True))
     torch.testing.assert_close(up(x), up.conv(out))
-
-
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 1, 1), (1, 2, 6, 4)])
-def test_fused_upsample_conv_equals_nearest_then_conv(shape: tuple[int, ...]) -> None:
-    """Exact in float64 (the same products, summed in another order); channels-last in, channels-last out."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(shape[1], 5, kernel_size=3, padding=1).double()
-    x = torch.randn(shape, dtype=torch.float64)
-    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-    torch.testing.assert_close(upsample_conv(x, conv), expected, rtol=0, atol=1e-12)
-    fused = upsample_conv(x.contiguous(memory_format=torch.channels_last), conv)
-    assert fused.is_contiguous(memory_format=torch.channels_last) or shape[2:] == (1, 1)
-    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernel, band_bytes", [(3, 1), (3, 2000), (1, 3000), (5, 5000), (3, 10**9)])

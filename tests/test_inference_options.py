@@ -172,7 +172,8 @@ def test_channels_last_gives_the_float32_samples(model, loaded):
 
 @needs_onednn
 def test_prepack_gives_the_float32_samples_with_the_ema_weights(text_model, loaded):
-    """Prepacked convolutions compute the same numbers, and a model that keeps EMA weights samples with them."""
+    """Prepacked convolutions compute the same numbers (within float rounding: the upsampling convs run fused), and a
+    model that keeps EMA weights samples with them."""
     config = load_config(text_model[0])
     config.model.params.use_ema = True
     with_ema = load_model_from_config(config, text_model[1], CPU)[0]

@@ -1,5 +1,6 @@
 """The speed paths compute the original numbers: 1x1 convs as matrix products in SpatialTransformer, memory-format
-preservation (no channels-last leak into NCHW models), the channels-last UNet, prepacked convs, the fused swish."""
+preservation (no channels-last leak into NCHW models), the channels-last UNet, prepacked convs (and the fused
+upsampling convs, equal within float rounding), the fused swish."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ldm.modules.attention import SpatialTransformer
+from ldm.modules.diffusionmodules.model import Upsample as DecoderUpsample
 from ldm.modules.diffusionmodules.model import nonlinearity
-from ldm.modules.diffusionmodules.openaimodel import UNetModel
-from ldm.modules.diffusionmodules.prepack import prepack_convolutions
+from ldm.modules.diffusionmodules.openaimodel import UNetModel, Upsample
+from ldm.modules.diffusionmodules.prepack import PackedConv2d, PackedUpsampleConv, prepack_convolutions
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -89,8 +91,12 @@ def test_swish_is_x_sigmoid_x_within_one_ulp() -> None:
     assert torch.equal(nonlinearity(x), F.silu(x))
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN (mkldnn)")
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@needs_onednn
 def test_prepacked_unet_gives_the_channels_last_numbers_and_refuses_gradients() -> None:
+    """Equal to the channels-last numbers within float rounding (the fused upsampling convs sum in another order)."""
     unet = _tiny_unet()
     gen = torch.Generator().manual_seed(5)
     x, t, context = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([3, 900]), torch.randn(2, 5, 16, generator=gen)
@@ -102,9 +108,41 @@ def test_prepacked_unet_gives_the_channels_last_numbers_and_refuses_gradients() 
         prepack_convolutions(unet, skip=(SpatialTransformer,))
         out = unet(x, t, context)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert torch.equal(out, ref_last)
+    torch.testing.assert_close(out, ref_last, atol=1e-6, rtol=1e-6)
+    assert not any(isinstance(m, Upsample) for m in unet.modules())
+    assert sum(isinstance(m, PackedUpsampleConv) for m in unet.modules()) == 1
     in_transformers = {id(m) for st in unet.modules() if isinstance(st, SpatialTransformer) for m in st.modules()}
     assert all(id(m) in in_transformers for m in unet.modules() if isinstance(m, torch.nn.Conv2d))
     assert sum(p.numel() for p in unet.parameters()) < n_params  # dense conv weights dropped, not duplicated
     with pytest.raises(RuntimeError, match="inference-only"):
         unet(x.requires_grad_(), t, context)
+
+
+@needs_onednn
+def test_packed_conv_is_bit_identical_to_the_channels_last_conv() -> None:
+    convs = _randomize(torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(16, 4, 1)), 7)
+    x = torch.randn(2, 8, 9, 7, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = convs.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        packed = prepack_convolutions(convs)
+        assert all(isinstance(layer, PackedConv2d) for layer in packed)
+        assert torch.equal(packed(x), expected)
+
+
+@needs_onednn
+@pytest.mark.parametrize("upsample", [Upsample(64, use_conv=True), DecoderUpsample(64, with_conv=True)])
+def test_packed_upsample_conv_is_as_accurate_as_the_direct_form(upsample: torch.nn.Module) -> None:
+    """Against a float64 reference the fused packed form errs no more than the direct float32 form (fewer sums)."""
+    _randomize(upsample, 4)
+    x = torch.randn(2, 64, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        exact = F.conv2d(F.interpolate(x.double(), scale_factor=2.0), upsample.conv.weight.double(),
+                         upsample.conv.bias.double(), padding=1)
+        direct = upsample.conv(F.interpolate(x, scale_factor=2.0))
+        packed = prepack_convolutions(torch.nn.Sequential(upsample))[0]
+        assert isinstance(packed, PackedUpsampleConv)
+        out = packed(x)
+    assert out.shape == (2, 64, 16, 16) and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.double() - exact).abs().max() <= (direct.double() - exact).abs().max() * 1.5
+    with pytest.raises(ValueError, match="Upsample expects 64 input channels"):
+        packed(x[:, :32])

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ldm.modules.attention import attention
+from ldm.modules.diffusionmodules.upsample_conv import upsample_conv
 
 logger = logging.getLogger(__name__)
 
@@ -82,39 +83,6 @@ def banded_conv(conv: nn.Module, x: torch.Tensor, band_bytes: int = BAND_BYTES) 
         if out is None:
             out = part.new_empty((x.shape[0], part.shape[1], height, part.shape[3]))
         out[:, :, top:bottom] = part
-    return out
-
-
-def _fold_taps(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
-    """Three kernel taps ``(w0, w1, w2)`` along ``dim`` -> the two that an output of ``phase`` (0 even, 1 odd) of a
-    3-tap conv over a nearest ×2 upsampled input applies to the original input: ``(w0, w1 + w2)`` or
-    ``(w0 + w1, w2)``."""
-    w0, w1, w2 = weight.unbind(dim)
-    return torch.stack((w0, w1 + w2) if phase == 0 else (w0 + w1, w2), dim)
-
-
-def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(nearest_upsample_x2(x))`` for a 3×3 conv with padding 1 without the upsampled input:
-    ``(B, C, H, W) -> (B, C_out, 2H, 2W)``.
-
-    Output pixel ``(2i + a, 2j + b)`` reads only input rows ``i - 1 + a, i + a`` and columns ``j - 1 + b, j + b``,
-    so each of the four phases ``(a, b)`` is a 2×2 conv with the folded taps (``_fold_taps``), padded by 1 and
-    cropped at offset ``(a, b)``: 16 instead of 36 multiply-adds per input pixel and channel pair, and no 4×-size
-    intermediate. The same sums in another order (within float rounding of the direct form).
-    """
-    height, width = x.shape[-2:]
-    out = None
-    for a in (0, 1):
-        rows = _fold_taps(conv.weight, 2, a)
-        for b in (0, 1):
-            phase = F.conv2d(x, _fold_taps(rows, 3, b), conv.bias, padding=1)[:, :, a : a + height, b : b + width]
-            if out is None:
-                channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-                out = torch.empty(
-                    (x.shape[0], phase.shape[1], 2 * height, 2 * width), dtype=phase.dtype, device=phase.device,
-                    memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-                )
-            out.unflatten(3, (width, 2)).unflatten(2, (height, 2))[:, :, :, a, :, b] = phase
     return out
 
 
