@@ -185,8 +185,6 @@ class ResBlock(TimestepBlock):
         return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() or self.updown or self.use_scale_shift_norm):
-            return self._lean_forward(x, emb)
         if self.updown:
             in_rest, in_conv = self.in_layers[:-1], self.in_layers[-1]
             h = in_conv(self.h_upd(in_rest(x)))
@@ -202,19 +200,6 @@ class ResBlock(TimestepBlock):
         else:
             h = self.out_layers(h + emb_out)
         return self.skip_connection(x) + h
-
-    def _lean_forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``_forward`` without autograd: the same operations, but the SiLUs, the embedding add and the residual add
-        overwrite the block's own fresh tensors (four buffers fewer). Forward hooks on the layers of ``in_layers``
-        and ``out_layers`` do not fire here (hooks on the block do)."""
-        norm, _, conv = self.in_layers
-        h = conv(F.silu(norm(x), inplace=True))
-        emb_out = self.emb_layers(emb).type(h.dtype)
-        h.add_(emb_out.reshape(*emb_out.shape, *((1,) * (h.ndim - emb_out.ndim))))
-        out_norm, _, dropout, out_conv = self.out_layers
-        h = out_conv(dropout(F.silu(out_norm(h), inplace=True)))
-        skip = self.skip_connection(x)
-        return h.add_(skip) if skip.dtype == h.dtype else skip + h
 
 
 # --------------------------------------------------------------------------------------------------------
