@@ -8,8 +8,9 @@ same numbers (the same oneDNN kernel runs); the result is channels-last.
 
 A nearest ×2 ``Upsample`` with its 3×3 conv (the UNet's and the autoencoder decoder's) becomes a
 ``PackedUpsampleConv``: one packed 2×2 conv computing the four output phases on the input
-(``ldm.modules.diffusionmodules.upsample_conv``), 2.25× fewer FLOPs and no upsampled intermediate. Its output
-equals the direct form within float rounding (the same products summed in another order), not bit for bit.
+(``ldm.modules.diffusionmodules.upsample_conv``), 2.25× fewer FLOPs and no upsampled intermediate, for a packed
+weight 16/9 the size of the conv's. Its output equals the direct form within float rounding (the same products
+summed in another order), not bit for bit.
 
 Inference only: packed convolutions have no gradient, and the model's ``state_dict`` no longer holds their
 weights (pack a copy, or reload the checkpoint to train or save).
