@@ -80,10 +80,13 @@ class PackedUpsampleConv(nn.Module):
         self.phases = PackedConv2d(phases, example_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"Upsample expects {self.in_channels} input channels, got a tensor of shape "
-                             f"{tuple(x.shape)}")
+        unet_blocks._check_channels(x, self.in_channels, "Upsample")
         return interleave_phases(self.phases(x).chunk(len(PHASES), dim=1), channels_last=True)
+
+
+def _packable_conv(module: nn.Module) -> bool:
+    """An ``nn.Conv2d`` with a float32 weight on the CPU (what oneDNN packing applies to)."""
+    return isinstance(module, nn.Conv2d) and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32
 
 
 def _packable_upsample(module: nn.Module) -> bool:
@@ -91,10 +94,8 @@ def _packable_upsample(module: nn.Module) -> bool:
     conv = getattr(module, "conv", None)
     return (
         (isinstance(module, model.Upsample) or (isinstance(module, unet_blocks.Upsample) and module.dims == 2))
-        and conv is not None
+        and _packable_conv(conv)
         and is_upsample_conv(conv)
-        and conv.weight.device.type == "cpu"
-        and conv.weight.dtype == torch.float32
     )
 
 
@@ -113,10 +114,6 @@ def prepack_convolutions(module: nn.Module, example_size: int = 32, skip: tuple[
             if _packable_upsample(child):
                 setattr(parent, name, PackedUpsampleConv(child.conv, example_size))
                 skipped.update(id(m) for m in child.modules())
-            elif (
-                isinstance(child, nn.Conv2d)
-                and child.weight.device.type == "cpu"
-                and child.weight.dtype == torch.float32
-            ):
+            elif _packable_conv(child):
                 setattr(parent, name, PackedConv2d(child, example_size))
     return module
