@@ -19,7 +19,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from ldm.models.diffusion import ddpm
+from ldm.models.diffusion import ddpm, image_logging
 from ldm.models.diffusion.ddpm import DDPM, DiffusionWrapper, LatentDiffusion
 from ldm.models.diffusion.schedule import PERSISTENT_BUFFERS
 from ldm.util import ConfigError, instantiate_from_config
@@ -785,10 +785,10 @@ def test_original_conditioning_is_the_colorized_map_only_when_the_shown_conditio
     model = make_pixel_ldm()
     x, seg = torch.zeros(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
     model.cond_stage_model, model.cond_stage_key = Decodes(), "segmentation"
-    log = model._conditioning_log({}, seg, x, seg)
+    log = image_logging.conditioning_log(model, {}, seg, x, seg)
     assert set(log) == {"conditioning"}
     torch.testing.assert_close(log["conditioning"], seg[:, :3])
     model.cond_stage_model = None  # no decoder: the raw map is shown, colorized
-    log = model._conditioning_log({}, seg, x, seg)
+    log = image_logging.conditioning_log(model, {}, seg, x, seg)
     assert set(log) == {"original_conditioning"}
     assert log["original_conditioning"].shape == (2, 3, 4, 4)

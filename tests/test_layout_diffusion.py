@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ldm.models.diffusion import ddpm
-from ldm.models.diffusion.layout_diffusion import Layout2ImgDiffusion
+from ldm.legacy.layout_diffusion import Layout2ImgDiffusion
 
 PARAMS = {
     "first_stage_config": {"target": "ldm.models.autoencoder.IdentityFirstStage"},

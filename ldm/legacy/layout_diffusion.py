@@ -1,8 +1,8 @@
 """``Layout2ImgDiffusion``: a ``LatentDiffusion`` conditioned on tokenized bounding boxes (``coordinates_bbox``).
 
-Configs name it ``ldm.models.diffusion.ddpm.Layout2ImgDiffusion``; ``ddpm.py`` resolves that name to this module.
-The layout datasets and their conditional builders (taming-transformers' COCO / Open Images layouts) are not
-part of this package: the data module must provide them, as in the original.
+Kept for the original config path ``ldm.models.diffusion.ddpm.Layout2ImgDiffusion`` (re-exported there). The
+layout datasets and their conditional builders (taming-transformers' COCO / Open Images layouts) are not part of
+this package: the data module must provide them.
 """
 
 from __future__ import annotations

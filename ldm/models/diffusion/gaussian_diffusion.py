@@ -1,111 +1,288 @@
-"""The fixed-variance Gaussian diffusion as methods over the schedule buffers (mixed into ``DDPM``).
+"""The Gaussian diffusion process: every equation over the schedule, with the network passed in as a callable.
 
-- forward process q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), so x_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε;
-- posterior q(x_{t−1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I);
-- the network predicts ε (``parameterization="eps"``) or x_0 (``"x0"``); the loss is L1 or L2 to that target.
+With α_t = 1 − β_t and ᾱ_t = ∏_{s≤t} α_s (Ho et al. 2020):
 
-The host class sets ``v_posterior``, ``parameterization`` and ``loss_type`` before ``register_schedule``.
+- forward process  q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I);
+- posterior        q(x_{t−1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I);
+- reverse step     p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0(x_t)), x̂_0 from the network's output through
+  :func:`~ldm.models.diffusion.prediction.split_prediction` (ε, x_0 or v, whichever it predicts);
+- training loss    ‖target − output‖ (L1 or L2) per sample, optionally divided by a learned e^{logvar_t}, plus the
+  VLB term ``lvlb_weights[t]`` · that distance.
+
+:class:`GaussianDiffusion` owns none of the numbers: it is a view over the schedule buffers a module registers
+(:data:`~ldm.models.diffusion.schedule.PERSISTENT_BUFFERS`, ``lvlb_weights``), so moving the module moves them and
+checkpoints keep their keys. ``model_fn(x_t, t) -> output`` is any callable: a bare UNet, or a closure that adds
+the conditioning (``LatentDiffusion.apply_model``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
+import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
 
-from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, PERSISTENT_BUFFERS, make_betas, schedule_buffers
-from ldm.modules.diffusionmodules.util import extract_into_tensor
+from ldm.models.diffusion.prediction import Prediction, split_prediction, training_target
+from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, PERSISTENT_BUFFERS, schedule_buffers
 from ldm.modules.distributions.distributions import normal_kl
-from ldm.util import UnsupportedSettingError, default, mean_flat
+from ldm.util import SettingError, UnsupportedSettingError, mean_flat
+
+#: ``model_fn(x_t (B, ...), t (B,) int64) -> network output (B, ...)``.
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``denoised_fn(x̂_0) -> x̂_0``: applied to every prediction of x_0 before it enters the posterior.
+DenoisedFn = Callable[[torch.Tensor], torch.Tensor]
+#: ``on_step(i, x_{i−1}, x̂_0)`` after each ancestral step ``i`` (counting down).
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+LOSS_TYPES = ("l1", "l2")
 
 
-class GaussianDiffusionMixin:
-    """``register_schedule``, ``q_*``, ``predict_*`` / ``_predict_*``, the prior's bits per dim and the simple loss."""
+def at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``table[t]`` for a ``(T,)`` table and ``(B,)`` steps, shaped ``(B, 1, ..., 1)`` to broadcast over ``like``."""
+    picked = table[t] if table.device == t.device else table.to(t.device)[t]
+    return picked.view(t.shape[0], *([1] * (like.ndim - 1)))
 
-    def register_schedule(
-        self,
-        given_betas: Sequence[float] | None = None,
-        beta_schedule: str = "linear",
-        timesteps: int = 1000,
-        linear_start: float = 1e-4,
-        linear_end: float = 2e-2,
-        cosine_s: float = 8e-3,
-    ) -> None:
-        """Register the 12 persistent schedule buffers and the non-persistent ``lvlb_weights`` (float32, (T,))."""
-        betas = make_betas(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
-        self.num_timesteps = int(betas.shape[0])
-        self.linear_start = linear_start
-        self.linear_end = linear_end
-        buffers = schedule_buffers(betas, self.v_posterior, self.parameterization)
+
+class PosteriorStep(NamedTuple):
+    """One reverse step's Gaussian: ``mean``, ``variance`` and ``log_variance`` (broadcastable to x_t), plus the
+    prediction it was built from."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    prediction: Prediction
+
+
+class ScheduleHolder(nn.Module):
+    """A bare module holding the schedule buffers, for a :class:`GaussianDiffusion` used on its own."""
+
+    def __init__(self, betas: Sequence[float] | np.ndarray, v_posterior: float, parameterization: str) -> None:
+        super().__init__()
+        buffers = schedule_buffers(np.asarray(betas, dtype=np.float64), v_posterior, parameterization)
         for name in PERSISTENT_BUFFERS:
             self.register_buffer(name, buffers[name])
         for name in NON_PERSISTENT_BUFFERS:
             self.register_buffer(name, buffers[name], persistent=False)
+        self.parameterization = parameterization
+        self.loss_type = "l2"
 
-    def q_mean_variance(
-        self, x_start: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean √ᾱ_t x_0, variance 1 − ᾱ_t and log-variance of q(x_t | x_0), each broadcastable to x_start."""
-        mean = extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        variance = extract_into_tensor(1.0 - self.alphas_cumprod, t, x_start.shape)
-        log_variance = extract_into_tensor(self.log_one_minus_alphas_cumprod, t, x_start.shape)
-        return mean, variance, log_variance
 
-    def predict_start_from_noise(self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε."""
-        return (
-            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-            - extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
+class GaussianDiffusion:
+    """The diffusion equations over ``schedule``'s buffers (``betas``, ``alphas_cumprod``, ... all ``(T,)``).
+
+    ``schedule`` also supplies ``parameterization`` ("eps", "x0" or "v") and ``loss_type`` ("l1" or "l2"), read at
+    each call, so a module that assigns them later is followed.
+    """
+
+    def __init__(self, schedule: nn.Module) -> None:
+        self.schedule = schedule
+
+    @classmethod
+    def from_betas(
+        cls, betas: Sequence[float] | np.ndarray, parameterization: str = "eps", v_posterior: float = 0.0
+    ) -> GaussianDiffusion:
+        """A stand-alone process for β_1..β_T (e.g. ``make_beta_schedule("linear", 1000)``)."""
+        return cls(ScheduleHolder(betas, v_posterior, parameterization))
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.schedule.betas.shape[0])
+
+    @property
+    def parameterization(self) -> str:
+        return self.schedule.parameterization
+
+    # ---- the forward process -------------------------------------------------------------------------------
+
+    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean √ᾱ_t x_0, variance 1 − ᾱ_t and log(1 − ᾱ_t) of q(x_t | x_0)."""
+        s = self.schedule
+        return at(s.sqrt_alphas_cumprod, t, x0) * x0, 1.0 - at(s.alphas_cumprod, t, x0), at(
+            s.log_one_minus_alphas_cumprod, t, x0
         )
 
-    def _predict_eps_from_xstart(self, x_t: torch.Tensor, t: torch.Tensor, pred_xstart: torch.Tensor) -> torch.Tensor:
-        """ε̂ = (√(1/ᾱ_t) x_t − x̂_0) / √(1/ᾱ_t − 1), the inverse of :meth:`predict_start_from_noise`."""
-        return (
-            extract_into_tensor(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - pred_xstart
-        ) / extract_into_tensor(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape)
-
-    def _prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:
-        """KL(q(x_T | x_0) ‖ N(0, I)) per sample ``(B,)``, averaged over dimensions, in bits (the VLB's prior term)."""
-        t = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device, dtype=torch.long)
-        qt_mean, _, qt_log_variance = self.q_mean_variance(x_start, t)
-        kl_prior = normal_kl(mean1=qt_mean, logvar1=qt_log_variance, mean2=0.0, logvar2=0.0)
-        return mean_flat(kl_prior) / math.log(2.0)
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0) for the given ε."""
+        s = self.schedule
+        return at(s.sqrt_alphas_cumprod, t, x0) * x0 + at(s.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def q_posterior(
-        self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean c1_t x_0 + c2_t x_t, variance β̃_t and clipped log β̃_t of q(x_{t−1} | x_t, x_0)."""
-        posterior_mean = (
-            extract_into_tensor(self.posterior_mean_coef1, t, x_t.shape) * x_start
-            + extract_into_tensor(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        """q(x_{t−1} | x_t, x_0): mean c1_t x_0 + c2_t x_t, variance β̃_t and log β̃_t (clipped at 1e-20)."""
+        s = self.schedule
+        mean = at(s.posterior_mean_coef1, t, x_t) * x0 + at(s.posterior_mean_coef2, t, x_t) * x_t
+        return mean, at(s.posterior_variance, t, x_t), at(s.posterior_log_variance_clipped, t, x_t)
+
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """KL(q(x_T | x_0) ‖ N(0, I)) per sample ``(B,)``, averaged over dimensions, in bits."""
+        t_last = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device, dtype=torch.long)
+        mean, _, log_variance = self.q_mean_variance(x0, t_last)
+        return mean_flat(normal_kl(mean, log_variance, 0.0, 0.0)) / math.log(2.0)
+
+    # ---- predictions ---------------------------------------------------------------------------------------
+
+    def split(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> Prediction:
+        """(x̂_0, ε̂) of a network output at x_t, whatever the network predicts."""
+        s = self.schedule
+        a, sigma = at(s.sqrt_alphas_cumprod, t, x_t), at(s.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return split_prediction(self.parameterization, x_t, model_output, a, sigma)
+
+    def from_velocity(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> Prediction:
+        """(x̂_0, ε̂) of a v-prediction, whatever the network's own parameterization."""
+        s = self.schedule
+        a, sigma = at(s.sqrt_alphas_cumprod, t, x_t), at(s.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return split_prediction("v", x_t, v, a, sigma)
+
+    def predict_start_from_noise(self, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = √(1/ᾱ_t) x_t − √(1/ᾱ_t − 1) ε, from the reciprocal buffers."""
+        s = self.schedule
+        return at(s.sqrt_recip_alphas_cumprod, t, x_t) * x_t - at(s.sqrt_recipm1_alphas_cumprod, t, x_t) * noise
+
+    def predict_eps_from_start(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (√(1/ᾱ_t) x_t − x̂_0) / √(1/ᾱ_t − 1), the inverse of :meth:`predict_start_from_noise`."""
+        s = self.schedule
+        scaled = at(s.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+        return (scaled - x0) / at(s.sqrt_recipm1_alphas_cumprod, t, x_t)
+
+    def velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0, the v-prediction target."""
+        s = self.schedule
+        return training_target(
+            "v", x0, noise, at(s.sqrt_alphas_cumprod, t, x0), at(s.sqrt_one_minus_alphas_cumprod, t, x0)
         )
-        posterior_variance = extract_into_tensor(self.posterior_variance, t, x_t.shape)
-        posterior_log_variance_clipped = extract_into_tensor(self.posterior_log_variance_clipped, t, x_t.shape)
-        return posterior_mean, posterior_variance, posterior_log_variance_clipped
 
-    def _predict_x0(self, x: torch.Tensor, t: torch.Tensor, model_out: torch.Tensor) -> torch.Tensor:
-        if self.parameterization == "eps":
-            return self.predict_start_from_noise(x, t=t, noise=model_out)
-        return model_out
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output at x_t = q_sample(x0, t, noise): ε, x_0 or v."""
+        s = self.schedule
+        a, sigma = at(s.sqrt_alphas_cumprod, t, x0), at(s.sqrt_one_minus_alphas_cumprod, t, x0)
+        return training_target(self.parameterization, x0, noise, a, sigma)
 
-    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0)."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
-        return (
-            extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
-        )
+    # ---- the reverse process -------------------------------------------------------------------------------
 
-    def get_loss(self, pred: torch.Tensor, target: torch.Tensor, mean: bool = True) -> torch.Tensor:
-        """|target − pred| (``l1``) or (target − pred)² (``l2``), averaged when ``mean``."""
-        if self.loss_type == "l1":
-            loss = (target - pred).abs()
-            return loss.mean() if mean else loss
-        if self.loss_type != "l2":
-            raise UnsupportedSettingError(f"unknown loss type {self.loss_type!r}; use 'l1' or 'l2'.")
-        reduction = "mean" if mean else "none"
-        return torch.nn.functional.mse_loss(target, pred, reduction=reduction)
+    def p_mean_variance(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip_denoised: bool = False,
+        denoised_fn: DenoisedFn | None = None,
+    ) -> PosteriorStep:
+        """p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0): x̂_0 from the output, clamped to [−1, 1] with
+        ``clip_denoised``, then passed through ``denoised_fn``."""
+        prediction = self.split(x_t, t, model_output)
+        x0 = prediction.x0.clamp(-1.0, 1.0) if clip_denoised else prediction.x0
+        if denoised_fn is not None:
+            x0 = denoised_fn(x0)
+        mean, variance, log_variance = self.q_posterior(x0, x_t, t)
+        return PosteriorStep(mean, variance, log_variance, Prediction(x0=x0, eps=prediction.eps))
 
-    def _target(self, x_start: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return noise if self.parameterization == "eps" else x_start
+    @staticmethod
+    def draw(
+        mean: torch.Tensor,
+        log_variance: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+    ) -> torch.Tensor:
+        """x_{t−1} = μ + e^{½ log β̃_t} · temperature · z, with no noise where t = 0 (dropout on z if asked)."""
+        z = noise * temperature
+        if noise_dropout > 0.0:
+            z = F.dropout(z, p=noise_dropout)
+        keep = (t != 0).to(mean.dtype).view(t.shape[0], *([1] * (mean.ndim - 1)))
+        return mean + keep * (0.5 * log_variance).exp() * z
+
+    def p_sample_loop(
+        self,
+        model_fn: ModelFn,
+        x_T: torch.Tensor,
+        *,
+        steps: int | None = None,
+        clip_denoised: bool = False,
+        denoised_fn: DenoisedFn | None = None,
+        draw_noise: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        temperature: float | Sequence[float] = 1.0,
+        noise_dropout: float = 0.0,
+        log_every_t: int = 100,
+        record: str = "x_t",
+        on_step: StepCallback | None = None,
+        progress: str | None = "Sampling t",
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Ancestral sampling from x_T ``(B, ...)`` through steps ``steps − 1, ..., 0`` (default: all T).
+
+        :param draw_noise: ``draw_noise(x) -> z``, the noise of one step (default: ``randn`` with ``generator``).
+        :param mask: where 1, the sample is replaced after each step by q_sample(``x0``, t) (inpainting keeps
+            those regions); ``(B or 1, 1 or C, ...)``, broadcast over x_t.
+        :param temperature: scales z; a sequence gives one value per timestep (indexed by t).
+        :param record: ``"x_t"``: intermediates are x_T, then the sample after every ``log_every_t``-th step and
+            the first; ``"x0"``: x̂_0 at those steps (no x_T).
+        :returns: the final sample and the intermediates.
+        """
+        steps = self.num_timesteps if steps is None else steps
+        if mask is not None:
+            if x0 is None:
+                raise SettingError("ancestral sampling with a mask needs x0, the latents to keep.")
+            if x0.shape[2:] != mask.shape[2:]:
+                raise SettingError(f"mask {tuple(mask.shape)} and x0 {tuple(x0.shape)} differ in size.")
+        if draw_noise is None:
+            draw_noise = lambda x: torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        temperatures = [temperature] * steps if isinstance(temperature, (int, float)) else list(temperature)
+        x = x_T
+        intermediates = [x] if record == "x_t" else []
+        timesteps = reversed(range(steps))
+        for i in tqdm(timesteps, desc=progress, total=steps) if progress else timesteps:
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            step = self.p_mean_variance(model_fn(x, t), x, t, clip_denoised, denoised_fn)
+            x = self.draw(step.mean, step.log_variance, t, draw_noise(x), temperatures[i], noise_dropout)
+            if mask is not None:
+                noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+                x = self.q_sample(x0, t, noise) * mask + (1.0 - mask) * x
+            if i % log_every_t == 0 or i == steps - 1:
+                intermediates.append(x if record == "x_t" else step.prediction.x0)
+            if on_step is not None:
+                on_step(i, x, step.prediction.x0)
+        return x, intermediates
+
+    # ---- training ------------------------------------------------------------------------------------------
+
+    def distance(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Element-wise |target − output| (``l1``) or (target − output)² (``l2``)."""
+        loss_type = self.schedule.loss_type
+        if loss_type == "l1":
+            return (target - output).abs()
+        if loss_type == "l2":
+            return F.mse_loss(output, target, reduction="none")
+        raise UnsupportedSettingError(f"loss_type {loss_type!r} is unknown; use one of {LOSS_TYPES}.")
+
+    def training_losses(
+        self,
+        model_fn: ModelFn,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        logvar: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The per-sample ``(B,)`` loss terms at x_t = q_sample(x0, t, noise).
+
+        - ``simple``: L = mean over dimensions of the distance between output and target;
+        - ``gamma``: L / e^{logvar_t} + logvar_t (only with a ``(T,)`` ``logvar``, the learned log-variance);
+        - ``vlb``: lvlb_weights[t] · L, the variational bound's term up to constants.
+        """
+        x_t = self.q_sample(x0, t, noise)
+        output = model_fn(x_t, t)
+        simple = mean_flat(self.distance(output, self.target(x0, noise, t)))
+        terms = {"simple": simple, "vlb": self.schedule.lvlb_weights[t] * simple}
+        if logvar is not None:
+            logvar_t = logvar.to(simple.device)[t]
+            terms["gamma"] = simple / torch.exp(logvar_t) + logvar_t
+        return terms
+

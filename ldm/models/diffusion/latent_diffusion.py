@@ -1,32 +1,35 @@
 """``LatentDiffusion``: DDPM on the latents of a frozen autoencoder, conditioned by a conditioning model.
 
-Configs name it ``ldm.models.diffusion.ddpm.LatentDiffusion``; ``ddpm.py`` resolves that name to this module.
+The module composes three parts: the first stage (``encode_first_stage`` / ``decode_first_stage``), the
+conditioner (``get_learned_conditioning``) and the denoiser (``apply_model(x_t, t, cond)``); the diffusion
+equations get ``model_fn = apply_model(·, ·, cond)`` and never see the conditioning. Configs name the class
+``ldm.models.diffusion.ddpm.LatentDiffusion``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn as nn
 from einops import rearrange
 
 from ldm.models.autoencoder import VQModelInterface
-from ldm.models.diffusion.conditioning import as_wrapper_kwargs, rescale_bboxes
-from ldm.models.diffusion.ddpm import DDPM
+from ldm.models.diffusion import image_logging, patch_folding
+from ldm.models.diffusion import latent_sampling as ancestral
+from ldm.models.diffusion.conditioning import as_wrapper_kwargs, rescale_bboxes, take_batch
+from ldm.models.diffusion.denoising_diffusion import DDPM, images_channels_first, random_timesteps
 from ldm.models.diffusion.diffusion_wrapper import freeze_module, require_checkpoint_file
-from ldm.models.diffusion.image_logging import LatentImageLoggingMixin
-from ldm.models.diffusion.latent_sampling import LatentSamplingMixin
-from ldm.models.diffusion.patch_folding import PatchFoldingMixin
 from ldm.models.diffusion.schedule import cond_schedule_ids
+from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import (
     SENTINELS,
     SettingError,
     default,
     instantiate_from_config,
-    mean_flat,
     to_container,
 )
 
@@ -38,14 +41,13 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------
 
 
-class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFoldingMixin, DDPM):
+class LatentDiffusion(DDPM):
     """DDPM on z = scale_factor · E(x), E a frozen first-stage autoencoder, conditioned on c = τ(y).
 
     ``cond_stage_config`` is a model config, ``"__is_first_stage__"`` (τ = E) or ``"__is_unconditional__"``.
-    Other keyword arguments go to :class:`DDPM` (including the new ``ucg_training``). Patch-wise processing of
-    large inputs follows ``self.split_input_params`` (:mod:`~ldm.models.diffusion.patch_folding`; new: it may also
-    be passed as a keyword). ``get_input`` also reads ``cond_stage_key="txt"`` captions as a list (the original
-    only did so for ``caption``); ``timesteps`` may be left at its default.
+    Other keyword arguments go to :class:`DDPM`. Patch-wise processing of large inputs follows
+    ``self.split_input_params`` (:mod:`~ldm.models.diffusion.patch_folding`; it may also be passed as a keyword).
+    ``get_input`` reads ``caption``, ``txt`` and ``coordinates_bbox`` conditionings as they are (lists).
     """
 
     def __init__(
@@ -149,17 +151,14 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
 
     @torch.no_grad()
     def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """With ``scale_by_std``, set scale_factor = 1 / std(z) of the very first training batch's latents.
-
-        ``dataloader_idx`` is the original (Lightning 1) hook argument, accepted and unused. Unlike the original,
-        every rank computes the factor (the original did it on rank 0 only, leaving other ranks at 1).
-        """
+        """With ``scale_by_std``, set scale_factor = 1 / std(z) of the very first training batch's latents, on
+        every rank. ``dataloader_idx`` (a Lightning 1 hook argument) is accepted and unused."""
         first_batch = self.current_epoch == 0 and self.global_step == 0 and batch_idx == 0
         if not (self.scale_by_std and first_batch and not self.restarted_from_ckpt):
             return
         if float(self.scale_factor) != 1.0:
             raise SettingError("scale_by_std: true rescales the latents itself; leave scale_factor at 1.0.")
-        x = DDPM.get_input(self, batch, self.first_stage_key).to(self.device)
+        x = images_channels_first(batch[self.first_stage_key]).to(self.device)
         z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
         del self.scale_factor
         self.register_buffer("scale_factor", 1.0 / z.flatten().std())
@@ -169,13 +168,17 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
 
     def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
         """z = scale_factor · (a draw from the posterior, or the encoder's tensor output)."""
-        if isinstance(encoder_posterior, DiagonalGaussianDistribution):
-            z = encoder_posterior.sample()
-        elif isinstance(encoder_posterior, torch.Tensor):
-            z = encoder_posterior
-        else:
-            raise NotImplementedError(f"encoder_posterior of type '{type(encoder_posterior)}' not yet implemented")
-        return self.scale_factor * z
+        match encoder_posterior:
+            case DiagonalGaussianDistribution():
+                latent = encoder_posterior.sample()
+            case torch.Tensor():
+                latent = encoder_posterior
+            case _:
+                raise NotImplementedError(
+                    f"the first stage's encode() gave a {type(encoder_posterior).__name__}; LatentDiffusion needs a "
+                    "DiagonalGaussianDistribution or a tensor of latents."
+                )
+        return latent * self.scale_factor
 
     def get_learned_conditioning(self, c: Any) -> Any:
         """τ(c): ``cond_stage_forward`` if set, else the model's ``encode`` (a posterior gives its mode) or call."""
@@ -196,8 +199,8 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor) -> Any:
         """The first stage's ``encode(x)``: a DiagonalGaussianDistribution (KL) or a tensor (VQ, identity)."""
-        if self._patch_distributed():
-            return self._encode_patchwise(x)
+        if patch_folding.patch_distributed(self):
+            return patch_folding.encode_patchwise(self, x)
         return self.first_stage_model.encode(x)
 
     def _decode(self, z: torch.Tensor, predict_cids: bool, force_not_quantize: bool) -> torch.Tensor:
@@ -207,8 +210,8 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
             z = self.first_stage_model.quantize.get_codebook_entry(z, shape=None)
             z = rearrange(z, "b h w c -> b c h w").contiguous()
         z = 1.0 / self.scale_factor * z
-        if self._patch_distributed():
-            return self._decode_patchwise(z, force_not_quantize=predict_cids or force_not_quantize)
+        if patch_folding.patch_distributed(self):
+            return patch_folding.decode_patchwise(self, z, force_not_quantize=predict_cids or force_not_quantize)
         if isinstance(self.first_stage_model, VQModelInterface):
             return self.first_stage_model.decode(z, force_not_quantize=predict_cids or force_not_quantize)
         return self.first_stage_model.decode(z)
@@ -242,7 +245,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
         z ``(B, C_z, h, w)`` are the scaled latents of ``batch[k]``; c is the encoded conditioning (raw when the
         conditioner is trainable, unless ``force_c_encode``), None for unconditional models.
         """
-        x = DDPM.get_input(self, batch, k)
+        x = images_channels_first(batch[k])
         if bs is not None:
             x = x[:bs]
         x = x.to(self.device)
@@ -258,7 +261,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
             elif cond_key == "class_label":
                 xc = batch
             else:
-                xc = DDPM.get_input(self, batch, cond_key).to(self.device)
+                xc = images_channels_first(batch[cond_key]).to(self.device)
             if not self.cond_stage_trainable or force_c_encode:
                 c = self.get_learned_conditioning(xc if isinstance(xc, (dict, list)) else xc.to(self.device))
             else:
@@ -288,7 +291,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
 
     def forward(self, x: torch.Tensor, c: Any, *args, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss at a uniformly drawn t per sample; encodes c first when the conditioner is trained."""
-        t = torch.randint(0, self.num_timesteps, (x.shape[0],), device=self.device).long()
+        t = random_timesteps(x.shape[0], self.num_timesteps, self.device)
         if self.model.conditioning_key is not None:
             if c is None:
                 key = self.model.conditioning_key
@@ -314,7 +317,7 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
         if hasattr(self, "split_input_params"):
             if return_ids:
                 raise NotImplementedError("apply_model: return_ids cannot be combined with split_input_params.")
-            return self._apply_model_patchwise(x_noisy, t, cond)
+            return patch_folding.apply_model_patchwise(self, x_noisy, t, cond)
         x_recon = self.model(x_noisy, t, **cond)
         if isinstance(x_recon, tuple) and not return_ids:
             return x_recon[0]
@@ -328,25 +331,238 @@ class LatentDiffusion(LatentSamplingMixin, LatentImageLoggingMixin, PatchFolding
         Logged: ``{prefix}/loss_simple``, ``/loss_gamma`` and ``logvar`` (when ``learn_logvar``), ``/loss_vlb``,
         ``/loss``; prefix ``train`` or ``val`` by ``self.training``.
         """
-        noise = default(noise, lambda: torch.randn_like(x_start))
-        x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
-        model_output = self.apply_model(x_noisy, t, cond)
-        prefix = "train" if self.training else "val"
-        per_sample = mean_flat(self.get_loss(model_output, self._target(x_start, noise), mean=False))
-        loss_dict = {f"{prefix}/loss_simple": per_sample.mean()}
-
-        logvar_t = self.logvar.to(self.device)[t]
-        loss = per_sample / torch.exp(logvar_t) + logvar_t
+        noise = torch.randn_like(x_start) if noise is None else noise
+        model_fn = lambda x_t, steps: self.apply_model(x_t, steps, cond)
+        terms = self.diffusion.training_losses(model_fn, x_start, t, noise, logvar=self.logvar)
+        prefix = self._log_prefix()
+        logs = {f"{prefix}/loss_simple": terms["simple"].mean()}
         if self.learn_logvar:
-            loss_dict[f"{prefix}/loss_gamma"] = loss.mean()
-            loss_dict["logvar"] = self.logvar.data.mean()
-        loss = self.l_simple_weight * loss.mean()
+            logs[f"{prefix}/loss_gamma"] = terms["gamma"].mean()
+            logs["logvar"] = self.logvar.data.mean()
+        logs[f"{prefix}/loss_vlb"] = terms["vlb"].mean()
+        loss = self.l_simple_weight * terms["gamma"].mean() + self.original_elbo_weight * logs[f"{prefix}/loss_vlb"]
+        logs[f"{prefix}/loss"] = loss
+        return loss, logs
 
-        loss_vlb = (self.lvlb_weights[t] * per_sample).mean()
-        loss_dict[f"{prefix}/loss_vlb"] = loss_vlb
-        loss = loss + self.original_elbo_weight * loss_vlb
-        loss_dict[f"{prefix}/loss"] = loss
-        return loss, loss_dict
+    # ---- ancestral sampling --------------------------------------------------------------------------------
+
+    def p_mean_variance(
+        self,
+        x: torch.Tensor,
+        c: Any,
+        t: torch.Tensor,
+        clip_denoised: bool,
+        return_codebook_ids: bool = False,
+        quantize_denoised: bool = False,
+        return_x0: bool = False,
+        score_corrector: Any = None,
+        corrector_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """(mean, β̃_t, log β̃_t) of p(x_{t−1} | x_t, c), + x̂_0 with ``return_x0``.
+
+        x̂_0 is clamped to [-1, 1] with ``clip_denoised`` and snapped to the codebook with ``quantize_denoised``;
+        ``score_corrector.modify_score`` may adjust ε̂ first.
+        """
+        if return_codebook_ids:
+            raise DeprecationWarning("return_codebook_ids is no longer supported.")
+        step = ancestral.posterior_step(
+            self, x, c, t, clip_denoised, quantize_denoised, score_corrector, corrector_kwargs
+        )
+        moments = (step.mean, step.variance, step.log_variance)
+        return (*moments, step.prediction.x0) if return_x0 else moments
+
+    @torch.no_grad()
+    def p_sample(
+        self,
+        x: torch.Tensor,
+        c: Any,
+        t: torch.Tensor,
+        clip_denoised: bool = False,
+        repeat_noise: bool = False,
+        return_codebook_ids: bool = False,
+        quantize_denoised: bool = False,
+        return_x0: bool = False,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x_{t−1} = μ + exp(½ log β̃_t) · temperature · z (no noise at t = 0); with ``return_x0`` also x̂_0."""
+        if return_codebook_ids:
+            raise DeprecationWarning("return_codebook_ids is no longer supported.")
+        step = ancestral.posterior_step(
+            self, x, c, t, clip_denoised, quantize_denoised, score_corrector, corrector_kwargs
+        )
+        noise = noise_like(x.shape, x.device, repeat_noise, generator=generator, dtype=x.dtype)
+        x_prev = self.diffusion.draw(step.mean, step.log_variance, t, noise, temperature, noise_dropout)
+        return (x_prev, step.prediction.x0) if return_x0 else x_prev
+
+    @torch.no_grad()
+    def progressive_denoising(
+        self,
+        cond: Any,
+        shape: Sequence[int],
+        verbose: bool = True,
+        callback: Callable[[int], None] | None = None,
+        quantize_denoised: bool = False,
+        img_callback: Callable[[torch.Tensor, int], None] | None = None,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        temperature: float | Sequence[float] = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict[str, Any] | None = None,
+        batch_size: int | None = None,
+        x_T: torch.Tensor | None = None,
+        start_T: int | None = None,
+        log_every_t: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Ancestral sampling that logs the predicted x̂_0 (not x_t) every ``log_every_t`` steps.
+
+        ``shape`` is ``(C, H, W)`` when ``batch_size`` is given, else ``(B, C, H, W)``.
+        """
+        shape = [batch_size, *shape] if batch_size is not None else list(shape)
+        return ancestral.ancestral_chain(
+            self,
+            take_batch(cond, shape[0]),
+            ancestral.initial_latents(self, shape, x_T, generator),
+            ancestral.step_count(self, None, start_T),
+            record="x0",
+            log_every_t=log_every_t or self.log_every_t,
+            desc="Progressive Generation" if verbose else None,
+            quantize_denoised=quantize_denoised,
+            mask=mask,
+            x0=x0,
+            temperature=temperature,
+            noise_dropout=noise_dropout,
+            score_corrector=score_corrector,
+            corrector_kwargs=corrector_kwargs,
+            callback=callback,
+            img_callback=img_callback,
+            generator=generator,
+        )
+
+    @torch.no_grad()
+    def p_sample_loop(
+        self,
+        cond: Any,
+        shape: Sequence[int],
+        return_intermediates: bool = False,
+        x_T: torch.Tensor | None = None,
+        verbose: bool = True,
+        callback: Callable[[int], None] | None = None,
+        timesteps: int | None = None,
+        quantize_denoised: bool = False,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        img_callback: Callable[[torch.Tensor, int], None] | None = None,
+        start_T: int | None = None,
+        log_every_t: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Ancestral sampling x_T → x_0 ``(B, C, H, W)``.
+
+        Where ``mask`` is 1 the latents are replaced by q_sample(x0, t) after every step (inpainting keeps
+        those regions); ``img_callback(img, i)`` and ``callback(i)`` run after each step.
+        """
+        sample, intermediates = ancestral.ancestral_chain(
+            self,
+            cond,
+            ancestral.initial_latents(self, shape, x_T, generator),
+            ancestral.step_count(self, timesteps, start_T),
+            record="x_t",
+            log_every_t=log_every_t or self.log_every_t,
+            desc="Sampling t" if verbose else None,
+            quantize_denoised=quantize_denoised,
+            mask=mask,
+            x0=x0,
+            callback=callback,
+            img_callback=img_callback,
+            generator=generator,
+        )
+        return (sample, intermediates) if return_intermediates else sample
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Any,
+        batch_size: int = 16,
+        return_intermediates: bool = False,
+        x_T: torch.Tensor | None = None,
+        verbose: bool = True,
+        timesteps: int | None = None,
+        quantize_denoised: bool = False,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        shape: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`p_sample_loop` for ``batch_size`` samples of ``(channels, image_size, image_size)`` latents."""
+        shape = (batch_size, self.channels, self.image_size, self.image_size) if shape is None else shape
+        return self.p_sample_loop(
+            take_batch(cond, batch_size),
+            shape,
+            return_intermediates=return_intermediates,
+            x_T=x_T,
+            verbose=verbose,
+            timesteps=timesteps,
+            quantize_denoised=quantize_denoised,
+            mask=mask,
+            x0=x0,
+            generator=generator,
+        )
+
+    @torch.no_grad()
+    def sample_log(self, cond: Any, batch_size: int, ddim: bool, ddim_steps: int, **kwargs) -> tuple[torch.Tensor, Any]:
+        """Samples and intermediates by DDIM (``ddim``, ``ddim_steps`` steps) or by :meth:`sample`."""
+        if not ddim:
+            return self.sample(cond=cond, batch_size=batch_size, return_intermediates=True, **kwargs)
+        from ldm.models.diffusion.ddim import DDIMSampler
+
+        shape = (self.channels, self.image_size, self.image_size)
+        return DDIMSampler(self).sample(ddim_steps, batch_size, shape, cond, verbose=False, **kwargs)
+
+    # ---- image logs ----------------------------------------------------------------------------------------
+
+    def _get_denoise_row_from_list(
+        self, samples: Sequence[torch.Tensor], desc: str = "", force_no_decoder_quantization: bool = False
+    ) -> torch.Tensor:
+        """Each latent step decoded, laid out as a grid (a row per sample)."""
+        return image_logging.denoise_row(self, samples, desc, force_no_decoder_quantization)
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Any], N: int = 8, n_row: int = 4, *args, **kwargs) -> dict[str, Any]:
+        """Inputs, reconstructions, conditioning, diffusion row, samples (EMA), in/outpainting, progressives;
+        see :func:`~ldm.models.diffusion.image_logging.log_latent_images` for the options."""
+        return image_logging.log_latent_images(self, batch, N, n_row, *args, **kwargs)
+
+    @torch.no_grad()
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``(B, C, H, W)`` map with C > 3 → RGB in [-1, 1] through a fixed random projection."""
+        return image_logging.to_rgb(self, x)
+
+    # ---- patch-wise processing (split_input_params) --------------------------------------------------------
+
+    def meshgrid(self, h: int, w: int) -> torch.Tensor:
+        """``(h, w, 2)`` integer coordinates ``[y, x]`` of every pixel."""
+        return patch_folding.meshgrid(h, w)
+
+    def delta_border(self, h: int, w: int) -> torch.Tensor:
+        """``(h, w)`` distance to the nearest border in units of the side."""
+        return patch_folding.delta_border(h, w)
+
+    def get_weighting(self, h: int, w: int, Ly: int, Lx: int, device: torch.device | str) -> torch.Tensor:
+        """Blend weights ``(1, h·w, Ly·Lx)`` of the patches."""
+        return patch_folding.get_weighting(self.split_input_params, h, w, Ly, Lx, device)
+
+    def get_fold_unfold(
+        self, x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], uf: int = 1, df: int = 1
+    ) -> tuple[nn.Fold, nn.Unfold, torch.Tensor, torch.Tensor]:
+        """``(fold, unfold, normalization, weighting)`` for patches of ``x``."""
+        return patch_folding.get_fold_unfold(self.split_input_params, x, kernel_size, stride, uf, df)
 
     def _conditioner_parameters(self) -> list[torch.Tensor]:
         if not self.cond_stage_trainable:

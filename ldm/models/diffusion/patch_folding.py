@@ -33,123 +33,122 @@ def _fit(size: Sequence[int], h: int, w: int, what: str) -> tuple[int, int]:
     return size[0], size[1]
 
 
-class PatchFoldingMixin:
-    """``meshgrid``, ``delta_border``, ``get_weighting``, ``get_fold_unfold`` and the patch-wise paths."""
 
-    def meshgrid(self, h: int, w: int) -> torch.Tensor:
-        """``(h, w, 2)`` integer coordinates ``[y, x]`` of every pixel."""
-        y = torch.arange(0, h).view(h, 1, 1).repeat(1, w, 1)
-        x = torch.arange(0, w).view(1, w, 1).repeat(h, 1, 1)
-        return torch.cat([y, x], dim=-1)
+def meshgrid(h: int, w: int) -> torch.Tensor:
+    """``(h, w, 2)`` integer coordinates ``[y, x]`` of every pixel."""
+    y = torch.arange(0, h).view(h, 1, 1).repeat(1, w, 1)
+    x = torch.arange(0, w).view(1, w, 1).repeat(h, 1, 1)
+    return torch.cat([y, x], dim=-1)
 
-    def delta_border(self, h: int, w: int) -> torch.Tensor:
-        """``(h, w)`` distance to the nearest border in units of the side: 0 on the border, 0.5 at the centre."""
-        arr = self.meshgrid(h, w) / torch.tensor([h - 1, w - 1]).view(1, 1, 2)
-        dist_left_up = torch.min(arr, dim=-1, keepdim=True)[0]
-        dist_right_down = torch.min(1 - arr, dim=-1, keepdim=True)[0]
-        return torch.min(torch.cat([dist_left_up, dist_right_down], dim=-1), dim=-1)[0]
+def delta_border(h: int, w: int) -> torch.Tensor:
+    """``(h, w)`` distance to the nearest border in units of the side: 0 on the border, 0.5 at the centre."""
+    arr = meshgrid(h, w) / torch.tensor([h - 1, w - 1]).view(1, 1, 2)
+    dist_left_up = torch.min(arr, dim=-1, keepdim=True)[0]
+    dist_right_down = torch.min(1 - arr, dim=-1, keepdim=True)[0]
+    return torch.min(torch.cat([dist_left_up, dist_right_down], dim=-1), dim=-1)[0]
 
-    def get_weighting(self, h: int, w: int, Ly: int, Lx: int, device: torch.device | str) -> torch.Tensor:
-        """Blend weights ``(1, h·w, Ly·Lx)``: clipped border distance in the patch (× that of the patch in the grid
-        with ``tie_braker``)."""
-        params = self.split_input_params
-        weighting = torch.clip(self.delta_border(h, w), params["clip_min_weight"], params["clip_max_weight"])
-        weighting = weighting.view(1, h * w, 1).repeat(1, 1, Ly * Lx).to(device)
-        if params["tie_braker"]:
-            grid_weighting = torch.clip(
-                self.delta_border(Ly, Lx), params["clip_min_tie_weight"], params["clip_max_tie_weight"]
-            )
-            weighting = weighting * grid_weighting.view(1, 1, Ly * Lx).to(device)
-        return weighting
-
-    def get_fold_unfold(
-        self, x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], uf: int = 1, df: int = 1
-    ) -> tuple[nn.Fold, nn.Unfold, torch.Tensor, torch.Tensor]:
-        """``unfold`` cuts ``x`` ``(B, C, H, W)`` into patches; ``fold`` puts patches back at ``uf``× (or ``1/df``×)
-        the resolution; ``normalization`` ``(1, 1, H', W')`` is the folded weight sum; ``weighting`` is
-        ``(1, 1, k0', k1', L)``."""
-        h, w = x.shape[2:]
-        Ly = (h - kernel_size[0]) // stride[0] + 1
-        Lx = (w - kernel_size[1]) // stride[1] + 1
-        if uf > 1 and df > 1:
-            raise NotImplementedError(f"get_fold_unfold: up-sampling uf={uf} and down-sampling df={df} together")
-        scale = lambda n: n * uf // df
-        unfold = nn.Unfold(kernel_size=kernel_size, dilation=1, padding=0, stride=stride)
-        out_kernel = (scale(kernel_size[0]), scale(kernel_size[1]))
-        out_size = (scale(h), scale(w))
-        fold = nn.Fold(
-            output_size=out_size,
-            kernel_size=out_kernel,
-            dilation=1,
-            padding=0,
-            stride=(scale(stride[0]), scale(stride[1])),
+def get_weighting(params: dict[str, Any], h: int, w: int, Ly: int, Lx: int, device: torch.device | str) -> torch.Tensor:
+    """Blend weights ``(1, h·w, Ly·Lx)``: clipped border distance in the patch (× that of the patch in the grid
+    with ``tie_braker``)."""
+    weighting = torch.clip(delta_border(h, w), params["clip_min_weight"], params["clip_max_weight"])
+    weighting = weighting.view(1, h * w, 1).repeat(1, 1, Ly * Lx).to(device)
+    if params["tie_braker"]:
+        grid_weighting = torch.clip(
+            delta_border(Ly, Lx), params["clip_min_tie_weight"], params["clip_max_tie_weight"]
         )
-        weighting = self.get_weighting(*out_kernel, Ly, Lx, x.device).to(x.dtype)
-        normalization = fold(weighting).view(1, 1, *out_size)
-        return fold, unfold, normalization, weighting.view(1, 1, *out_kernel, Ly * Lx)
+        weighting = weighting * grid_weighting.view(1, 1, Ly * Lx).to(device)
+    return weighting
 
-    # ---- the patch-wise paths ------------------------------------------------------------------------------
+def get_fold_unfold(
+    params: dict[str, Any], x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], uf: int = 1, df: int = 1
+) -> tuple[nn.Fold, nn.Unfold, torch.Tensor, torch.Tensor]:
+    """``unfold`` cuts ``x`` ``(B, C, H, W)`` into patches; ``fold`` puts patches back at ``uf``× (or ``1/df``×)
+    the resolution; ``normalization`` ``(1, 1, H', W')`` is the folded weight sum; ``weighting`` is
+    ``(1, 1, k0', k1', L)``."""
+    h, w = x.shape[2:]
+    Ly = (h - kernel_size[0]) // stride[0] + 1
+    Lx = (w - kernel_size[1]) // stride[1] + 1
+    if uf > 1 and df > 1:
+        raise NotImplementedError(f"get_fold_unfold: up-sampling uf={uf} and down-sampling df={df} together")
+    scale = lambda n: n * uf // df
+    unfold = nn.Unfold(kernel_size=kernel_size, dilation=1, padding=0, stride=stride)
+    out_kernel = (scale(kernel_size[0]), scale(kernel_size[1]))
+    out_size = (scale(h), scale(w))
+    fold = nn.Fold(
+        output_size=out_size,
+        kernel_size=out_kernel,
+        dilation=1,
+        padding=0,
+        stride=(scale(stride[0]), scale(stride[1])),
+    )
+    weighting = get_weighting(params, *out_kernel, Ly, Lx, x.device).to(x.dtype)
+    normalization = fold(weighting).view(1, 1, *out_size)
+    return fold, unfold, normalization, weighting.view(1, 1, *out_kernel, Ly * Lx)
 
-    def _patch_distributed(self) -> bool:
-        return hasattr(self, "split_input_params") and bool(self.split_input_params["patch_distributed_vq"])
+# ---- the patch-wise paths ------------------------------------------------------------------------------
 
-    def _blend(self, outputs: list[torch.Tensor], fold: nn.Fold, norm: torch.Tensor, weighting: torch.Tensor):
-        """Patch outputs ``L × (B, C, k0', k1')`` → the weighted, folded, normalised image ``(B, C, H', W')``."""
-        o = torch.stack(outputs, dim=-1) * weighting
-        return fold(rearrange(o, "b c k0 k1 l -> b (c k0 k1) l")) / norm
+def patch_distributed(model: Any) -> bool:
+    """Whether ``model`` encodes and decodes patch-wise (``split_input_params.patch_distributed_vq``)."""
+    params = getattr(model, "split_input_params", None)
+    return params is not None and bool(params["patch_distributed_vq"])
 
-    def _encode_patchwise(self, x: torch.Tensor) -> torch.Tensor:
-        """First-stage encoding of overlapping ``ks`` patches (tensor encoders: VQ, identity)."""
-        params = self.split_input_params
-        params["original_image_size"] = x.shape[-2:]
-        h, w = x.shape[2:]
-        ks, stride = _fit(params["ks"], h, w, "kernel"), _fit(params["stride"], h, w, "stride")
-        fold, unfold, norm, weighting = self.get_fold_unfold(x, ks, stride, df=params["vqf"])
-        cols = unfold(x)
-        patches = cols.view(x.shape[0], -1, ks[0], ks[1], cols.shape[-1])
-        outputs = [self.first_stage_model.encode(patches[..., i]) for i in range(patches.shape[-1])]
-        if not isinstance(outputs[0], torch.Tensor):
-            raise NotImplementedError(
-                "patch_distributed_vq encoding blends tensors; this first stage returns "
-                f"{type(outputs[0]).__name__}. Use a VQ first stage or set patch_distributed_vq: false."
-            )
-        return self._blend(outputs, fold, norm, weighting)
+def _blend(outputs: list[torch.Tensor], fold: nn.Fold, norm: torch.Tensor, weighting: torch.Tensor):
+    """Patch outputs ``L × (B, C, k0', k1')`` → the weighted, folded, normalised image ``(B, C, H', W')``."""
+    o = torch.stack(outputs, dim=-1) * weighting
+    return fold(rearrange(o, "b c k0 k1 l -> b (c k0 k1) l")) / norm
 
-    def _decode_patchwise(self, z: torch.Tensor, force_not_quantize: bool) -> torch.Tensor:
-        """Decoding of overlapping ``ks`` latent patches (``z`` already divided by ``scale_factor``)."""
-        params = self.split_input_params
-        h, w = z.shape[2:]
-        ks, stride = _fit(params["ks"], h, w, "kernel"), _fit(params["stride"], h, w, "stride")
-        fold, unfold, norm, weighting = self.get_fold_unfold(z, ks, stride, uf=params["vqf"])
-        cols = unfold(z)
-        patches = cols.view(z.shape[0], -1, ks[0], ks[1], cols.shape[-1])
-        is_vq = isinstance(self.first_stage_model, VQModelInterface)
-        kwargs = {"force_not_quantize": force_not_quantize} if is_vq else {}
-        outputs = [self.first_stage_model.decode(patches[..., i], **kwargs) for i in range(patches.shape[-1])]
-        return self._blend(outputs, fold, norm, weighting)
+def encode_patchwise(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """First-stage encoding of overlapping ``ks`` patches (tensor encoders: VQ, identity)."""
+    params = model.split_input_params
+    params["original_image_size"] = x.shape[-2:]
+    h, w = x.shape[2:]
+    ks, stride = _fit(params["ks"], h, w, "kernel"), _fit(params["stride"], h, w, "stride")
+    fold, unfold, norm, weighting = get_fold_unfold(params, x, ks, stride, df=params["vqf"])
+    cols = unfold(x)
+    patches = cols.view(x.shape[0], -1, ks[0], ks[1], cols.shape[-1])
+    outputs = [model.first_stage_model.encode(patches[..., i]) for i in range(patches.shape[-1])]
+    if not isinstance(outputs[0], torch.Tensor):
+        raise NotImplementedError(
+            "patch_distributed_vq encoding blends tensors; this first stage returns "
+            f"{type(outputs[0]).__name__}. Use a VQ first stage or set patch_distributed_vq: false."
+        )
+    return _blend(outputs, fold, norm, weighting)
 
-    def _apply_model_patchwise(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
-        """The denoiser on overlapping ``ks`` patches of ``x_noisy``; an image conditioning is cut the same way."""
-        if len(cond) != 1:
-            raise NotImplementedError("split_input_params handles one conditioning kind, not a hybrid dict.")
-        params = self.split_input_params
-        ks, stride = params["ks"], params["stride"]
-        fold, unfold, norm, weighting = self.get_fold_unfold(x_noisy, ks, stride)
-        cols = unfold(x_noisy)
-        patches = cols.view(x_noisy.shape[0], -1, ks[0], ks[1], cols.shape[-1])
-        n_patches = patches.shape[-1]
-        if self.cond_stage_key in SPATIAL_COND_KEYS and self.model.conditioning_key:
-            (c_key, c_list), = cond.items()
-            if len(c_list) != 1:
-                raise NotImplementedError("split_input_params cuts a single spatial conditioning tensor.")
-            c_cols = unfold(c_list[0])
-            c_patches = c_cols.view(c_cols.shape[0], -1, ks[0], ks[1], n_patches)
-            cond_list = [{c_key: [c_patches[..., i]]} for i in range(n_patches)]
-        elif self.cond_stage_key == "coordinates_bbox":
-            raise NotImplementedError("split_input_params with bounding-box conditioning needs the bbox tokenizer.")
-        else:
-            cond_list = [cond] * n_patches
-        outputs = [self.model(patches[..., i], t, **cond_list[i]) for i in range(n_patches)]
-        if isinstance(outputs[0], tuple):
-            raise NotImplementedError("split_input_params cannot blend denoisers that return tuples.")
-        return self._blend(outputs, fold, norm, weighting)
+def decode_patchwise(model: Any, z: torch.Tensor, force_not_quantize: bool) -> torch.Tensor:
+    """Decoding of overlapping ``ks`` latent patches (``z`` already divided by ``scale_factor``)."""
+    params = model.split_input_params
+    h, w = z.shape[2:]
+    ks, stride = _fit(params["ks"], h, w, "kernel"), _fit(params["stride"], h, w, "stride")
+    fold, unfold, norm, weighting = get_fold_unfold(params, z, ks, stride, uf=params["vqf"])
+    cols = unfold(z)
+    patches = cols.view(z.shape[0], -1, ks[0], ks[1], cols.shape[-1])
+    is_vq = isinstance(model.first_stage_model, VQModelInterface)
+    kwargs = {"force_not_quantize": force_not_quantize} if is_vq else {}
+    outputs = [model.first_stage_model.decode(patches[..., i], **kwargs) for i in range(patches.shape[-1])]
+    return _blend(outputs, fold, norm, weighting)
+
+def apply_model_patchwise(model: Any, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+    """The denoiser on overlapping ``ks`` patches of ``x_noisy``; an image conditioning is cut the same way."""
+    if len(cond) != 1:
+        raise NotImplementedError("split_input_params handles one conditioning kind, not a hybrid dict.")
+    params = model.split_input_params
+    ks, stride = params["ks"], params["stride"]
+    fold, unfold, norm, weighting = get_fold_unfold(params, x_noisy, ks, stride)
+    cols = unfold(x_noisy)
+    patches = cols.view(x_noisy.shape[0], -1, ks[0], ks[1], cols.shape[-1])
+    n_patches = patches.shape[-1]
+    if model.cond_stage_key in SPATIAL_COND_KEYS and model.model.conditioning_key:
+        (c_key, c_list), = cond.items()
+        if len(c_list) != 1:
+            raise NotImplementedError("split_input_params cuts a single spatial conditioning tensor.")
+        c_cols = unfold(c_list[0])
+        c_patches = c_cols.view(c_cols.shape[0], -1, ks[0], ks[1], n_patches)
+        cond_list = [{c_key: [c_patches[..., i]]} for i in range(n_patches)]
+    elif model.cond_stage_key == "coordinates_bbox":
+        raise NotImplementedError("split_input_params with bounding-box conditioning needs the bbox tokenizer.")
+    else:
+        cond_list = [cond] * n_patches
+    outputs = [model.model(patches[..., i], t, **cond_list[i]) for i in range(n_patches)]
+    if isinstance(outputs[0], tuple):
+        raise NotImplementedError("split_input_params cannot blend denoisers that return tuples.")
+    return _blend(outputs, fold, norm, weighting)
