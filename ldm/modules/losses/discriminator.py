@@ -19,9 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def weights_init(module: nn.Module) -> None:
-    """The original init, for ``Module.apply``: conv weights ~ N(0, 0.02); BatchNorm weight ~ N(1, 0.02), bias 0.
+    """For ``Module.apply``: conv weights ~ N(0, 0.02); BatchNorm weight ~ N(1, 0.02), bias 0.
 
-    Conv biases keep PyTorch's default init and ActNorm is left alone, as in the original.
+    Conv biases keep PyTorch's default init and ActNorm is left alone.
     """
     if isinstance(module, nn.Conv2d):
         nn.init.normal_(module.weight, 0.0, 0.02)
@@ -30,35 +30,43 @@ def weights_init(module: nn.Module) -> None:
         nn.init.constant_(module.bias, 0.0)
 
 
+def _as_image(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(B, C) -> (B, C, 1, 1)``, with whether it was flat; ``(B, C, H, W)`` passes through."""
+    return (x[:, :, None, None], True) if x.ndim == 2 else (x, False)
+
+
 class ActNorm(nn.Module):
     """Per-channel affine ``scale · (x + loc)`` with data-dependent init (Glow), on ``(B, C, H, W)`` or ``(B, C)``.
 
     The first forward in training mode sets ``loc = −mean`` and ``scale = 1 / (std + 1e-6)`` over ``(B, H, W)``
-    of that batch, so its output is zero-mean, unit-std per channel. With ``logdet`` the forward also returns
-    ``H·W·Σ log|scale|`` per example; ``reverse`` (or ``forward(..., reverse=True)``) inverts the map and may
-    initialise only with ``allow_reverse_init``. ``affine`` must stay True (the only mode of the original).
+    of that batch, so its output is zero-mean, unit-std per channel; the ``initialized`` buffer records that it
+    happened. With ``logdet`` the forward also returns ``H·W·Σ log|scale|`` per example; ``reverse`` (or
+    ``forward(..., reverse=True)``) inverts the map and may initialise only with ``allow_reverse_init``.
+    ``affine`` must stay True.
     """
 
     def __init__(
         self, num_features: int, logdet: bool = False, affine: bool = True, allow_reverse_init: bool = False
     ) -> None:
         if not affine:
-            raise ValueError("ActNorm supports only affine=True.")
+            raise ValueError("ActNorm is always affine: drop affine=False.")
         super().__init__()
-        self.logdet = logdet
-        self.loc = nn.Parameter(torch.zeros(1, num_features, 1, 1))
-        self.scale = nn.Parameter(torch.ones(1, num_features, 1, 1))
-        self.allow_reverse_init = allow_reverse_init
+        per_channel = (1, num_features, 1, 1)
+        self.loc = nn.Parameter(torch.zeros(per_channel))
+        self.scale = nn.Parameter(torch.ones(per_channel))
         self.register_buffer("initialized", torch.tensor(0, dtype=torch.uint8))
+        self.logdet = logdet
+        self.allow_reverse_init = allow_reverse_init
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
-        self.loc.copy_(-flat.mean(1)[None, :, None, None])
-        self.scale.copy_(1 / (flat.std(1)[None, :, None, None] + 1e-6))
+        """Data-dependent init from ``x (B, C, H, W)``: ``loc = −mean_c``, ``scale = 1 / (std_c + 1e-6)``."""
+        by_channel = x.movedim(1, 0).flatten(1)  # (C, B·H·W)
+        self.loc.copy_(-by_channel.mean(dim=1).view_as(self.loc))
+        self.scale.copy_(1.0 / (by_channel.std(dim=1) + 1e-6).view_as(self.scale))
 
-    def _initialize_once(self, x: torch.Tensor) -> None:
-        if self.training and self.initialized.item() == 0:
+    def _initialize_on_first_training_batch(self, x: torch.Tensor) -> None:
+        if self.training and not self.initialized.item():
             self.initialize(x)
             self.initialized.fill_(1)
 
@@ -67,31 +75,27 @@ class ActNorm(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if reverse:
             return self.reverse(x)
-        squeeze = x.ndim == 2
-        if squeeze:
-            x = x[:, :, None, None]
-        self._initialize_once(x)
-        h = self.scale * (x + self.loc)
-        if squeeze:
-            h = h[:, :, 0, 0]
-        if self.logdet:
-            logdet = x.shape[2] * x.shape[3] * torch.sum(torch.log(torch.abs(self.scale)))
-            return h, logdet * torch.ones(x.shape[0]).to(x)
-        return h
+        image, flat = _as_image(x)  # (B, C, H, W)
+        self._initialize_on_first_training_batch(image)
+        out = self.scale * (image + self.loc)
+        out = out.flatten(1) if flat else out
+        if not self.logdet:
+            return out
+        height, width = image.shape[2:]
+        log_abs_det = height * width * self.scale.abs().log().sum()
+        return out, log_abs_det * image.new_ones(image.shape[0])
 
     def reverse(self, y: torch.Tensor) -> torch.Tensor:
         """``y / scale − loc``, the inverse of the forward map."""
-        if self.training and self.initialized.item() == 0 and not self.allow_reverse_init:
+        if self.training and not self.initialized.item() and not self.allow_reverse_init:
             raise RuntimeError(
-                "Initializing ActNorm in reverse direction is disabled by default. Use allow_reverse_init=True to "
-                "enable."
+                "ActNorm.reverse() would run the data-dependent init on an uninitialised layer; build it with "
+                "allow_reverse_init=True to allow that, or run a forward pass first."
             )
-        squeeze = y.ndim == 2
-        if squeeze:
-            y = y[:, :, None, None]
-        self._initialize_once(y)
-        h = y / self.scale - self.loc
-        return h[:, :, 0, 0] if squeeze else h
+        image, flat = _as_image(y)  # (B, C, H, W)
+        self._initialize_on_first_training_batch(image)
+        out = image / self.scale - self.loc
+        return out.flatten(1) if flat else out
 
 
 class NLayerDiscriminator(nn.Module):
