@@ -24,6 +24,13 @@ def _cosine(t: float, low: float, high: float) -> float:
     return low + 0.5 * (high - low) * (1 + math.cos(min(t, 1.0) * math.pi))
 
 
+def _log_progress(interval: int, n: int, last: float, cycle: int | None = None) -> None:
+    """Log the step and the last factor every ``interval`` steps (never for ``interval <= 0``)."""
+    if interval > 0 and n % interval == 0:
+        where = "" if cycle is None else f" (cycle {cycle})"
+        logger.info("lr schedule: step %s%s, last factor %s", n, where, last)
+
+
 class LambdaWarmUpCosineScheduler:
     """Linear warm-up ``lr_start -> lr_max`` over ``warm_up_steps``, then cosine decay to ``lr_min`` at
     ``max_decay_steps`` (constant afterwards). Use with a base learning rate of 1.0.
@@ -38,24 +45,20 @@ class LambdaWarmUpCosineScheduler:
         max_decay_steps: int,
         verbosity_interval: int = 0,
     ) -> None:
-        self.lr_warm_up_steps = warm_up_steps
-        self.lr_start = lr_start
-        self.lr_min = lr_min
-        self.lr_max = lr_max
-        self.lr_max_decay_steps = max_decay_steps
-        self.last_lr = 0.0
+        self.lr_warm_up_steps, self.lr_max_decay_steps = warm_up_steps, max_decay_steps
+        self.lr_start, self.lr_max, self.lr_min = lr_start, lr_max, lr_min
         self.verbosity_interval = verbosity_interval
+        self.last_lr = 0.0
 
     def schedule(self, n: int, **kwargs) -> float:
-        if self.verbosity_interval > 0 and n % self.verbosity_interval == 0:
-            logger.info("current step: %s, recent lr-multiplier: %s", n, self.last_lr)
-        if n < self.lr_warm_up_steps:
-            lr = _warm_up(n, self.lr_warm_up_steps, self.lr_start, self.lr_max)
+        _log_progress(self.verbosity_interval, n, self.last_lr)
+        warm = self.lr_warm_up_steps
+        if n >= warm:
+            progress = (n - warm) / (self.lr_max_decay_steps - warm)
+            self.last_lr = _cosine(progress, self.lr_min, self.lr_max)
         else:
-            t = (n - self.lr_warm_up_steps) / (self.lr_max_decay_steps - self.lr_warm_up_steps)
-            lr = _cosine(t, self.lr_min, self.lr_max)
-        self.last_lr = lr
-        return lr
+            self.last_lr = _warm_up(n, warm, self.lr_start, self.lr_max)
+        return self.last_lr
 
     def __call__(self, n: int, **kwargs) -> float:
         return self.schedule(n, **kwargs)
@@ -76,20 +79,19 @@ class LambdaWarmUpCosineScheduler2:
         cycle_lengths: Sequence[int],
         verbosity_interval: int = 0,
     ) -> None:
-        lengths = {len(warm_up_steps), len(f_min), len(f_max), len(f_start), len(cycle_lengths)}
-        if len(lengths) != 1:
+        per_cycle = {"warm_up_steps": warm_up_steps, "f_min": f_min, "f_max": f_max, "f_start": f_start,
+                     "cycle_lengths": cycle_lengths}
+        if len({len(values) for values in per_cycle.values()}) > 1:
+            sizes = ", ".join(f"{name}: {len(values)}" for name, values in per_cycle.items())
             raise ValueError(
-                f"{type(self).__name__}: warm_up_steps, f_min, f_max, f_start and cycle_lengths must be lists of "
-                "the same length (one entry per cycle)."
+                f"{type(self).__name__} takes one entry per cycle, so its lists must have the same length; got "
+                f"{sizes}."
             )
-        self.lr_warm_up_steps = warm_up_steps
-        self.f_start = f_start
-        self.f_min = f_min
-        self.f_max = f_max
-        self.cycle_lengths = cycle_lengths
-        self.cum_cycles = np.cumsum([0, *cycle_lengths])
-        self.last_f = 0.0
+        self.lr_warm_up_steps, self.cycle_lengths = warm_up_steps, cycle_lengths
+        self.f_start, self.f_max, self.f_min = f_start, f_max, f_min
+        self.cum_cycles = np.cumsum([0, *cycle_lengths])  # cycle c covers steps (cum_cycles[c], cum_cycles[c+1]]
         self.verbosity_interval = verbosity_interval
+        self.last_f = 0.0
 
     def find_in_interval(self, n: int) -> int:
         """Index of the cycle holding step ``n``: cycle ``c`` covers ``(cum_c, cum_{c+1}]``, step 0 is in cycle 0."""
@@ -105,8 +107,7 @@ class LambdaWarmUpCosineScheduler2:
         """``(cycle, step within that cycle)``, logging every ``verbosity_interval`` steps."""
         cycle = self.find_in_interval(n)
         n = n - self.cum_cycles[cycle]
-        if self.verbosity_interval > 0 and n % self.verbosity_interval == 0:
-            logger.info("current step: %s, recent lr-multiplier: %s, current cycle %s", n, self.last_f, cycle)
+        _log_progress(self.verbosity_interval, n, self.last_f, cycle)
         return cycle, n
 
     def schedule(self, n: int, **kwargs) -> float:

@@ -70,7 +70,7 @@ def test_drives_lambda_lr_and_logs(caplog):
             optimizer.step()
             lr_scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(2.0 * 0.5)
-    assert "current step: 2" in caplog.text
+    assert "step 2," in caplog.text
 
 
 def test_builds_from_original_scheduler_config():

@@ -46,22 +46,18 @@ class ImageLogger(Callback):
         super().__init__()
         if batch_frequency < 1:
             raise ValueError(f"ImageLogger: batch_frequency must be >= 1, got {batch_frequency}.")
-        self.rescale = rescale
-        self.batch_freq = batch_frequency
-        self.max_images = max_images
-        self.log_steps = [2**n for n in range(int(np.log2(batch_frequency)) + 1)]
-        if not increase_log_steps:
-            self.log_steps = [batch_frequency]
-        self.clamp = clamp
-        self.disabled = disabled
-        self.log_on_batch_idx = log_on_batch_idx
-        self.log_images_kwargs = dict(log_images_kwargs) if log_images_kwargs else {}
-        self.log_first_step = log_first_step
+        self.batch_freq, self.max_images = batch_frequency, max_images
+        self.clamp, self.rescale, self.disabled = clamp, rescale, disabled
+        self.log_on_batch_idx, self.log_first_step = log_on_batch_idx, log_first_step
+        self.log_images_kwargs = dict(log_images_kwargs or {})
+        # Early steps logged before the first multiple of batch_frequency: the powers of two up to it.
+        powers = [1 << k for k in range(int(batch_frequency).bit_length())]
+        self.log_steps = powers if increase_log_steps else [batch_frequency]
 
     def check_frequency(self, check_idx: int) -> bool:
         """True when ``check_idx`` is a multiple of ``batch_frequency`` or in ``log_steps`` (and > 0 unless
-        ``log_first_step``). Each True drops the first pending early step, as the original does, so with
-        ``log_first_step`` step 0 uses up step 1."""
+        ``log_first_step``). Each True drops the first pending early step, so with ``log_first_step`` step 0
+        uses up step 1."""
         due = check_idx % self.batch_freq == 0 or check_idx in self.log_steps
         if not due or (check_idx <= 0 and not self.log_first_step):
             return False

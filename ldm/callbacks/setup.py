@@ -32,13 +32,9 @@ class SetupCallback(Callback):
         lightning_config: DictConfig,
     ):
         super().__init__()
-        self.resume = resume
-        self.now = now
-        self.logdir = logdir
-        self.ckptdir = ckptdir
-        self.cfgdir = cfgdir
-        self.config = config
-        self.lightning_config = lightning_config
+        self.resume, self.now = resume, now
+        self.logdir, self.ckptdir, self.cfgdir = logdir, ckptdir, cfgdir
+        self.config, self.lightning_config = config, lightning_config
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != TrainerFn.FITTING or not trainer.is_global_zero:
