@@ -1,7 +1,14 @@
-"""A fake diffusion model for the sampler tests: the exact ε-predictor of Gaussian data.
+"""A fake diffusion model for the sampler tests: the exact predictor of Gaussian data, in any parameterization.
 
-For data x_0 ~ N(μ, σ² I) the marginal is x_t ~ N(√ᾱ_t μ, s_t² I) with s_t² = ᾱ_t σ² + 1 − ᾱ_t, and the optimal
-noise predictor is ε*(x_t, t) = E[ε | x_t] = √(1 − ᾱ_t) (x_t − √ᾱ_t μ) / s_t². σ = 0 is a point mass at μ.
+For data x_0 ~ N(μ, σ² I), with a = √ᾱ_t and s = √(1 − ᾱ_t), the marginal is x_t ~ N(a μ, s_t² I) with
+s_t² = a² σ² + s², and the optimal predictors (posterior means) are
+
+    x̂_0*(x_t) = E[x_0 | x_t] = μ + a σ² (x_t − a μ) / s_t²,
+    ε*(x_t)   = E[ε | x_t]   = s (x_t − a μ) / s_t²,
+    v*(x_t)   = a ε* − s x̂_0*,
+
+so that x_t = a x̂_0* + s ε* holds exactly: a sampler must give the same result for the three parameterizations.
+σ = 0 is a point mass at μ (x̂_0* = μ).
 """
 
 from __future__ import annotations
@@ -28,15 +35,16 @@ def flatten_tensors(cond) -> list[torch.Tensor]:
     return [cond]
 
 
-class GaussianEpsModel(nn.Module):
-    """``apply_model(x, t, cond) = ε*`` for data N(μ + m(cond), σ² I), m(cond) = Σ per-sample means of the
-    conditioning tensors (so the conditioning matters for guidance). Fractional ``t`` interpolates log ᾱ
-    linearly, the convention DPM-Solver's discrete schedule uses. Records the batch size of every call."""
+class GaussianModel(nn.Module):
+    """``apply_model(x, t, cond)`` = the optimal ``parameterization`` output (ε*, x̂_0* or v*) for data
+    N(μ + m(cond), σ² I), m(cond) = Σ per-sample means of the conditioning tensors (so the conditioning matters
+    for guidance). Fractional ``t`` interpolates log ᾱ linearly in t. Records the batch size of every call."""
 
-    parameterization = "eps"
-
-    def __init__(self, mu: float = 0.5, sigma: float = 0.5, timesteps: int = 1000, **schedule) -> None:
+    def __init__(
+        self, mu: float = 0.5, sigma: float = 0.5, timesteps: int = 1000, parameterization: str = "eps", **schedule
+    ) -> None:
         super().__init__()
+        self.parameterization = parameterization
         betas = make_beta_schedule("linear", timesteps, **(schedule or SD_LINEAR))
         alphas_cumprod = np.cumprod(1.0 - betas)
         self.num_timesteps = timesteps
@@ -73,8 +81,11 @@ class GaussianEpsModel(nn.Module):
         view = (x.shape[0],) + (1,) * (x.ndim - 1)
         ab = self.alpha_bar(t).view(view)
         mu = self.data_mean(cond, x.shape[0]).view(view)
-        s2 = ab * self.sigma**2 + 1 - ab
-        return (torch.sqrt(1 - ab) * (x.double() - torch.sqrt(ab) * mu) / s2).to(x.dtype)
+        a, s = torch.sqrt(ab), torch.sqrt(1 - ab)
+        residual = (x.double() - a * mu) / (ab * self.sigma**2 + 1 - ab)
+        eps, x0 = s * residual, mu + a * self.sigma**2 * residual
+        outputs = {"eps": eps, "x0": x0, "v": a * eps - s * x0}
+        return outputs[self.parameterization].to(x.dtype)
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         noise = torch.randn_like(x_start) if noise is None else noise
@@ -87,9 +98,9 @@ class GaussianEpsModel(nn.Module):
         return math.sqrt(ab) * self.mu, math.sqrt(ab * self.sigma**2 + 1 - ab)
 
 
-def exact_flow_statistics(model: GaussianEpsModel, start_index: int) -> tuple[float, float]:
+def exact_flow_statistics(model: GaussianModel, start_index: int) -> tuple[float, float]:
     """Mean and std of the exact probability-flow ODE map of x ~ N(0, I), placed at DDPM step ``start_index``,
-    down to step 0: x_0 = m_0 + (s_0 / s_start)(x − m_start) with (m_n, s_n) = :meth:`GaussianEpsModel.marginal`.
+    down to step 0: x_0 = m_0 + (s_0 / s_start)(x − m_start) with (m_n, s_n) = :meth:`GaussianModel.marginal`.
 
     This differs from (μ, σ) by the prior mismatch (s_0/s_start) √ᾱ_start μ (≈ 0.035 μ for the SD schedule) and
     by the end point ᾱ_0 < 1 (≈ 1e-3 relative); a sampler adds only its discretisation error to it.
@@ -109,7 +120,7 @@ def assert_gaussian_statistics(x: torch.Tensor, mean: float, std: float, discret
     assert abs(x.std().item() - std) < tol_std, (x.std().item(), std, tol_std)
 
 
-def ddim_chain_statistics(model: GaussianEpsModel, alphas, alphas_prev, sigmas) -> tuple[float, float]:
+def ddim_chain_statistics(model: GaussianModel, alphas, alphas_prev, sigmas) -> tuple[float, float]:
     """Exact mean and std after the DDIM chain (any η) started from N(0, 1) with the exact ε* of Gaussian data.
 
     With ε* and x̂_0 both affine in x_t, each step x_prev = c x_t + d + σ_t z is affine too, so

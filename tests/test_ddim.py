@@ -1,21 +1,15 @@
-"""DDIMSampler: closed forms with the exact ε* of Gaussian data, the original's schedule and noise draws,
-classifier-free guidance, img2img (stochastic_encode/decode) and the tiny LatentDiffusion reference."""
+"""DDIMSampler: Gaussian-data statistics of eps models (other parameterizations and point masses are in
+test_sampler_closed_forms), the schedule and noise draws of the reference, guidance schedules, img2img
+(stochastic_encode/decode) and the tiny LatentDiffusion reference."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
-from tests.sampler_fakes import (
-    GaussianEpsModel,
-    assert_gaussian_statistics,
-    ddim_chain_statistics,
-    exact_flow_statistics,
-)
+from tests.sampler_fakes import GaussianModel, assert_gaussian_statistics, ddim_chain_statistics, exact_flow_statistics
 
 QUIET = {"verbose": False, "disable_progress": True}
 #: 20 000 scalars: SE(mean) = σ/√n ≈ 0.0035 and SE(std) ≈ σ/√(2n) ≈ 0.0025 for σ = 0.5.
@@ -35,7 +29,7 @@ def test_eta0_50_steps_maps_noise_to_the_gaussian_data():
     """η = 0 integrates the probability-flow ODE from t = 981 (the last of the 50 steps): the exact flow maps
     N(0, 1) to mean ≈ μ − 0.039 (prior mismatch, √ᾱ_981 μ σ/s_981) and std ≈ σ; DDIM being first order, its
     50-step slope is 4 % (0.021) short of the exact one (measured; it halves as S doubles), so 0.025 is allowed."""
-    model = GaussianEpsModel(mu=1.0, sigma=0.5)
+    model = GaussianModel(mu=1.0, sigma=0.5)
     samples, _ = DDIMSampler(model).sample(50, 2, SHAPE, eta=0.0, x_T=gaussian_x_T(), **QUIET)
     mean, std = exact_flow_statistics(model, 981)
     assert_gaussian_statistics(samples, mean, std, discretisation=0.025)
@@ -46,28 +40,13 @@ def test_eta1_50_steps_matches_the_exact_chain_and_the_data():
     """η = 1 is ancestral sampling; with ε* the chain is linear-Gaussian, so its output law is known exactly
     (:func:`ddim_chain_statistics`). 50 such steps under-disperse Gaussian data by ≈ 9 % (std 0.454 for σ = 0.5,
     converging to σ as S grows), which is the allowance against (μ, σ)."""
-    model = GaussianEpsModel(mu=1.0, sigma=0.5)
+    model = GaussianModel(mu=1.0, sigma=0.5)
     sampler = DDIMSampler(model)
     generator = torch.Generator().manual_seed(1)
     samples, _ = sampler.sample(50, 2, SHAPE, eta=1.0, x_T=gaussian_x_T(), generator=generator, **QUIET)
     mean, std = ddim_chain_statistics(model, sampler.ddim_alphas, sampler.ddim_alphas_prev, sampler.ddim_sigmas)
     assert_gaussian_statistics(samples, mean, std, discretisation=0.0)
     assert_gaussian_statistics(samples, model.mu, model.sigma, discretisation=0.05)
-
-
-@pytest.mark.parametrize("steps", [1, 10, 50])
-def test_point_mass_lands_on_the_closed_form(steps):
-    """For data = μ (σ = 0), ε* keeps ε = (x − √ᾱ μ)/√(1 − ᾱ) constant along the DDIM path, so every step is
-    exact: pred_x0 = μ and the sample is √ᾱ_0 μ + √(1 − ᾱ_0) ε(x_T) at the first DDPM step."""
-    model = GaussianEpsModel(mu=0.7, sigma=0.0)
-    sampler = DDIMSampler(model)
-    x_T = gaussian_x_T()[:, :, :8, :8]
-    samples, inter = sampler.sample(steps, 2, (1, 8, 8), x_T=x_T, log_every_t=1, **QUIET)
-    a_start, a_end = float(sampler.ddim_alphas[-1]), float(model.alphas_cumprod[0])
-    eps = (x_T - math.sqrt(a_start) * model.mu) / math.sqrt(1 - a_start)
-    expected = math.sqrt(a_end) * model.mu + math.sqrt(1 - a_end) * eps
-    torch.testing.assert_close(samples, expected, rtol=0, atol=2e-5)
-    torch.testing.assert_close(inter["pred_x0"][-1], torch.full_like(x_T, model.mu), rtol=0, atol=2e-5)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -77,7 +56,7 @@ def test_point_mass_lands_on_the_closed_form(steps):
 
 def test_schedule_arrays_equal_the_reference(refdata):
     ref = torch.load(refdata / "vectors" / "ldm_tiny.pt", weights_only=True)["latent_diffusion"]
-    model = GaussianEpsModel()
+    model = GaussianModel()
     for name in ("betas", "alphas_cumprod", "alphas_cumprod_prev"):
         getattr(model, name).copy_(ref["state_dict"][name])
     sampler = DDIMSampler(model)
@@ -89,31 +68,25 @@ def test_schedule_arrays_equal_the_reference(refdata):
         assert torch.equal(ours, expected), name
 
 
-def test_noise_draws_and_values_follow_the_original_loop():
-    """With the global RNG, x_T and one N(0, I) per step (drawn even at η = 0) come in the original's order;
-    every step is x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε + σ z, x̂_0 = (x − √(1 − ᾱ) ε)/√ᾱ."""
-    model = GaussianEpsModel(mu=0.2, sigma=0.8)
-    sampler = DDIMSampler(model)
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_global_rng_draws_x_T_first_then_one_normal_per_step(eta):
+    """With the global RNG, x_T is the first N(0, I) draw and each step draws one more (even at η = 0)."""
+    model = GaussianModel(mu=0.2, sigma=0.8)
     shape = (2, 1, 4, 4)
     torch.manual_seed(7)
-    samples, _ = sampler.sample(5, 2, shape[1:], eta=0.5, **QUIET)
+    drawn, _ = DDIMSampler(model).sample(5, 2, shape[1:], eta=eta, **QUIET)
     after = torch.rand(1)
-
     torch.manual_seed(7)
-    x = torch.randn(shape)
-    for index in reversed(range(5)):
-        a, a_prev = float(sampler.ddim_alphas[index]), float(sampler.ddim_alphas_prev[index])
-        sigma = float(sampler.ddim_sigmas[index])
-        t = torch.full((2,), int(sampler.ddim_timesteps[index]))
-        eps = model.apply_model(x, t)
-        x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
-        x = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma**2) * eps + sigma * torch.randn(shape)
-    torch.testing.assert_close(samples, x, rtol=1e-5, atol=1e-5)
+    given, _ = DDIMSampler(model).sample(5, 2, shape[1:], eta=eta, x_T=torch.randn(shape), **QUIET)
+    assert torch.equal(drawn, given)
+    torch.manual_seed(7)
+    for _ in range(1 + 5):
+        torch.randn(shape)
     assert torch.equal(after, torch.rand(1))
 
 
 def test_eta0_is_deterministic_and_generator_is_bit_reproducible():
-    model = GaussianEpsModel()
+    model = GaussianModel()
     sampler = DDIMSampler(model)
     x_T = gaussian_x_T()[:, :, :8, :8]
     first, _ = sampler.sample(10, 2, (1, 8, 8), x_T=x_T, **QUIET)
@@ -130,7 +103,7 @@ def test_eta0_is_deterministic_and_generator_is_bit_reproducible():
 
 
 def test_intermediates_and_callbacks():
-    model = GaussianEpsModel()
+    model = GaussianModel()
     x_T = torch.randn(2, 1, 4, 4)
     steps, images = [], []
     samples, inter = DDIMSampler(model).sample(
@@ -143,53 +116,25 @@ def test_intermediates_and_callbacks():
     assert len(every["x_inter"]) == len(every["pred_x0"]) == 11
 
 
-def test_mask_without_x0_is_rejected():
-    """A ValueError that names the problem, and an AssertionError where the original asserts."""
-    for expected in (ValueError, AssertionError):
-        with pytest.raises(expected, match="needs x0"):
-            DDIMSampler(GaussianEpsModel()).sample(5, 1, (1, 4, 4), mask=torch.ones(1, 1, 4, 4), **QUIET)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Classifier-free guidance
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_dict_conditioning_with_guidance_equals_the_tensor_path():
-    model = GaussianEpsModel()
-    c, uc = torch.randn(2, 1, 8), torch.zeros(2, 1, 8)
-    x_T = torch.randn(2, 1, 4, 4)
-    run = lambda cond, ucond: DDIMSampler(model).sample(
-        10, 2, (1, 4, 4), conditioning=cond, unconditional_conditioning=ucond, unconditional_guidance_scale=4.0,
-        x_T=x_T, **QUIET,
-    )[0]  # fmt: skip
-    model.calls.clear()
-    as_tensor = run(c, uc)
-    assert model.calls == [4] * 10
-    assert torch.equal(as_tensor, run({"c_crossattn": [c]}, {"c_crossattn": [uc]}))
-
-
-def test_guidance_shifts_the_data_mean_by_the_scaled_condition():
-    """ε* is affine in the data mean m(c), so guided ε equals ε* for m_u + s (m_c − m_u): a point mass there."""
-    model = GaussianEpsModel(mu=0.0, sigma=0.0)
+def test_ucg_schedule_sets_the_guidance_scale_of_each_step():
+    """A constant schedule is the plain scale; a schedule that is 1 at the last step leaves that step unguided
+    (one plain model call), so the last x̂_0 of point masses is m_c."""
+    model = GaussianModel(mu=0.0, sigma=0.0)
     c, uc = torch.full((2, 1, 8), 0.3), torch.zeros(2, 1, 8)
-    _, inter = DDIMSampler(model).sample(
-        10, 2, (1, 4, 4), conditioning=c, unconditional_conditioning=uc, unconditional_guidance_scale=2.5,
-        x_T=torch.randn(2, 1, 4, 4), **QUIET,
-    )  # fmt: skip
-    torch.testing.assert_close(inter["pred_x0"][-1], torch.full((2, 1, 4, 4), 0.75), rtol=0, atol=2e-5)
-
-
-def test_guidance_scale_one_runs_the_plain_batch():
-    model = GaussianEpsModel()
-    c = torch.randn(2, 1, 8)
     x_T = torch.randn(2, 1, 4, 4)
-    plain, _ = DDIMSampler(model).sample(10, 2, (1, 4, 4), conditioning=c, x_T=x_T, **QUIET)
-    model.calls.clear()
-    scale_one, _ = DDIMSampler(model).sample(
-        10, 2, (1, 4, 4), conditioning=c, unconditional_conditioning=torch.zeros_like(c), x_T=x_T, **QUIET
+    guided = lambda **kw: DDIMSampler(model).sample(
+        4, 2, (1, 4, 4), conditioning=c, unconditional_conditioning=uc, x_T=x_T, **kw, **QUIET
     )
-    assert model.calls == [2] * 10 and torch.equal(plain, scale_one)
+    assert torch.equal(guided(unconditional_guidance_scale=2.5)[0], guided(ucg_schedule=[2.5] * 4)[0])
+    model.calls.clear()
+    _, inter = guided(unconditional_guidance_scale=7.0, ucg_schedule=[2.5, 2.5, 2.5, 1.0])
+    assert model.calls == [4, 4, 4, 2]
+    torch.testing.assert_close(inter["pred_x0"][-1], torch.full((2, 1, 4, 4), 0.3), rtol=0, atol=2e-5)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -198,7 +143,7 @@ def test_guidance_scale_one_runs_the_plain_batch():
 
 
 def test_stochastic_encode_is_the_forward_marginal_at_the_ddim_step():
-    sampler = DDIMSampler(GaussianEpsModel())
+    sampler = DDIMSampler(GaussianModel())
     sampler.make_schedule(50, verbose=False)
     x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
     t = torch.tensor([0, 20, 49])
@@ -215,7 +160,7 @@ def test_img2img_round_trip_recovers_the_gaussian_data():
     is an exact sample of q(x_t), so decode(x_t, t_start=t_enc) only adds DDIM's discretisation error (no prior
     mismatch). Measured for this 30-step decode from t = 581: the std is 0.0226 short (first order: 0.0118 with
     twice the steps, 0.0049 with five times), so N(μ, σ²) comes back within 4 SE + 0.03."""
-    model = GaussianEpsModel(mu=1.0, sigma=0.5)
+    model = GaussianModel(mu=1.0, sigma=0.5)
     sampler = DDIMSampler(model)
     sampler.make_schedule(50, verbose=False)
     generator = torch.Generator().manual_seed(2)
@@ -230,7 +175,7 @@ def test_img2img_round_trip_recovers_the_gaussian_data():
 
 def test_decode_matches_sampling_from_the_same_step():
     """decode(x, t_start) runs the same DDIM steps as the sampler's loop over the first t_start timesteps."""
-    model = GaussianEpsModel()
+    model = GaussianModel()
     sampler = DDIMSampler(model)
     sampler.make_schedule(20, verbose=False)
     x = torch.randn(2, 1, 4, 4)

@@ -1,15 +1,14 @@
-"""PLMSSampler: Gaussian-data closed forms, the multistep coefficients, the warm-up step and η handling."""
+"""PLMSSampler: Gaussian-data statistics and convergence of eps models (point masses and x0/v models are in
+test_sampler_closed_forms), the multistep coefficients and the warm-up step."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.plms import PLMSSampler, adams_bashforth_eps
-from tests.sampler_fakes import GaussianEpsModel, assert_gaussian_statistics, exact_flow_statistics
+from tests.sampler_fakes import GaussianModel, assert_gaussian_statistics, exact_flow_statistics
 
 QUIET = {"verbose": False, "disable_progress": True}
 #: 20 000 scalars: SE(mean) ≈ 0.0035, SE(std) ≈ 0.0025 for σ = 0.5.
@@ -20,7 +19,7 @@ def test_plms_50_steps_maps_noise_to_the_gaussian_data():
     """PLMS integrates the same ODE as DDIM η = 0 from t = 981 but at 4th order: its 50-step slope is within
     0.3 % of the exact flow map (measured 0.5004 vs 0.5017), so 0.005 is allowed on top of 4 SE. Against (μ, σ)
     the exact map's prior mismatch (0.039 in the mean) is added."""
-    model = GaussianEpsModel(mu=1.0, sigma=0.5)
+    model = GaussianModel(mu=1.0, sigma=0.5)
     x_T = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(0))
     samples, _ = PLMSSampler(model).sample(50, 2, SHAPE, x_T=x_T, **QUIET)
     mean, std = exact_flow_statistics(model, 981)
@@ -30,29 +29,13 @@ def test_plms_50_steps_maps_noise_to_the_gaussian_data():
 
 def test_plms_converges_faster_than_ddim():
     """Max error against the exact flow map on a grid of x_T: DDIM is first order, PLMS much better."""
-    model = GaussianEpsModel(mu=1.0, sigma=0.5)
+    model = GaussianModel(mu=1.0, sigma=0.5)
     x_T = torch.linspace(-3, 3, 13).view(13, 1)
     mean, std = exact_flow_statistics(model, 981)
     exact = mean + std * x_T
     plms, _ = PLMSSampler(model).sample(50, 13, (1,), x_T=x_T, **QUIET)
     ddim, _ = DDIMSampler(model).sample(50, 13, (1,), x_T=x_T, **QUIET)
     assert (plms - exact).abs().max() < 0.1 * (ddim - exact).abs().max()
-
-
-@pytest.mark.parametrize("steps", [2, 4, 50])
-def test_point_mass_lands_on_the_closed_form(steps):
-    """Data = μ: ε* is constant along the exact path, so the Heun warm-up and every Adams–Bashforth combination
-    (coefficients summing to 1) reproduce it; the sample is √ᾱ_0 μ + √(1 − ᾱ_0) ε(x_T), pred_x0 = μ.
-    (S = 1 is excluded: like the original, the lone warm-up step evaluates its corrector at t_next = t.)"""
-    model = GaussianEpsModel(mu=-0.4, sigma=0.0)
-    sampler = PLMSSampler(model)
-    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-    samples, inter = sampler.sample(steps, 2, (1, 8, 8), x_T=x_T, log_every_t=1, **QUIET)
-    a_start, a_end = float(sampler.ddim_alphas[-1]), float(model.alphas_cumprod[0])
-    eps = (x_T - math.sqrt(a_start) * model.mu) / math.sqrt(1 - a_start)
-    expected = math.sqrt(a_end) * model.mu + math.sqrt(1 - a_end) * eps
-    torch.testing.assert_close(samples, expected, rtol=0, atol=2e-5)
-    torch.testing.assert_close(inter["pred_x0"][-1], torch.full_like(x_T, model.mu), rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])
@@ -67,7 +50,7 @@ def test_adams_bashforth_integrates_polynomials_exactly(order):
 
 def test_first_step_is_the_pseudo_improved_euler_step():
     """Step 1: ε' = (ε(x_T, t) + ε(x̃, t_next)) / 2 with x̃ the DDIM step; two model calls, then one per step."""
-    model = GaussianEpsModel(mu=0.3, sigma=0.6)
+    model = GaussianModel(mu=0.3, sigma=0.6)
     sampler = PLMSSampler(model)
     x_T = torch.randn(2, 1, 4, 4)
     model.calls.clear()
@@ -84,7 +67,7 @@ def test_first_step_is_the_pseudo_improved_euler_step():
 
 
 def test_guided_plms_uses_one_doubled_batch_per_call():
-    model = GaussianEpsModel()
+    model = GaussianModel()
     c = torch.randn(2, 1, 8)
     model.calls.clear()
     PLMSSampler(model).sample(
@@ -92,8 +75,3 @@ def test_guided_plms_uses_one_doubled_batch_per_call():
         unconditional_guidance_scale=7.5, **QUIET,
     )  # fmt: skip
     assert model.calls == [4] * 6
-
-
-def test_eta_must_be_zero():
-    with pytest.raises(ValueError, match="ddim_eta must be 0 for PLMS"):
-        PLMSSampler(GaussianEpsModel()).sample(10, 1, (1, 4, 4), eta=0.5, **QUIET)

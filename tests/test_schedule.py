@@ -1,4 +1,5 @@
-"""ldm.models.diffusion.schedule: the schedule constants against their defining equations."""
+"""ldm.models.diffusion.schedule: the schedule constants and the samplers' discrete-time view against their
+defining equations."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.models.diffusion.schedule import PERSISTENT_BUFFERS, cond_schedule_ids, make_betas, schedule_buffers
+from ldm.models.diffusion.schedule import (
+    PERSISTENT_BUFFERS,
+    DiscreteSchedule,
+    cond_schedule_ids,
+    interpolate,
+    make_betas,
+    schedule_buffers,
+)
 
 
 def test_given_betas_override_the_named_schedule():
@@ -48,11 +56,60 @@ def test_v_posterior_interpolates_towards_beta():
 
 
 def test_unknown_parameterization_is_refused():
-    with pytest.raises(ValueError, match="parameterization 'v'"):
-        schedule_buffers(np.array([0.1, 0.2]), 0.0, "v")
+    with pytest.raises(ValueError, match="parameterization 'score'"):
+        schedule_buffers(np.array([0.1, 0.2]), 0.0, "score")
 
 
 def test_cond_schedule_ids_spread_the_first_steps():
     ids = cond_schedule_ids(10, 4)
     assert ids.dtype == torch.long
     assert ids.tolist() == [0, 3, 6, 9, 9, 9, 9, 9, 9, 9]
+
+
+# --------------------------------------------------------------------------------------------------------
+# DiscreteSchedule
+# --------------------------------------------------------------------------------------------------------
+
+
+def _sd_schedule() -> tuple[DiscreteSchedule, np.ndarray]:
+    betas = make_betas(None, "linear", 1000, 0.00085, 0.012, 8e-3)
+    alphas_cumprod = torch.tensor(np.cumprod(1 - betas), dtype=torch.float32)
+    return DiscreteSchedule(alphas_cumprod), alphas_cumprod.double().numpy()
+
+
+def test_discrete_schedule_at_the_integer_steps():
+    schedule, ab = _sd_schedule()
+    tau = torch.tensor([0.0, 499.0, 999.0])
+    expected = ab[[0, 499, 999]]
+    np.testing.assert_allclose(schedule.alpha(tau).numpy(), np.sqrt(expected), rtol=1e-12)
+    np.testing.assert_allclose(schedule.sigma(tau).numpy(), np.sqrt(1 - expected), rtol=1e-12)
+    np.testing.assert_allclose(schedule.lambda_(tau).numpy(), 0.5 * np.log(expected / (1 - expected)), rtol=1e-12)
+    np.testing.assert_allclose(schedule.noise_level(tau).numpy(), np.sqrt((1 - expected) / expected), rtol=1e-12)
+
+
+def test_discrete_schedule_is_log_linear_between_steps_and_inverts():
+    schedule, ab = _sd_schedule()
+    np.testing.assert_allclose(float(schedule.alpha(10.25)) ** 2, ab[10] ** 0.75 * ab[11] ** 0.25, rtol=1e-12)
+    tau = torch.linspace(0, 999, 37, dtype=torch.float64)
+    torch.testing.assert_close(schedule.timestep_from_lambda(schedule.lambda_(tau)), tau, rtol=0, atol=1e-7)
+    torch.testing.assert_close(schedule.timestep_from_noise_level(schedule.noise_level(tau)), tau, rtol=0, atol=1e-7)
+
+
+def test_sampler_tables_are_the_float32_forms_of_alpha_bar():
+    """Computed in float32 from the float32 ᾱ, so 1 − ᾱ and 1/ᾱ − 1 near ᾱ = 1 carry ~1e-5 relative error."""
+    schedule, ab = _sd_schedule()
+    tables = schedule.sampler_tables()
+    assert all(t.dtype == torch.float32 and t.shape == (1000,) for t in tables.values())
+    for name, value in {
+        "alphas_cumprod": ab, "sqrt_alphas_cumprod": np.sqrt(ab), "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ab),
+        "log_one_minus_alphas_cumprod": np.log(1 - ab), "sqrt_recip_alphas_cumprod": np.sqrt(1 / ab),
+        "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / ab - 1),
+    }.items():  # fmt: skip
+        np.testing.assert_allclose(tables[name].numpy(), value, rtol=1e-4, atol=1e-6, err_msg=name)  # float32 1 − ᾱ
+
+
+def test_interpolate_is_np_interp():
+    xp, fp = np.array([0.0, 1.0, 3.0, 4.5]), np.array([2.0, -1.0, 5.0, 0.5])
+    x = np.array([-1.0, 0.0, 0.3, 1.0, 2.2, 4.5, 7.0])
+    ours = interpolate(torch.tensor(x), torch.tensor(xp), torch.tensor(fp))
+    np.testing.assert_allclose(ours.numpy(), np.interp(x, xp, fp), rtol=1e-15)

@@ -1,26 +1,22 @@
-"""DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models"), with classifier-free guidance.
+"""DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12), with classifier-free guidance.
 
 ``DDIMSampler(model).sample(S, batch_size, shape, conditioning, ...)`` walks S of the model's timesteps
 (``[1, 1 + T/S, ...]``) from x_T ~ N(0, I); η = 0 is the deterministic sampler, η = 1 the DDPM-like one.
 ``stochastic_encode`` + ``decode`` are the img2img pair: noise x_0 to a DDIM step, then denoise from it.
+Works for eps, x0 and v models (the update uses the model's (x̂_0, ε̂)).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampling_common import (
-    Conditioning,
-    DDIMScheduleSampler,
-    model_eps,
-    progress,
-    warn_on_batch_mismatch,
-)
+from ldm.models.diffusion.sampler_core import Conditioning, checked_keywords, progress, warn_on_batch_mismatch
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 
 logger = logging.getLogger(__name__)
@@ -29,6 +25,7 @@ logger = logging.getLogger(__name__)
 class DDIMSampler(DDIMScheduleSampler):
     """DDIM sampler over a model's discrete schedule (see :class:`DDIMScheduleSampler` for the buffers)."""
 
+    @checked_keywords
     @torch.no_grad()
     def sample(
         self,
@@ -54,13 +51,15 @@ class DDIMSampler(DDIMScheduleSampler):
         unconditional_conditioning: Conditioning = None,
         generator: torch.Generator | None = None,
         disable_progress: bool = False,
-        **kwargs: Any,
+        dynamic_threshold: float | None = None,
+        ucg_schedule: Sequence[float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """Sample ``(batch_size, *shape)`` latents in S DDIM steps.
 
-        ``unconditional_conditioning`` has the conditioning's form (tensor, list or dict). ``normals_sequence``
-        is accepted and unused, as in the original. ``generator`` drives x_T and the per-step noise.
-        Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
+        ``unconditional_conditioning`` has the conditioning's form (tensor, list or dict); ``ucg_schedule``
+        gives one guidance scale per step instead of ``unconditional_guidance_scale``. ``normals_sequence`` is
+        accepted and unused; ``dynamic_threshold`` must stay None. ``generator`` drives x_T and the per-step noise.
+        A keyword not listed here raises ``TypeError``. Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
         """
         warn_on_batch_mismatch(conditioning, batch_size)
         self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
@@ -85,6 +84,8 @@ class DDIMSampler(DDIMScheduleSampler):
             unconditional_conditioning=unconditional_conditioning,
             generator=generator,
             disable_progress=disable_progress,
+            dynamic_threshold=dynamic_threshold,
+            ucg_schedule=ucg_schedule,
         )
 
     @torch.no_grad()
@@ -109,10 +110,18 @@ class DDIMSampler(DDIMScheduleSampler):
         unconditional_conditioning: Conditioning = None,
         generator: torch.Generator | None = None,
         disable_progress: bool = False,
+        dynamic_threshold: float | None = None,
+        ucg_schedule: Sequence[float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """The DDIM loop over ``shape`` = ``(B, ...)``; needs :meth:`make_schedule` first."""
+        steps = len(self._time_range(timesteps, ddim_use_original_steps))
+        if ucg_schedule is not None and len(ucg_schedule) != steps:
+            raise ValueError(
+                f"ucg_schedule has {len(ucg_schedule)} guidance scales for {steps} steps; give one per step."
+            )
 
         def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
+            scale = unconditional_guidance_scale if ucg_schedule is None else ucg_schedule[steps - 1 - index]
             return self.p_sample_ddim(
                 img,
                 cond,
@@ -124,9 +133,10 @@ class DDIMSampler(DDIMScheduleSampler):
                 noise_dropout=noise_dropout,
                 score_corrector=score_corrector,
                 corrector_kwargs=corrector_kwargs,
-                unconditional_guidance_scale=unconditional_guidance_scale,
+                unconditional_guidance_scale=scale,
                 unconditional_conditioning=unconditional_conditioning,
                 generator=generator,
+                dynamic_threshold=dynamic_threshold,
             )
 
         return self._sample_loop(
@@ -162,24 +172,21 @@ class DDIMSampler(DDIMScheduleSampler):
         unconditional_guidance_scale: float = 1.0,
         unconditional_conditioning: Conditioning = None,
         generator: torch.Generator | None = None,
+        dynamic_threshold: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One guided DDIM step from x_t ``(B, ...)`` at DDPM times ``t`` ``(B,)``, schedule position ``index``.
 
         Returns ``(x_prev, pred_x0)``.
         """
-        e_t = model_eps(
-            self.model,
-            x,
-            t,
-            c,
-            unconditional_conditioning,
-            unconditional_guidance_scale,
-            score_corrector,
-            corrector_kwargs,
-        )
+        if dynamic_threshold is not None:
+            raise NotImplementedError("dynamic_threshold is not implemented for DDIM sampling; leave it None.")
+        prediction = self._denoise(
+            x, c, t, self._marginal(x, index, use_original_steps), unconditional_conditioning,
+            unconditional_guidance_scale, score_corrector, corrector_kwargs,
+        )  # fmt: skip
         return self._ddim_update(
             x,
-            e_t,
+            prediction,
             index,
             use_original_steps=use_original_steps,
             quantize_denoised=quantize_denoised,

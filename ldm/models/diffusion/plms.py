@@ -8,7 +8,7 @@ history and uses a pseudo improved-Euler (Heun) step, which costs one extra mode
 - step 3:  ε' = (23 ε_0 − 16 ε_{−1} + 5 ε_{−2}) / 12;
 - then:    ε' = (55 ε_0 − 59 ε_{−1} + 37 ε_{−2} − 9 ε_{−3}) / 24.
 
-Only η = 0 is defined.
+Only η = 0 is defined. ε(x, t) is the model's ε̂, whatever it predicts (eps, x0 or v).
 """
 
 from __future__ import annotations
@@ -20,12 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampling_common import (
-    Conditioning,
-    DDIMScheduleSampler,
-    model_eps,
-    warn_on_batch_mismatch,
-)
+from ldm.models.diffusion.sampler_core import Conditioning, checked_keywords, warn_on_batch_mismatch
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +46,7 @@ class PLMSSampler(DDIMScheduleSampler):
             raise ValueError(f"ddim_eta must be 0 for PLMS (got eta={ddim_eta}); use DDIMSampler for η > 0.")
         super().make_schedule(ddim_num_steps, ddim_discretize=ddim_discretize, ddim_eta=ddim_eta, verbose=verbose)
 
+    @checked_keywords
     @torch.no_grad()
     def sample(
         self,
@@ -75,10 +72,12 @@ class PLMSSampler(DDIMScheduleSampler):
         unconditional_conditioning: Conditioning = None,
         generator: torch.Generator | None = None,
         disable_progress: bool = False,
-        **kwargs: Any,
+        dynamic_threshold: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Sample ``(batch_size, *shape)`` latents in S PLMS steps (S + 1 model calls); same arguments as
-        ``DDIMSampler.sample``. Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``."""
+        """Sample ``(batch_size, *shape)`` latents in S PLMS steps (S + 1 model calls); the arguments of
+        ``DDIMSampler.sample`` but ``ucg_schedule``. Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``."""
+        if dynamic_threshold is not None:
+            raise NotImplementedError("dynamic_threshold is not implemented for PLMS sampling; leave it None.")
         warn_on_batch_mismatch(conditioning, batch_size)
         self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
         size = (batch_size, *shape)
@@ -197,16 +196,10 @@ class PLMSSampler(DDIMScheduleSampler):
         old_eps = old_eps or []
 
         def eps(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
-            return model_eps(
-                self.model,
-                x_in,
-                t_in,
-                c,
-                unconditional_conditioning,
-                unconditional_guidance_scale,
-                score_corrector,
-                corrector_kwargs,
-            )
+            return self._denoise(
+                x_in, c, t_in, self._marginal_at(x_in, t_in), unconditional_conditioning,
+                unconditional_guidance_scale, score_corrector, corrector_kwargs,
+            ).eps  # fmt: skip
 
         def update(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self._ddim_update(

@@ -1,123 +1,43 @@
-"""What the samplers share: the guided model call, the DDIM schedule and update, the sampling loop.
+"""The DDIM sub-schedule, update and loop shared by ``DDIMSampler`` and ``PLMSSampler``.
 
-``DDIMSampler`` and ``PLMSSampler`` both walk the DDIM sub-sequence of the model's timesteps and differ only in
-how they turn model outputs into the ε used by the DDIM update; they subclass :class:`DDIMScheduleSampler` and
-pass their step to :meth:`DDIMScheduleSampler._sample_loop`. ``DPMSolverSampler`` reuses the guided model call.
+Both walk S of the model's timesteps t_S > ... > t_1 (Song et al. 2021, "Denoising Diffusion Implicit Models")
+and differ only in the ε they feed to the DDIM update (eq. 12 of the paper):
 
-The model interface the samplers rely on: ``num_timesteps``, the float32 buffers ``betas``, ``alphas_cumprod``,
-``alphas_cumprod_prev``, ``apply_model(x, t, cond) -> ε``, ``parameterization`` and, for ``quantize_x0``,
-``first_stage_model.quantize``; ``q_sample(x0, t)`` for masked sampling.
+(1) x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t,
+(2) x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ_t²) ε + σ_t z,  z ~ N(0, I),
+(3) σ_t = η √((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)).
+
+Model outputs become (x̂_0, ε̂) in :func:`~ldm.models.diffusion.sampler_core.denoise`; the per-step constants come
+from the model's :class:`~ldm.models.diffusion.schedule.DiscreteSchedule`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from ldm.models.diffusion.prediction import Parameterization, Prediction, split_prediction
+from ldm.models.diffusion.sampler_core import (
+    Conditioning,
+    DiffusionModel,
+    batch_coefficient,
+    checked_keywords,
+    denoise,
+    progress,
+)
+from ldm.models.diffusion.schedule import DiscreteSchedule, ddim_sigma
 from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps, noise_like
 from ldm.util import SettingError
 
 logger = logging.getLogger(__name__)
 
-#: A conditioning as the model takes it: a tensor, a list of tensors, or a dict of those (``c_crossattn``, ...).
-Conditioning = Any
 #: ``step(x, ts, index, ts_next) -> (x_prev, pred_x0)``: one sampler step on a ``(B, ...)`` batch.
 Step = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-class DiffusionModel(Protocol):
-    num_timesteps: int
-    betas: torch.Tensor
-    alphas_cumprod: torch.Tensor
-    alphas_cumprod_prev: torch.Tensor
-
-    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor: ...
-
-
-# --------------------------------------------------------------------------------------------------------
-# Conditioning and the guided model call
-# --------------------------------------------------------------------------------------------------------
-
-
-def concat_conditionings(uc: Conditioning, c: Conditioning) -> Conditioning:
-    """``[uc, c]`` stacked along the batch: tensors are concatenated, lists element-wise, dicts per key."""
-    if isinstance(c, dict):
-        if not isinstance(uc, dict) or set(uc) != set(c):
-            raise TypeError(
-                "unconditional_conditioning must be a dict with the same keys as the conditioning "
-                f"({sorted(c)}), got {sorted(uc) if isinstance(uc, dict) else type(uc).__name__}."
-            )
-        return {key: concat_conditionings(uc[key], c[key]) for key in c}
-    if isinstance(c, (list, tuple)):
-        if not isinstance(uc, (list, tuple)) or len(uc) != len(c):
-            raise TypeError(
-                f"unconditional_conditioning must be a list of {len(c)} tensors like the conditioning, got "
-                f"{type(uc).__name__}."
-            )
-        return [concat_conditionings(u, v) for u, v in zip(uc, c)]
-    return torch.cat([uc, c])
-
-
-def guided_eps(
-    model: DiffusionModel,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    cond: Conditioning,
-    unconditional_conditioning: Conditioning = None,
-    unconditional_guidance_scale: float = 1.0,
-) -> torch.Tensor:
-    """Classifier-free guided ε: ``ε_u + s · (ε_c − ε_u)`` from one model call on the doubled batch ``[uc, c]``.
-
-    Without ``unconditional_conditioning`` or with ``s == 1`` the model runs once on ``(x, t, cond)``.
-    """
-    if unconditional_conditioning is None or unconditional_guidance_scale == 1.0:
-        return model.apply_model(x, t, cond)
-    x_in = torch.cat([x, x])
-    t_in = torch.cat([t, t])
-    c_in = concat_conditionings(unconditional_conditioning, cond)
-    e_t_uncond, e_t = model.apply_model(x_in, t_in, c_in).chunk(2)
-    return e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond)
-
-
-def model_eps(
-    model: DiffusionModel,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    cond: Conditioning,
-    unconditional_conditioning: Conditioning = None,
-    unconditional_guidance_scale: float = 1.0,
-    score_corrector: Any = None,
-    corrector_kwargs: dict | None = None,
-) -> torch.Tensor:
-    """:func:`guided_eps`, then ``score_corrector.modify_score(model, ε, x, t, cond, **corrector_kwargs)``."""
-    e_t = guided_eps(model, x, t, cond, unconditional_conditioning, unconditional_guidance_scale)
-    if score_corrector is not None:
-        if getattr(model, "parameterization", "eps") != "eps":
-            raise SettingError("score_corrector needs an ε-predicting model (parameterization 'eps').")
-        e_t = score_corrector.modify_score(model, e_t, x, t, cond, **(corrector_kwargs or {}))
-    return e_t
-
-
-def warn_on_batch_mismatch(conditioning: Conditioning, batch_size: int) -> None:
-    """Log a warning when the conditioning's batch differs from ``batch_size`` (the original only warns too)."""
-    if conditioning is None:
-        return
-    first = conditioning
-    while isinstance(first, (dict, list, tuple)):
-        first = next(iter(first.values())) if isinstance(first, dict) else first[0]
-    if isinstance(first, torch.Tensor) and first.shape[0] != batch_size:
-        logger.warning("Got %d conditionings but batch-size is %d", first.shape[0], batch_size)
-
-
-def progress(iterable: Iterable, desc: str, total: int, disable: bool = False) -> Iterable:
-    """A tqdm progress bar over ``iterable`` (``disable`` turns it off)."""
-    return tqdm(iterable, desc=desc, total=total, disable=disable)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -126,22 +46,24 @@ def progress(iterable: Iterable, desc: str, total: int, disable: bool = False) -
 
 
 class DDIMScheduleSampler:
-    """Holds the DDIM sub-schedule of a model and runs the DDIM update ``x_t -> x_{t_prev}``.
+    """Holds a model's DDIM sub-schedule and runs eq. (2) from an ε.
 
-    Tensors stored with :meth:`register_buffer` live on the model's device (``model.betas.device``).
+    Tensors stored with :meth:`register_buffer` live on ``device`` (default: the model's, ``model.betas.device``).
     """
 
-    def __init__(self, model: DiffusionModel, schedule: str = "linear", **kwargs: Any) -> None:
+    @checked_keywords
+    def __init__(self, model: DiffusionModel, schedule: str = "linear", device: torch.device | str | None = None):
         self.model = model
         self.ddpm_num_timesteps = model.num_timesteps
         self.schedule = schedule
+        self._device = None if device is None else torch.device(device)
 
     @property
     def device(self) -> torch.device:
-        return self.model.betas.device
+        return self._device if self._device is not None else self.model.betas.device
 
     def register_buffer(self, name: str, attr: Any) -> None:
-        """Store ``attr`` as ``self.<name>``, moving tensors to the model's device."""
+        """Store ``attr`` as ``self.<name>``, moving tensors to :attr:`device`."""
         if isinstance(attr, torch.Tensor):
             attr = attr.to(self.device)
         setattr(self, name, attr)
@@ -150,38 +72,29 @@ class DDIMScheduleSampler:
         self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0, verbose: bool = True
     ) -> None:
         """Compute ``ddim_timesteps`` (int64 numpy), ``ddim_alphas`` (float32), ``ddim_alphas_prev`` (float64
-        numpy), ``ddim_sigmas`` (float64), ``ddim_sqrt_one_minus_alphas`` (float32), the model's schedule copies
-        and ``ddim_sigmas_for_original_num_steps`` (σ_t of every DDPM step for ``use_original_steps``)."""
+        numpy), ``ddim_sigmas`` (float64, eq. 3), ``ddim_sqrt_one_minus_alphas`` (float32), the model's float32
+        schedule tables and ``ddim_sigmas_for_original_num_steps`` (eq. 3 at every DDPM step)."""
         self.ddim_timesteps = make_ddim_timesteps(
             ddim_discretize, ddim_num_steps, self.ddpm_num_timesteps, verbose=verbose
         )
-        alphas_cumprod = self.model.alphas_cumprod.detach()
-        if alphas_cumprod.shape[0] != self.ddpm_num_timesteps:
-            raise ValueError(
-                f"model.alphas_cumprod has {alphas_cumprod.shape[0]} entries but model.num_timesteps is "
-                f"{self.ddpm_num_timesteps}; the schedule must define ᾱ for every timestep."
-            )
-        to_float = lambda x: x.detach().clone().to(torch.float32)
-        ac = to_float(alphas_cumprod)
-        ac_prev = to_float(self.model.alphas_cumprod_prev)
-        self.register_buffer("betas", to_float(self.model.betas))
-        self.register_buffer("alphas_cumprod", ac)
-        self.register_buffer("alphas_cumprod_prev", ac_prev)
-        self.register_buffer("sqrt_alphas_cumprod", ac.sqrt())
-        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1.0 - ac).sqrt())
-        self.register_buffer("log_one_minus_alphas_cumprod", (1.0 - ac).log())
-        self.register_buffer("sqrt_recip_alphas_cumprod", (1.0 / ac).sqrt())
-        self.register_buffer("sqrt_recipm1_alphas_cumprod", (1.0 / ac - 1).sqrt())
+        self.discrete_schedule = DiscreteSchedule.from_model(self.model)
+        self.register_buffer("betas", self.model.betas.detach().to(torch.float32).clone())
+        self.register_buffer("alphas_cumprod_prev", self.model.alphas_cumprod_prev.detach().to(torch.float32).clone())
+        for name, table in self.discrete_schedule.sampler_tables().items():
+            self.register_buffer(name, table)
 
         sigmas, alphas, alphas_prev = make_ddim_sampling_parameters(
-            alphacums=ac.cpu(), ddim_timesteps=self.ddim_timesteps, eta=ddim_eta, verbose=verbose
-        )
+            alphacums=self.discrete_schedule.alphas_cumprod32, ddim_timesteps=self.ddim_timesteps, eta=ddim_eta,
+            verbose=verbose,
+        )  # fmt: skip
         self.register_buffer("ddim_sigmas", sigmas)
         self.register_buffer("ddim_alphas", alphas)
         self.register_buffer("ddim_alphas_prev", alphas_prev)
         self.register_buffer("ddim_sqrt_one_minus_alphas", torch.from_numpy(np.sqrt((1.0 - alphas).numpy())))
-        original_sigmas = ddim_eta * torch.sqrt((1 - ac_prev) / (1 - ac) * (1 - ac / ac_prev))
-        self.register_buffer("ddim_sigmas_for_original_num_steps", original_sigmas)
+        self.register_buffer(
+            "ddim_sigmas_for_original_num_steps",
+            ddim_sigma(self.alphas_cumprod, self.alphas_cumprod_prev, ddim_eta),
+        )
 
     def _step_tables(self, use_original_steps: bool) -> tuple[Any, Any, Any, Any]:
         """``(ᾱ_t, ᾱ_prev, √(1 − ᾱ_t), σ_t)`` indexed by step: all DDPM steps or the DDIM sub-sequence."""
@@ -194,10 +107,37 @@ class DDIMScheduleSampler:
             )
         return self.ddim_alphas, self.ddim_alphas_prev, self.ddim_sqrt_one_minus_alphas, self.ddim_sigmas
 
+    def _marginal(self, x: torch.Tensor, index: int, use_original_steps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1 − ᾱ_t)) of schedule position ``index`` as float32 ``(B, 1, ..., 1)`` tensors."""
+        alphas, _, sqrt_one_minus_alphas, _ = self._step_tables(use_original_steps)
+        return batch_coefficient(alphas[index], x).sqrt(), batch_coefficient(sqrt_one_minus_alphas[index], x)
+
+    def _marginal_at(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1 − ᾱ_t)) at DDPM timesteps ``t`` ``(B,)``, shaped ``(B, 1, ..., 1)``."""
+        view = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return self.sqrt_alphas_cumprod[t].view(view), self.sqrt_one_minus_alphas_cumprod[t].view(view)
+
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        c: Conditioning,
+        t: torch.Tensor,
+        marginal: tuple[torch.Tensor, torch.Tensor],
+        unconditional_conditioning: Conditioning = None,
+        unconditional_guidance_scale: float = 1.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict | None = None,
+    ) -> Prediction:
+        """The guided (x̂_0, ε̂) of the model at x_t ``(B, ...)``, t ``(B,)`` with (√ᾱ_t, √(1 − ᾱ_t)) ``marginal``."""
+        return denoise(
+            self.model, x, t, c, *marginal, unconditional_conditioning, unconditional_guidance_scale,
+            score_corrector, corrector_kwargs,
+        )  # fmt: skip
+
     def _ddim_update(
         self,
         x: torch.Tensor,
-        e_t: torch.Tensor,
+        prediction: Prediction | torch.Tensor,
         index: int,
         use_original_steps: bool = False,
         quantize_denoised: bool = False,
@@ -206,30 +146,24 @@ class DDIMScheduleSampler:
         repeat_noise: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step (Song et al. eq. 12) from ``x`` = x_t ``(B, ...)`` with predicted noise ``e_t``.
+        """Eq. (2) from ``x`` = x_t ``(B, ...)`` at schedule position ``index``; returns ``(x_prev, x̂_0)``.
 
-        x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t;
-        x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ_t²) ε + σ_t · temperature · z,  z ~ N(0, I) (always drawn).
-        Coefficients are float32 ``(B, 1, ..., 1)`` tensors as in the original. Returns ``(x_prev, x̂_0)``.
+        ``prediction`` is the model's (x̂_0, ε̂), or an ε alone (PLMS's combined ε), whose x̂_0 is eq. (1).
+        Coefficients are float32 ``(B, 1, ..., 1)`` tensors; z is drawn even when σ_t = 0. ``temperature``
+        scales σ_t z, ``noise_dropout`` drops entries of it.
         """
-        alphas, alphas_prev, sqrt_one_minus_alphas, sigmas = self._step_tables(use_original_steps)
-        coefficient_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        full = lambda table: torch.full(coefficient_shape, float(table[index]), device=x.device)
-        a_t, a_prev, sigma_t, sqrt_one_minus_at = (
-            full(alphas),
-            full(alphas_prev),
-            full(sigmas),
-            full(sqrt_one_minus_alphas),
-        )
-        pred_x0 = (x - sqrt_one_minus_at * e_t) / a_t.sqrt()
+        _, alphas_prev, _, sigmas = self._step_tables(use_original_steps)
+        if isinstance(prediction, torch.Tensor):
+            marginal = self._marginal(x, index, use_original_steps)
+            prediction = split_prediction(Parameterization.EPS, x, prediction, *marginal)
+        pred_x0, eps = prediction
         if quantize_denoised:
             pred_x0, _, *_ = self.model.first_stage_model.quantize(pred_x0)
-        dir_xt = (1.0 - a_prev - sigma_t**2).sqrt() * e_t
+        a_prev, sigma_t = batch_coefficient(alphas_prev[index], x), batch_coefficient(sigmas[index], x)
         noise = sigma_t * noise_like(x.shape, x.device, repeat_noise, generator=generator) * temperature
         if noise_dropout > 0.0:
             noise = F.dropout(noise, p=noise_dropout)
-        x_prev = a_prev.sqrt() * pred_x0 + dir_xt + noise
-        return x_prev, pred_x0
+        return a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma_t**2).sqrt() * eps + noise, pred_x0
 
     def _time_range(self, timesteps: int | np.ndarray | None, use_original_steps: bool) -> np.ndarray:
         """The DDPM timesteps to visit, descending. An int ``timesteps`` keeps the first ``timesteps`` DDIM

@@ -116,3 +116,101 @@ def cond_schedule_ids(num_timesteps: int, num_timesteps_cond: int) -> torch.Tens
         torch.linspace(0, num_timesteps - 1, num_timesteps_cond, device="cpu")
     ).long()
     return cond_ids
+
+
+def ddim_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ = η √((1 − ᾱ_prev)/(1 − ᾱ) · (1 − ᾱ/ᾱ_prev)) (DDIM, Song et al. 2021, eq. 16), elementwise."""
+    return eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
+
+
+def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """The piecewise-linear function through (``xp``, ``fp``) at ``x``, constant beyond the ends (like ``np.interp``).
+
+    ``xp`` ``(N,)`` is ascending; ``x`` has any shape; the result has ``x``'s shape and ``fp``'s dtype.
+    """
+    x = x.to(fp.dtype)
+    right = torch.searchsorted(xp, x.clamp(xp[0], xp[-1]), right=True).clamp(1, len(xp) - 1)
+    x_lo, x_hi, f_lo, f_hi = xp[right - 1], xp[right], fp[right - 1], fp[right]
+    weight = ((x - x_lo) / (x_hi - x_lo)).clamp(0.0, 1.0)
+    return f_lo + weight * (f_hi - f_lo)
+
+
+class DiscreteSchedule:
+    """A model's discrete variance-preserving schedule ᾱ_0..ᾱ_{N−1}, read at any model time τ ∈ [0, N − 1].
+
+    With x_τ = α_τ x_0 + σ_τ ε:
+
+    (1) α_τ = √ᾱ_τ,  σ_τ = √(1 − ᾱ_τ);
+    (2) λ_τ = log α_τ − log σ_τ (half the log signal-to-noise ratio);
+    (3) s_τ = σ_τ / α_τ = √((1 − ᾱ_τ)/ᾱ_τ) = e^{−λ_τ}, the noise level of x_τ / α_τ = x_0 + s_τ ε.
+
+    Between integer τ, log ᾱ is linear in τ (the discrete-time convention of DPM-Solver, Lu et al. 2022).
+    Continuous quantities are float64 tensors on the CPU; :meth:`sampler_tables` are the float32 per-step
+    tables the DDIM-family samplers store.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor) -> None:
+        self.alphas_cumprod32 = alphas_cumprod.detach().to("cpu", torch.float32).clone()
+        self.alphas_cumprod = self.alphas_cumprod32.double()
+        self.num_timesteps = int(self.alphas_cumprod.shape[0])
+        self.timesteps = torch.arange(self.num_timesteps, dtype=torch.float64)
+        self._log_alpha = 0.5 * self.alphas_cumprod.log()
+
+    @classmethod
+    def from_model(cls, model: object) -> DiscreteSchedule:
+        """The schedule of a model's ``alphas_cumprod`` buffer, checked against its ``num_timesteps``."""
+        alphas_cumprod = model.alphas_cumprod  # type: ignore[attr-defined]
+        expected = getattr(model, "num_timesteps", alphas_cumprod.shape[0])
+        if alphas_cumprod.shape[0] != expected:
+            raise ValueError(
+                f"model.alphas_cumprod has {alphas_cumprod.shape[0]} entries but model.num_timesteps is {expected}; "
+                "the schedule must define ᾱ for every timestep."
+            )
+        return cls(alphas_cumprod)
+
+    # -- float32 tables at the integer steps --------------------------------------------------------------
+
+    def sampler_tables(self) -> dict[str, torch.Tensor]:
+        """ᾱ_n and its square-root/log forms at n = 0..N−1, float32 ``(N,)``, computed in float32 from ᾱ_n."""
+        ac = self.alphas_cumprod32
+        return {
+            "alphas_cumprod": ac.clone(),
+            "sqrt_alphas_cumprod": ac.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - ac).sqrt(),
+            "log_one_minus_alphas_cumprod": (1.0 - ac).log(),
+            "sqrt_recip_alphas_cumprod": (1.0 / ac).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / ac - 1).sqrt(),
+        }
+
+    # -- continuous quantities at model time τ ---------------------------------------------------------------
+
+    def log_alpha(self, tau: torch.Tensor | float) -> torch.Tensor:
+        """log α_τ = ½ log ᾱ_τ, linear in τ between the integer steps."""
+        return interpolate(torch.as_tensor(tau, dtype=torch.float64), self.timesteps, self._log_alpha)
+
+    def alpha(self, tau: torch.Tensor | float) -> torch.Tensor:
+        """Eq. (1): α_τ."""
+        return self.log_alpha(tau).exp()
+
+    def sigma(self, tau: torch.Tensor | float) -> torch.Tensor:
+        """Eq. (1): σ_τ = √(1 − α_τ²)."""
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(tau)))
+
+    def lambda_(self, tau: torch.Tensor | float) -> torch.Tensor:
+        """Eq. (2): λ_τ."""
+        log_alpha = self.log_alpha(tau)
+        return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+    def noise_level(self, tau: torch.Tensor | float) -> torch.Tensor:
+        """Eq. (3): s_τ = e^{−λ_τ}."""
+        return torch.exp(-self.lambda_(tau))
+
+    def timestep_from_lambda(self, lambda_: torch.Tensor | float) -> torch.Tensor:
+        """τ with λ_τ = ``lambda_``: log α = −½ log(1 + e^{−2λ}), then τ by the inverse of the linear map."""
+        lambda_ = torch.as_tensor(lambda_, dtype=torch.float64)
+        log_alpha = -0.5 * torch.logaddexp(torch.zeros_like(lambda_), -2.0 * lambda_)
+        return interpolate(log_alpha, self._log_alpha.flip(0), self.timesteps.flip(0))
+
+    def timestep_from_noise_level(self, noise_level: torch.Tensor | float) -> torch.Tensor:
+        """τ with s_τ = ``noise_level`` (eq. 3 inverted)."""
+        return self.timestep_from_lambda(-torch.as_tensor(noise_level, dtype=torch.float64).log())

@@ -6,32 +6,42 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from ldm.models.diffusion.dpm_solver.solver import DiscreteVPSchedule, sample_dpmpp_2m, time_steps
-from ldm.models.diffusion.sampling_common import Conditioning, DiffusionModel, guided_eps, warn_on_batch_mismatch
+from ldm.models.diffusion.dpm_solver.solver import sample_dpmpp_2m, time_steps
+from ldm.models.diffusion.sampler_core import (
+    Conditioning,
+    DiffusionModel,
+    checked_keywords,
+    denoise,
+    warn_on_batch_mismatch,
+)
+from ldm.models.diffusion.schedule import DiscreteSchedule
 
 logger = logging.getLogger(__name__)
 
 
 class DPMSolverSampler:
-    """Samples an ε-predicting discrete-time model with DPM-Solver++(2M) (S steps = S model calls)."""
+    """Samples a discrete-time model (eps, x0 or v) with DPM-Solver++(2M) (S steps = S model calls)."""
 
-    def __init__(self, model: DiffusionModel, **kwargs: Any) -> None:
+    @checked_keywords
+    def __init__(self, model: DiffusionModel, device: torch.device | str | None = None) -> None:
         self.model = model
-        self.register_buffer("alphas_cumprod", model.alphas_cumprod.detach().clone().to(torch.float32))
+        self._device = None if device is None else torch.device(device)
+        self.discrete_schedule = DiscreteSchedule.from_model(model)
+        self.register_buffer("alphas_cumprod", self.discrete_schedule.alphas_cumprod32.clone())
 
     @property
     def device(self) -> torch.device:
-        return self.model.betas.device
+        return self._device if self._device is not None else self.model.betas.device
 
     def register_buffer(self, name: str, attr: Any) -> None:
-        """Store ``attr`` as ``self.<name>``, moving tensors to the model's device."""
+        """Store ``attr`` as ``self.<name>``, moving tensors to :attr:`device`."""
         if isinstance(attr, torch.Tensor):
             attr = attr.to(self.device)
         setattr(self, name, attr)
 
+    @checked_keywords
     @torch.no_grad()
     def sample(
         self,
@@ -58,15 +68,14 @@ class DPMSolverSampler:
         generator: torch.Generator | None = None,
         disable_progress: bool = False,
         skip_type: str = "time_uniform",
-        **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Sample ``(batch_size, *shape)`` latents in S DPM-Solver++(2M) steps from t = 1 to t = 1/N (the
-        original's multistep order 2 with ``lower_order_final``: below 15 steps the last step is first order).
+        """Sample ``(batch_size, *shape)`` latents in S DPM-Solver++(2M) steps from model time N − 1 to 0
+        (multistep order 2; below 15 steps the last step is first order).
 
-        Same calling convention as ``DDIMSampler.sample``; the DDIM-only options (η > 0, mask/x0, quantize_x0,
-        temperature, noise_dropout, score_corrector) raise ``ValueError`` when set. ``skip_type`` is
-        ``"time_uniform"`` (the original's choice) or ``"logSNR"``. Returns ``(samples, intermediates)`` with
-        ``x_inter``/``pred_x0`` starting at x_T and logged every ``log_every_t`` steps and after the last.
+        The arguments of ``DDIMSampler.sample``; the DDIM-only options (η > 0, mask/x0, quantize_x0,
+        temperature, noise_dropout, score_corrector) raise ``ValueError`` when set, an unknown keyword
+        ``TypeError``. ``skip_type`` is ``"time_uniform"`` or ``"logSNR"``. Returns ``(samples, intermediates)``
+        with ``x_inter``/``pred_x0`` starting at x_T and logged every ``log_every_t`` steps and after the last.
         """
         unsupported = {
             "eta": eta != 0.0,
@@ -84,20 +93,20 @@ class DPMSolverSampler:
             )
         warn_on_batch_mismatch(conditioning, batch_size)
         size = (batch_size, *shape)
-        schedule = DiscreteVPSchedule(self.alphas_cumprod)
+        schedule = self.discrete_schedule
         times = time_steps(schedule, S, skip_type)
         if verbose:
             logger.info("Data shape for DPM-Solver++ sampling is %s, %d steps (%s)", size, S, skip_type)
         img = x_T if x_T is not None else torch.randn(size, device=self.device, generator=generator)
 
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            """x̂_0 = (x − σ_t ε̂) / α_t with the guided ε̂ at the model's (fractional) timestep."""
-            t_in = torch.full((x.shape[0],), schedule.model_time(t), device=x.device)
-            e_t = guided_eps(
-                self.model, x, t_in, conditioning, unconditional_conditioning, unconditional_guidance_scale
-            )
-            alpha_t = float(np.exp(schedule.log_alpha(t)))
-            return (x - float(schedule.sigma(t)) * e_t) / alpha_t
+        def data_prediction(x: torch.Tensor, tau: float) -> torch.Tensor:
+            """The guided x̂_0 at model time τ (fractional between the model's steps)."""
+            t_in = torch.full((x.shape[0],), tau, device=x.device)
+            alpha, sigma = float(schedule.alpha(tau)), float(schedule.sigma(tau))
+            return denoise(
+                self.model, x, t_in, conditioning, alpha, sigma, unconditional_conditioning,
+                unconditional_guidance_scale,
+            ).x0  # fmt: skip
 
         intermediates = {"x_inter": [img], "pred_x0": [img]}
 
@@ -110,5 +119,5 @@ class DPMSolverSampler:
                 intermediates["x_inter"].append(x)
                 intermediates["pred_x0"].append(pred_x0)
 
-        samples = sample_dpmpp_2m(denoise, img, times, schedule, callback=on_step, disable=disable_progress)
+        samples = sample_dpmpp_2m(data_prediction, img, times, schedule, callback=on_step, disable=disable_progress)
         return samples, intermediates
