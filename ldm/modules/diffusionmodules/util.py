@@ -25,6 +25,31 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------
 
 
+def _betas_from_alpha_bar(alpha_bar: torch.Tensor, max_beta: float, min_beta: float | None = None) -> torch.Tensor:
+    """β_t = 1 − ᾱ_{t+1}/ᾱ_t for a table ᾱ_0..ᾱ_T ``(T + 1,)``, clipped to [``min_beta``, ``max_beta``]."""
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(min=min_beta, max=max_beta)
+
+
+def _cosine_betas(n: int, start: float, end: float, offset: float) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: ᾱ(u) = f(u)/f(0), f(u) = cos²((u + s)/(1 + s) · π/2), u = t/T; β ≤ 0.999."""
+    u = torch.arange(n + 1, dtype=torch.float64) / n + offset
+    f = torch.cos(u / (1 + offset) * math.pi / 2).pow(2)
+    return _betas_from_alpha_bar(f / f[0], max_beta=0.999, min_beta=0.0)
+
+
+def _evenly(start: float, end: float, n: int) -> torch.Tensor:
+    return torch.linspace(start, end, n, dtype=torch.float64)
+
+
+#: name -> β(n, β_start, β_end, cosine offset s), float64 ``(n,)``.
+BETA_SCHEDULES: dict[str, Callable[[int, float, float, float], torch.Tensor]] = {
+    "linear": lambda n, start, end, _: _evenly(start**0.5, end**0.5, n) ** 2,  # evenly spaced in √β
+    "cosine": _cosine_betas,
+    "sqrt_linear": lambda n, start, end, _: _evenly(start, end, n),  # evenly spaced in β
+    "sqrt": lambda n, start, end, _: _evenly(start, end, n) ** 0.5,  # the square roots of those
+}
+
+
 def make_beta_schedule(
     schedule: str,
     n_timestep: int,
@@ -32,40 +57,25 @@ def make_beta_schedule(
     linear_end: float = 2e-2,
     cosine_s: float = 8e-3,
 ) -> np.ndarray:
-    """β_1..β_T as a float64 array of shape ``(n_timestep,)``.
+    """β_1..β_T of the schedule named ``schedule`` (a key of :data:`BETA_SCHEDULES`), float64 ``(n_timestep,)``.
 
     - ``linear``: β_t = (linspace(√β_start, √β_end))², the latent-diffusion default;
-    - ``cosine``: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2) (Nichol & Dhariwal), β_t = 1 − ᾱ_t/ᾱ_{t−1} clipped to 0.999;
+    - ``cosine``: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2) / cos²(s/(1 + s) · π/2), β_t = 1 − ᾱ_t/ᾱ_{t−1} ≤ 0.999;
     - ``sqrt_linear``: β_t = linspace(β_start, β_end);
     - ``sqrt``: β_t = linspace(β_start, β_end)^½.
     """
-    if schedule == "linear":
-        betas = torch.linspace(linear_start**0.5, linear_end**0.5, n_timestep, dtype=torch.float64) ** 2
-    elif schedule == "cosine":
-        steps = torch.arange(n_timestep + 1, dtype=torch.float64) / n_timestep + cosine_s
-        alphas = torch.cos(steps / (1 + cosine_s) * math.pi / 2).pow(2)
-        alphas = alphas / alphas[0]
-        betas = (1 - alphas[1:] / alphas[:-1]).clamp(min=0, max=0.999)
-    elif schedule == "sqrt_linear":
-        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64)
-    elif schedule == "sqrt":
-        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64) ** 0.5
-    else:
-        raise ValueError(
-            f"beta_schedule {schedule!r} is unknown; use one of 'linear', 'cosine', 'sqrt_linear', 'sqrt'."
-        )
-    return betas.numpy()
+    make = BETA_SCHEDULES.get(schedule)
+    if make is None:
+        raise ValueError(f"beta_schedule {schedule!r} is unknown; use one of {', '.join(map(repr, BETA_SCHEDULES))}.")
+    return make(n_timestep, linear_start, linear_end, cosine_s).numpy()
 
 
 def betas_for_alpha_bar(
     num_diffusion_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
 ) -> np.ndarray:
-    """β_t = min(1 − ᾱ((t+1)/T) / ᾱ(t/T), max_beta) for t = 0..T−1, from a continuous ``alpha_bar`` on [0, 1]."""
-    betas = []
-    for i in range(num_diffusion_timesteps):
-        t1, t2 = i / num_diffusion_timesteps, (i + 1) / num_diffusion_timesteps
-        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
-    return np.array(betas)
+    """β_t = min(1 − ᾱ((t+1)/T) / ᾱ(t/T), max_beta), t = 0..T−1, for a continuous ``alpha_bar`` on [0, 1]."""
+    grid = [alpha_bar(k / num_diffusion_timesteps) for k in range(num_diffusion_timesteps + 1)]
+    return _betas_from_alpha_bar(torch.tensor(grid, dtype=torch.float64), max_beta=max_beta).numpy()
 
 
 def make_ddim_timesteps(
