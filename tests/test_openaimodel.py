@@ -1,5 +1,6 @@
-"""ldm.modules.diffusionmodules.openaimodel: reference outputs of the original UNet, full-size key manifests,
-SDPA self-attention against the original formula, gradient checkpointing, blocks and argument errors."""
+"""ldm.modules.diffusionmodules.openaimodel / unet_blocks: reference outputs of the original UNet, full-size key
+manifests, SDPA self-attention against the einsum formula, gradient checkpointing, block invariants and the
+argument errors (one table)."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def test_legacy_decides_decoder_attention_heads():
 
 
 def reference_qkv_attention(qkv: torch.Tensor, n_heads: int, new_order: bool) -> torch.Tensor:
-    """The original einsum formulation, ``(B, 3·H·C, T) -> (B, H·C, T)``."""
+    """Attention by two einsums, the scale split between q and k: ``(B, 3·H·C, T) -> (B, H·C, T)``."""
     bs, width, length = qkv.shape
     ch = width // (3 * n_heads)
     if new_order:
@@ -250,20 +251,6 @@ def test_no_checkpoint_without_grad(cls_tiny):
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_class_label_errors(sd_tiny, cls_tiny):
-    sd, sd_data = sd_tiny
-    cls, cls_data = cls_tiny
-    x, t = cls_data["inputs"]["x"], cls_data["inputs"]["timesteps"]
-    with pytest.raises(ValueError, match="num_classes=10.*y=None"):
-        cls(x, t)
-    with pytest.raises(ValueError, match=r"y must have shape \(2,\)"):
-        cls(x, t, y=torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="num_classes=None"):
-        sd(sd_data["inputs"]["x"], sd_data["inputs"]["timesteps"], context=sd_data["inputs"]["context"], y=t)
-    with pytest.raises(ValueError, match="timesteps"):
-        sd(sd_data["inputs"]["x"])
-
-
 def test_label_embedding_adds_to_time_embedding(cls_tiny):
     model, _ = cls_tiny
     assert model.label_emb.weight.shape == (10, 4 * 32)
@@ -271,22 +258,6 @@ def test_label_embedding_adds_to_time_embedding(cls_tiny):
     with torch.no_grad():
         outs = [model(x, t, y=torch.tensor([c])) for c in (0, 1)]
     assert not torch.allclose(outs[0], outs[1])
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        (dict(use_spatial_transformer=True), "needs context_dim"),
-        (dict(num_heads=2, context_dim=8), "use_spatial_transformer is False"),
-        (dict(), "num_heads or num_head_channels"),
-        (dict(num_head_channels=12, attention_resolutions=[1]), "not divisible by num_head_channels 12"),
-    ],
-)
-def test_constructor_errors(kwargs, message):
-    base = dict(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
-                attention_resolutions=[], channel_mult=[1])
-    with pytest.raises(ValueError, match=message):
-        UNetModel(**{**base, **kwargs})
 
 
 def test_codebook_predictor_head():
@@ -352,6 +323,7 @@ def test_timestep_embed_sequential_routes_arguments():
     torch.testing.assert_close(out, torch.full_like(x, 2.0))  # zero-init proj_out: transformer is identity
 
 
+
 def test_upsample_downsample_closed_forms():
     x = torch.randn(2, 4, 3, 5)
     torch.testing.assert_close(Upsample(4, False)(x), x.repeat_interleave(2, -1).repeat_interleave(2, -2))
@@ -359,121 +331,121 @@ def test_upsample_downsample_closed_forms():
     torch.testing.assert_close(Downsample(4, False)(y), y.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2)))
     assert Upsample(4, True, out_channels=6)(x).shape == (2, 6, 6, 10)
     assert Downsample(4, True, out_channels=6)(y).shape == (2, 6, 3, 4)
-    video = torch.randn(1, 4, 3, 4, 4)
-    assert Upsample(4, False, dims=3)(video).shape == (1, 4, 3, 8, 8)
+    video = torch.randn(1, 4, 3, 4, 4)  # dims=3 resamples the inner two dims only
+    doubled = video.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    torch.testing.assert_close(Upsample(4, False, dims=3)(video), doubled)
     assert Downsample(4, True, dims=3)(video).shape == (1, 4, 3, 2, 2)
-    with pytest.raises(ValueError, match="use_conv=True"):
-        Downsample(4, False, out_channels=6)
-    with pytest.raises(ValueError, match="expects 4 input channels"):
-        Upsample(4, False)(torch.randn(1, 3, 2, 2))
 
 
-@pytest.mark.parametrize("scale_shift", [False, True])
-def test_resblock_formula(scale_shift):
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(), lambda b, x: x),
+        (dict(out_channels=64), lambda b, x: nn.functional.conv2d(x, b.skip_connection.weight, b.skip_connection.bias)),
+        (dict(out_channels=64, use_conv=True),
+         lambda b, x: nn.functional.conv2d(x, b.skip_connection.weight, b.skip_connection.bias, padding=1)),
+        (dict(up=True), lambda b, x: x.repeat_interleave(2, -1).repeat_interleave(2, -2)),
+        (dict(down=True), lambda b, x: nn.functional.avg_pool2d(x, 2)),
+        (dict(use_scale_shift_norm=True, down=True), lambda b, x: nn.functional.avg_pool2d(x, 2)),
+    ],
+    ids=["identity", "1x1", "3x3", "up", "down", "film-down"],
+)
+def test_fresh_resblock_is_its_skip_path(kwargs, expected):
+    # out_layers ends in a zero-initialised conv, so a new block adds nothing to its skip path
     torch.manual_seed(0)
-    block = ResBlock(32, 16, dropout=0.0, out_channels=64, use_scale_shift_norm=scale_shift).eval()
-    nn.init.normal_(block.out_layers[3].weight, std=0.05)
+    block = ResBlock(32, 16, 0.0, **kwargs).eval()
     x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
-    e = block.emb_layers(emb)[..., None, None]
-    h = block.in_layers(x)
-    if scale_shift:
-        scale, shift = e.chunk(2, dim=1)
-        h = block.out_layers[1:](block.out_layers[0](h) * (1 + scale) + shift)
-    else:
-        h = block.out_layers(h + e)
-    assert isinstance(block.skip_connection, nn.Conv2d) and block.skip_connection.kernel_size == (1, 1)
-    torch.testing.assert_close(block(x, emb), block.skip_connection(x) + h)
-
-
-def test_resblock_up_down():
-    torch.manual_seed(0)
-    x, emb = torch.randn(1, 32, 4, 4), torch.randn(1, 16)
-    assert ResBlock(32, 16, 0.0, up=True)(x, emb).shape == (1, 32, 8, 8)
-    down = ResBlock(32, 16, 0.0, down=True)
-    assert down(x, emb).shape == (1, 32, 2, 2)
-    assert not down.out_layers[3].weight.any()  # zero-init: output is the pooled input
-    torch.testing.assert_close(down(x, emb), nn.functional.avg_pool2d(x, 2))
-    assert ResBlock(32, 16, 0.0, out_channels=64, use_conv=True).skip_connection.kernel_size == (3, 3)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The original module's other public names: AttentionPool2d, TransposedUpsample, EncoderUNetModel, flops
-# --------------------------------------------------------------------------------------------------------
-
-
-def test_blocks_keep_their_original_import_path() -> None:
-    from ldm.modules.diffusionmodules import openaimodel, unet_blocks
-
-    for name in ("ResBlock", "AttentionBlock", "QKVAttention", "QKVAttentionLegacy", "Upsample", "Downsample",
-                 "TimestepBlock", "TimestepEmbedSequential", "AttentionPool2d", "TransposedUpsample",
-                 "convert_module_to_f16", "convert_module_to_f32", "count_flops_attn"):
-        assert getattr(openaimodel, name) is getattr(unet_blocks, name)
-
-
-def test_transposed_upsample_is_a_stride_2_transposed_conv() -> None:
-    from ldm.modules.diffusionmodules.openaimodel import TransposedUpsample
-
-    up = TransposedUpsample(4, out_channels=6)
-    x = torch.randn(1, 4, 5, 5)
-    out = up(x)
-    assert out.shape == (1, 6, 13, 13)  # 2·5 + 5 − 2, no padding
-    torch.testing.assert_close(out, torch.nn.functional.conv_transpose2d(x, up.up.weight, up.up.bias, stride=2))
-
-
-def test_attention_pool_2d_pools_through_the_mean_token() -> None:
-    from ldm.modules.diffusionmodules.openaimodel import AttentionPool2d
-
-    torch.manual_seed(0)
-    pool = AttentionPool2d(spacial_dim=3, embed_dim=16, num_heads_channels=8, output_dim=5)
-    assert pool.num_heads == 2 and pool.positional_embedding.shape == (16, 10)
-    x = torch.randn(2, 16, 3, 3)
-    tokens = torch.cat([x.flatten(2).mean(-1, keepdim=True), x.flatten(2)], dim=-1) + pool.positional_embedding
-    q, k, v = pool.qkv_proj(tokens).chunk(3, dim=1)  # "new" order: q, k, v first, then heads
-    heads = lambda t: t.reshape(2 * 2, 8, 10)
-    weights = torch.softmax(torch.einsum("bct,bcs->bts", heads(q), heads(k)) / math.sqrt(8), dim=-1)
-    attended = torch.einsum("bts,bcs->bct", weights, heads(v)).reshape(2, 16, 10)
-    torch.testing.assert_close(pool(x), pool.c_proj(attended)[:, :, 0], rtol=1e-5, atol=1e-5)
-
-
-def test_count_flops_adds_the_two_attention_matmuls() -> None:
-    from ldm.modules.diffusionmodules.openaimodel import QKVAttention, QKVAttentionLegacy
-
-    counter = nn.Module()
-    counter.total_ops = torch.zeros(1, dtype=torch.float64)
-    y = torch.zeros(2, 8, 4, 5)
-    QKVAttention.count_flops(counter, None, (y,))
-    QKVAttentionLegacy.count_flops(counter, None, (y,))
-    assert counter.total_ops.item() == 2 * (2 * 2 * 20**2 * 8)
-
-
-ENCODER_UNET = dict(image_size=16, in_channels=3, model_channels=32, out_channels=7, num_res_blocks=1,
-                    attention_resolutions=[2], channel_mult=(1, 2), num_head_channels=16)
-
-
-@pytest.mark.parametrize("pool", ["adaptive", "attention", "spatial", "spatial_v2"])
-def test_encoder_unet_heads(pool: str) -> None:
-    from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel
-
-    torch.manual_seed(0)
-    model = EncoderUNetModel(**ENCODER_UNET, pool=pool).eval()
-    keys = model.state_dict()
-    assert "input_blocks.3.1.qkv.weight" in keys and "middle_block.1.proj_out.weight" in keys
-    assert "output_blocks.0.0.in_layers.0.weight" not in keys
-    assert model._feature_size == 32 + 32 + 32 + 64 + 64
-    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 500])
     with torch.no_grad():
-        out = model(x, t)
-    assert out.shape == (2, 7)
-    if pool == "adaptive":  # the head's last conv starts at zero, as in the original
-        assert torch.equal(out, torch.zeros(2, 7))
-    if pool == "attention":
-        assert model.out[2].positional_embedding.shape == (64, 8 * 8 + 1)  # image_size // ds = 8
-    if pool.startswith("spatial"):
-        assert model.out[0].in_features == model._feature_size
+        torch.testing.assert_close(block(x, emb), expected(block, x))
 
 
-def test_encoder_unet_rejects_an_unknown_pool() -> None:
-    from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel
+def _randomise_(block: ResBlock) -> ResBlock:
+    with torch.no_grad():
+        for norm in (block.in_layers[0], block.out_layers[0]):
+            norm.weight.normal_(1.0, 0.2), norm.bias.normal_(0.0, 0.2)
+        block.out_layers[3].weight.normal_(0.0, 0.05)
+    return block
 
-    with pytest.raises(NotImplementedError, match="pooling"):
-        EncoderUNetModel(**ENCODER_UNET, pool="max")
+
+def test_scale_shift_embedding_equals_a_rescaled_norm():
+    # norm(h)·(1 + s) + t == GroupNorm with weight γ(1 + s) and bias β(1 + s) + t: a FiLM block whose embedding
+    # gives (s, t) matches an additive block with that norm and a zero embedding
+    torch.manual_seed(0)
+    film = _randomise_(ResBlock(32, 16, 0.0, out_channels=64, use_scale_shift_norm=True)).eval()
+    plain = ResBlock(32, 16, 0.0, out_channels=64).eval()
+    plain.load_state_dict({k: v for k, v in film.state_dict().items() if not k.startswith("emb_layers")}, strict=False)
+    scale, shift = torch.randn(64), torch.randn(64)
+    with torch.no_grad():
+        film.emb_layers[1].weight.zero_()
+        film.emb_layers[1].bias.copy_(torch.cat([scale, shift]))
+        nn.init.zeros_(plain.emb_layers[1].weight), nn.init.zeros_(plain.emb_layers[1].bias)
+        gamma, beta = film.out_layers[0].weight, film.out_layers[0].bias
+        plain.out_layers[0].weight.copy_(gamma * (1 + scale))
+        plain.out_layers[0].bias.copy_(beta * (1 + scale) + shift)
+        x, emb = torch.randn(2, 32, 5, 5), torch.randn(2, 16)
+        torch.testing.assert_close(film(x, emb), plain(x, emb), rtol=1e-5, atol=1e-5)
+
+
+def test_additive_embedding_constant_per_norm_group_cancels():
+    # out_layers starts with GroupNorm(32): a bias constant over each group of channels is removed by it
+    torch.manual_seed(0)
+    block = _randomise_(ResBlock(32, 16, 0.0, out_channels=64)).eval()
+    x, emb = torch.randn(2, 32, 5, 5), torch.randn(2, 16)
+    outputs = {}
+    with torch.no_grad():
+        block.emb_layers[1].weight.zero_()
+        for name, bias in [("zero", torch.zeros(64)), ("per-group", torch.randn(32).repeat_interleave(2)),
+                           ("per-channel", torch.randn(64))]:
+            block.emb_layers[1].bias.copy_(bias)
+            outputs[name] = block(x, emb)
+    torch.testing.assert_close(outputs["per-group"], outputs["zero"], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outputs["per-channel"], outputs["zero"], atol=1e-3)
+
+
+def test_resblock_checkpointing_recomputes_with_equal_grads():
+    torch.manual_seed(0)
+    blocks = {flag: _randomise_(ResBlock(32, 16, 0.0, out_channels=64, use_checkpoint=flag)) for flag in (True, False)}
+    blocks[False].load_state_dict(blocks[True].state_dict())
+    runs = []
+    blocks[True].in_layers.register_forward_hook(lambda *_: runs.append(1))
+    x, emb = torch.randn(2, 32, 4, 4), torch.randn(2, 16)
+    for block in blocks.values():
+        block(x, emb).square().sum().backward()
+    assert len(runs) == 2
+    for (name, a), b in zip(blocks[True].named_parameters(), blocks[False].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Argument errors
+# --------------------------------------------------------------------------------------------------------
+
+TINY = dict(image_size=8, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+            attention_resolutions=[], channel_mult=[1])
+X, T = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+
+
+def _unet(**kwargs) -> UNetModel:
+    return UNetModel(**{**TINY, "num_heads": 2, **kwargs})
+
+
+ERRORS = [
+    ("no-context-dim", lambda: _unet(use_spatial_transformer=True), "use_spatial_transformer needs context_dim"),
+    ("context-without-transformer", lambda: _unet(context_dim=8), "use_spatial_transformer is False"),
+    ("no-heads", lambda: _unet(num_heads=-1), "set num_heads or num_head_channels"),
+    ("head-width", lambda: _unet(num_head_channels=12, attention_resolutions=[1]),
+     "heads of 12 channels do not tile a 32-channel layer"),
+    ("no-timesteps", lambda: _unet()(X), "needs timesteps"),
+    ("missing-labels", lambda: _unet(num_classes=10)(X, T), "num_classes=10 but got y=None"),
+    ("unexpected-labels", lambda: _unet()(X, T, y=T), "num_classes=None but got y=a tensor"),
+    ("label-shape", lambda: _unet(num_classes=10)(X, T, y=torch.tensor([1, 2, 3])), r"y must have shape \(2,\)"),
+    ("pool-changes-width", lambda: Downsample(4, False, out_channels=6), "needs use_conv=True"),
+    ("upsample-width", lambda: Upsample(4, False)(torch.randn(1, 3, 2, 2)), "Upsample expects 4 input channels"),
+    ("downsample-width", lambda: Downsample(4, True)(torch.randn(1, 3, 2, 2)), "Downsample expects 4 input channels"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), [row[1:] for row in ERRORS], ids=[row[0] for row in ERRORS])
+def test_errors_name_the_problem(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

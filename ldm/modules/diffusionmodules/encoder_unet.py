@@ -1,12 +1,14 @@
 """``EncoderUNetModel``: the encoder half of the UNet with a pooling head (a noisy-image classifier / regressor).
 
-``EncoderUNetModel(x (B, C, H, W), timesteps (B,)) -> (B, out_channels)``; re-exported by
-:mod:`ldm.modules.diffusionmodules.openaimodel` under its original path.
+``EncoderUNetModel(x (B, C, H, W), timesteps (B,)) -> (B, out_channels)``. Its stem, input levels and middle
+block are built by :func:`ldm.modules.diffusionmodules.unet_blocks.build_torso`, as ``UNetModel``'s are;
+re-exported by :mod:`ldm.modules.diffusionmodules.openaimodel`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,26 +17,42 @@ import torch.nn as nn
 from ldm.modules.diffusionmodules.unet_blocks import (
     AttentionBlock,
     AttentionPool2d,
-    Downsample,
-    ResBlock,
-    TimestepEmbedSequential,
-    convert_module_to_f16,
-    convert_module_to_f32,
+    UNetParts,
+    build_torso,
+    cast_torso,
+    level_plan,
+    time_embedding_mlp,
 )
-from ldm.modules.diffusionmodules.util import conv_nd, linear, normalization, timestep_embedding, zero_module
+from ldm.modules.diffusionmodules.util import conv_nd, normalization, timestep_embedding, zero_module
 
 POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
 
+def _pool_head(pool: str, width: int, features: int, out_channels: int, dims: int, pooled_size: int,
+               num_head_channels: int) -> nn.Sequential:
+    """The head after the middle block; ``width`` is its input width, ``features`` the spatial heads' input."""
+    if pool == "adaptive":  # (B, width, h, w) -> (B, out_channels)
+        conv = zero_module(conv_nd(dims, width, out_channels, 1))
+        return nn.Sequential(normalization(width), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)), conv, nn.Flatten())
+    if pool == "attention":  # (B, width, h, w) -> (B, out_channels)
+        pooling = AttentionPool2d(pooled_size, width, num_head_channels, out_channels)
+        return nn.Sequential(normalization(width), nn.SiLU(), pooling)
+    hidden = 2048  # spatial heads: (B, features) -> (B, out_channels)
+    middle = [nn.ReLU()] if pool == "spatial" else [normalization(hidden), nn.SiLU()]
+    return nn.Sequential(nn.Linear(features, hidden), *middle, nn.Linear(hidden, out_channels))
+
+
 class EncoderUNetModel(nn.Module):
-    """The input blocks and middle block of :class:`UNetModel`, then a head chosen by ``pool``:
+    """The stem, input blocks and middle block of :class:`UNetModel`, then a head chosen by ``pool``:
 
     - ``"adaptive"``: GroupNorm, SiLU, global average pooling, zero-initialised 1×1 conv;
     - ``"attention"``: GroupNorm, SiLU, :class:`AttentionPool2d` (needs ``num_head_channels``);
-    - ``"spatial"`` / ``"spatial_v2"``: an MLP on the spatial means of every block's output, concatenated.
+    - ``"spatial"`` / ``"spatial_v2"``: an MLP on the spatial means of every block's output, concatenated
+      (``_feature_size`` values).
 
-    Attention blocks use ``num_heads`` / ``num_head_channels`` as given (no legacy head rule). Extra positional
-    and keyword arguments are accepted and ignored, as in the original.
+    Attention blocks use ``num_heads`` / ``num_head_channels`` as given. ``use_fp16`` runs the torso in
+    float16, as ``UNetModel``'s does; the head stays float32. Extra positional and keyword arguments are
+    accepted and ignored.
     """
 
     def __init__(
@@ -63,118 +81,69 @@ class EncoderUNetModel(nn.Module):
     ) -> None:
         super().__init__()
         if pool not in POOLS:
-            raise NotImplementedError(f"Unexpected {pool} pooling; EncoderUNetModel supports pool in {list(POOLS)}.")
+            raise NotImplementedError(f"EncoderUNetModel has no {pool!r} pooling; choose pool from {list(POOLS)}.")
         if pool == "attention" and num_head_channels == -1:
-            raise ValueError("EncoderUNetModel: pool='attention' needs num_head_channels (the width per head).")
-        if num_heads_upsample == -1:
-            num_heads_upsample = num_heads
-
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
+            raise ValueError("EncoderUNetModel: pool='attention' needs num_head_channels, the width per head.")
+        self.in_channels, self.out_channels, self.model_channels = in_channels, out_channels, model_channels
+        self.channel_mult, self.num_res_blocks = channel_mult, num_res_blocks
         self.attention_resolutions = attention_resolutions
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
+        self.num_heads, self.num_head_channels = num_heads, num_head_channels
+        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
+        self.dropout, self.conv_resample, self.use_checkpoint = dropout, conv_resample, use_checkpoint
+        self.dtype, self.pool = torch.float32, pool
 
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(
-            linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
+        self.time_embed = time_embedding_mlp(model_channels)
+        attention = partial(
+            _attention_block,
+            num_heads=num_heads,
+            num_head_channels=num_head_channels,
+            use_checkpoint=use_checkpoint,
+            use_new_attention_order=use_new_attention_order,
         )
-
-        def res_block(ch: int, out_ch: int | None = None, down: bool = False) -> ResBlock:
-            return ResBlock(
-                ch,
-                time_embed_dim,
-                dropout,
-                out_channels=out_ch,
-                dims=dims,
-                use_checkpoint=use_checkpoint,
-                use_scale_shift_norm=use_scale_shift_norm,
-                down=down,
-            )
-
-        def attention(ch: int) -> AttentionBlock:
-            return AttentionBlock(
-                ch,
-                use_checkpoint=use_checkpoint,
-                num_heads=num_heads,
-                num_head_channels=num_head_channels,
-                use_new_attention_order=use_new_attention_order,
-            )
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1))]
+        parts = UNetParts(4 * model_channels, dropout, dims, use_checkpoint, use_scale_shift_norm, resblock_updown,
+                          conv_resample, attention)
+        levels = level_plan(model_channels, channel_mult, attention_resolutions)
+        self.input_blocks, self.middle_block, widths = build_torso(
+            parts, in_channels, model_channels, levels, num_res_blocks
         )
-        self._feature_size = model_channels
-        ch = model_channels
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(attention(ch))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-            if level != len(channel_mult) - 1:
-                down = res_block(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample, dims, ch)
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                ds *= 2
-                self._feature_size += ch
-
-        self.middle_block = TimestepEmbedSequential(res_block(ch), attention(ch), res_block(ch))
-        self._feature_size += ch
-        self.pool = pool
-        if pool == "adaptive":
-            self.out = nn.Sequential(
-                normalization(ch),
-                nn.SiLU(),
-                nn.AdaptiveAvgPool2d((1, 1)),
-                zero_module(conv_nd(dims, ch, out_channels, 1)),
-                nn.Flatten(),
-            )
-        elif pool == "attention":
-            self.out = nn.Sequential(
-                normalization(ch), nn.SiLU(), AttentionPool2d(image_size // ds, ch, num_head_channels, out_channels)
-            )
-        elif pool == "spatial":
-            self.out = nn.Sequential(
-                nn.Linear(self._feature_size, 2048), nn.ReLU(), nn.Linear(2048, self.out_channels)
-            )
-        else:
-            self.out = nn.Sequential(
-                nn.Linear(self._feature_size, 2048), normalization(2048), nn.SiLU(), nn.Linear(2048, self.out_channels)
-            )
+        self._feature_size = sum(widths)
+        pooled_size = image_size // 2 ** (len(levels) - 1)
+        self.out = _pool_head(pool, widths[-1], self._feature_size, out_channels, dims, pooled_size, num_head_channels)
+        if use_fp16:
+            self.convert_to_fp16()
 
     def convert_to_fp16(self) -> None:
-        """Cast the torso (input and middle blocks) to float16."""
-        self.input_blocks.apply(convert_module_to_f16)
-        self.middle_block.apply(convert_module_to_f16)
+        """Cast the torso (input and middle blocks) to float16; group norms keep computing in float32."""
+        self.dtype = torch.float16
+        cast_torso((self.input_blocks, self.middle_block), self.dtype)
 
     def convert_to_fp32(self) -> None:
         """Cast the torso back to float32."""
-        self.input_blocks.apply(convert_module_to_f32)
-        self.middle_block.apply(convert_module_to_f32)
+        self.dtype = torch.float32
+        cast_torso((self.input_blocks, self.middle_block), self.dtype)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x (B, C, H, W)``, ``timesteps (B,)`` -> ``(B, out_channels)``."""
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
-        spatial = self.pool.startswith("spatial")
-        results = []
-        h = x.type(self.dtype)
-        for module in self.input_blocks:
-            h = module(h, emb)
-            if spatial:
-                results.append(h.type(x.dtype).mean(dim=(2, 3)))
-        h = self.middle_block(h, emb)
-        if spatial:
-            results.append(h.type(x.dtype).mean(dim=(2, 3)))
-            return self.out(torch.cat(results, dim=-1))
-        return self.out(h.type(x.dtype))
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels)).type(self.dtype)  # (B, E)
+        h = x.type(self.dtype)  # (B, C, H, W)
+        means = []  # per block (B, width), for the spatial heads
+        for block in (*self.input_blocks, self.middle_block):
+            h = block(h, emb)  # (B, width, H', W')
+            if self.pool.startswith("spatial"):
+                means.append(h.type(x.dtype).mean(dim=tuple(range(2, h.ndim))))
+        if means:
+            return self.out(torch.cat(means, dim=-1))  # (B, out_channels)
+        return self.out(h.type(x.dtype))  # (B, out_channels)
+
+
+def _attention_block(
+    width: int, decoder: bool, *, num_heads: int, num_head_channels: int, use_checkpoint: bool,
+    use_new_attention_order: bool,
+) -> AttentionBlock:
+    return AttentionBlock(
+        width,
+        num_heads=num_heads,
+        num_head_channels=num_head_channels,
+        use_checkpoint=use_checkpoint,
+        use_new_attention_order=use_new_attention_order,
+    )

@@ -1,19 +1,22 @@
-"""The latent-diffusion UNet (descended from openai/guided-diffusion ``unet.py``).
+"""The latent-diffusion UNet.
 
 ``UNetModel(x_t (B, C, H, W), t (B,), context (B, M, D), y (B,)) -> (B, out_channels, H, W)``: a time
 embedding conditions every ``ResBlock``; ``SpatialTransformer`` (cross-attention to ``context``) or
 ``AttentionBlock`` (self-attention) sits at the resolutions listed in ``attention_resolutions``.
-The blocks live in :mod:`ldm.modules.diffusionmodules.unet_blocks` and the classifier half-UNet in
-:mod:`ldm.modules.diffusionmodules.encoder_unet`; both are re-exported here under their original paths.
+The blocks and the level plan live in :mod:`ldm.modules.diffusionmodules.unet_blocks`, the classifier half-UNet
+in :mod:`ldm.modules.diffusionmodules.encoder_unet`, names no model builds in :mod:`ldm.legacy.unet_extras`;
+all are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from ldm.legacy.unet_extras import TransposedUpsample, count_flops_attn
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.encoder_unet import EncoderUNetModel
 from ldm.modules.diffusionmodules.unet_blocks import (
@@ -25,13 +28,17 @@ from ldm.modules.diffusionmodules.unet_blocks import (
     ResBlock,
     TimestepBlock,
     TimestepEmbedSequential,
-    TransposedUpsample,
+    UNetParts,
     Upsample,
+    build_torso,
+    cast_torso,
     convert_module_to_f16,
     convert_module_to_f32,
-    count_flops_attn,
+    decoder_stages,
+    level_plan,
+    time_embedding_mlp,
 )
-from ldm.modules.diffusionmodules.util import conv_nd, linear, normalization, timestep_embedding, zero_module
+from ldm.modules.diffusionmodules.util import conv_nd, normalization, timestep_embedding, zero_module
 
 __all__ = [
     "AttentionBlock",
@@ -51,27 +58,74 @@ __all__ = [
     "count_flops_attn",
 ]
 
-# --------------------------------------------------------------------------------------------------------
-# UNet
-# --------------------------------------------------------------------------------------------------------
-
 
 def _heads_and_dim_head(
     ch: int, num_heads: int, num_head_channels: int, use_spatial_transformer: bool, legacy: bool
 ) -> tuple[int, int]:
-    """The original's ``(num_heads, dim_head)`` for an attention layer of width ``ch``.
+    """``(heads, width per head)`` of an attention layer ``ch`` channels wide.
 
-    Non-legacy: ``dim_head = ch // num_heads`` or ``num_head_channels`` (then ``num_heads = ch // num_head_channels``).
-    Legacy: a SpatialTransformer uses ``ch // num_heads``, an AttentionBlock receives ``num_head_channels`` as is.
+    Non-legacy: ``num_heads`` heads of ``ch // num_heads``, or heads of ``num_head_channels`` (when not -1).
+    Legacy: a SpatialTransformer's head width is ``ch // heads``; an AttentionBlock is handed
+    ``num_head_channels`` unchanged (so -1 there means "use its num_heads").
     """
-    if num_head_channels == -1:
-        dim_head = ch // num_heads
-    else:
-        num_heads = ch // num_head_channels
-        dim_head = num_head_channels
-    if legacy:
-        dim_head = ch // num_heads if use_spatial_transformer else num_head_channels
-    return num_heads, dim_head
+    heads = num_heads if num_head_channels == -1 else ch // num_head_channels
+    if not legacy:
+        return heads, ch // heads if num_head_channels == -1 else num_head_channels
+    return heads, ch // heads if use_spatial_transformer else num_head_channels
+
+
+@dataclass(frozen=True)
+class _UNetAttention:
+    """Makes the UNet's attention layer for a given width: a SpatialTransformer or an AttentionBlock
+    (whose head count on the decoder side is ``num_heads_upsample``)."""
+
+    num_heads: int
+    num_head_channels: int
+    num_heads_upsample: int
+    use_checkpoint: bool
+    use_new_attention_order: bool
+    use_spatial_transformer: bool
+    transformer_depth: int
+    context_dim: int | None
+    checkpoint_transformers: bool
+    legacy: bool
+
+    def __call__(self, width: int, decoder: bool) -> nn.Module:
+        heads, head_width = _heads_and_dim_head(
+            width, self.num_heads, self.num_head_channels, self.use_spatial_transformer, self.legacy
+        )
+        if self.use_spatial_transformer:
+            return SpatialTransformer(
+                width,
+                heads,
+                head_width,
+                depth=self.transformer_depth,
+                context_dim=self.context_dim,
+                use_checkpoint=self.checkpoint_transformers,
+            )
+        return AttentionBlock(
+            width,
+            num_heads=self.num_heads_upsample if decoder else self.num_heads,
+            num_head_channels=head_width,
+            use_checkpoint=self.use_checkpoint,
+            use_new_attention_order=self.use_new_attention_order,
+        )
+
+
+def _check_unet_arguments(use_spatial_transformer: bool, context_dim: int | None, num_heads: int,
+                          num_head_channels: int) -> None:
+    rules = (
+        (use_spatial_transformer and context_dim is None,
+         "use_spatial_transformer needs context_dim, the width of the conditioning tokens."),
+        (context_dim is not None and not use_spatial_transformer,
+         "context_dim is set but use_spatial_transformer is False; set use_spatial_transformer: true for "
+         "cross-attention, or drop context_dim."),
+        (num_heads == -1 and num_head_channels == -1,
+         "num_heads and num_head_channels are both -1; set num_heads or num_head_channels."),
+    )
+    for broken, message in rules:
+        if broken:
+            raise ValueError(f"UNetModel: {message}")
 
 
 class UNetModel(nn.Module):
@@ -86,13 +140,11 @@ class UNetModel(nn.Module):
     :param num_heads_upsample: head count of the decoder-side AttentionBlocks (-1 = ``num_heads``).
     :param use_spatial_transformer: SpatialTransformer (cross-attention to ``context``) instead of AttentionBlock.
     :param checkpoint_transformers: recompute the SpatialTransformer blocks in the backward pass instead of storing
-        their activations. The original does so whatever ``use_checkpoint`` says, hence the default; ``false``
-        trains faster (12% per step on the demo's UNet) with more activation memory, and the same numbers.
-    :param legacy: the original's head-width rule (see :func:`_heads_and_dim_head`).
-    :param use_fp16: run the input/middle/output blocks in float16. Deliberate difference: the original's
-        ``convert_module_to_f16`` is a no-op, so there ``use_fp16`` only casts the activations (usable under
-        autocast alone) and the state dict stays float32; here the torso's conv/linear/layer-norm weights are
-        cast to float16 (so they are float16 in the state dict too) and the model runs without autocast.
+        their activations (whatever ``use_checkpoint`` says); ``false`` trains faster with more activation memory,
+        and the same numbers.
+    :param legacy: the head-width rule of :func:`_heads_and_dim_head`.
+    :param use_fp16: keep the input/middle/output blocks' conv, linear and layer-norm weights in float16 and run
+        them in float16 (group norms compute in float32); input and output stay in the caller's dtype.
     """
 
     def __init__(
@@ -124,134 +176,76 @@ class UNetModel(nn.Module):
         checkpoint_transformers: bool = True,
     ) -> None:
         super().__init__()
-        if use_spatial_transformer and context_dim is None:
-            raise ValueError("UNetModel: use_spatial_transformer needs context_dim (the width of the conditioning).")
-        if context_dim is not None and not use_spatial_transformer:
-            raise ValueError(
-                "UNetModel: context_dim is set but use_spatial_transformer is False; "
-                "set use_spatial_transformer: true for cross-attention or drop context_dim."
-            )
-        if num_heads == -1 and num_head_channels == -1:
-            raise ValueError("UNetModel: set either num_heads or num_head_channels (both are -1).")
-        if num_heads_upsample == -1:
-            num_heads_upsample = num_heads
+        _check_unet_arguments(use_spatial_transformer, context_dim, num_heads, num_head_channels)
+        heads_up = num_heads if num_heads_upsample == -1 else num_heads_upsample
+        # geometry
+        self.image_size, self.in_channels, self.out_channels = image_size, in_channels, out_channels
+        self.model_channels, self.channel_mult, self.num_res_blocks = model_channels, channel_mult, num_res_blocks
+        self.attention_resolutions, self.conv_resample = attention_resolutions, conv_resample
+        # attention heads
+        self.num_heads, self.num_head_channels, self.num_heads_upsample = num_heads, num_head_channels, heads_up
+        # training and conditioning
+        self.dropout, self.use_checkpoint, self.dtype = dropout, use_checkpoint, torch.float32
+        self.num_classes, self.predict_codebook_ids = num_classes, n_embed is not None
 
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = attention_resolutions
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.num_classes = num_classes
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads_upsample
-        self.predict_codebook_ids = n_embed is not None
-
-        time_embed_dim = model_channels * 4
-        self.time_embed = nn.Sequential(
-            linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
-        )
+        self.time_embed = time_embedding_mlp(model_channels)
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+            self.label_emb = nn.Embedding(num_classes, 4 * model_channels)
 
-        def res_block(ch: int, out_ch: int | None = None, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(
-                ch,
-                time_embed_dim,
-                dropout,
-                out_channels=out_ch,
-                dims=dims,
-                use_checkpoint=use_checkpoint,
-                use_scale_shift_norm=use_scale_shift_norm,
-                up=up,
-                down=down,
-            )
-
-        def attention(ch: int, attention_block_heads: int) -> nn.Module:
-            heads, dim_head = _heads_and_dim_head(ch, num_heads, num_head_channels, use_spatial_transformer, legacy)
-            if use_spatial_transformer:
-                return SpatialTransformer(
-                    ch,
-                    heads,
-                    dim_head,
-                    depth=transformer_depth,
-                    context_dim=context_dim,
-                    use_checkpoint=checkpoint_transformers,
-                )
-            return AttentionBlock(
-                ch,
-                use_checkpoint=use_checkpoint,
-                num_heads=attention_block_heads,
-                num_head_channels=dim_head,
-                use_new_attention_order=use_new_attention_order,
-            )
-
-        self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3, padding=1))]
+        attention = _UNetAttention(
+            num_heads, num_head_channels, heads_up, use_checkpoint, use_new_attention_order,
+            use_spatial_transformer, transformer_depth, context_dim, checkpoint_transformers, legacy,
         )
-        self._feature_size = model_channels
-        input_block_chans = [model_channels]
-        ch = model_channels
-        ds = 1
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [res_block(ch, mult * model_channels)]
-                ch = mult * model_channels
-                if ds in attention_resolutions:
-                    layers.append(attention(ch, num_heads))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-                input_block_chans.append(ch)
-            if level != len(channel_mult) - 1:
-                down = res_block(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample, dims, ch)
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                input_block_chans.append(ch)
-                ds *= 2
-                self._feature_size += ch
+        parts = UNetParts(4 * model_channels, dropout, dims, use_checkpoint, use_scale_shift_norm, resblock_updown,
+                          conv_resample, attention)
+        levels = level_plan(model_channels, channel_mult, attention_resolutions)
+        self.input_blocks, self.middle_block, widths = build_torso(
+            parts, in_channels, model_channels, levels, num_res_blocks
+        )
+        decoder = decoder_stages(model_channels, levels, num_res_blocks)
+        self.output_blocks = nn.ModuleList(parts.stage(spec, decoder=True) for spec in decoder)
+        self._feature_size = sum(widths) + sum(spec.c_out for spec in decoder)
 
-        self.middle_block = TimestepEmbedSequential(res_block(ch), attention(ch, num_heads), res_block(ch))
-        self._feature_size += ch
-
-        self.output_blocks = nn.ModuleList([])
-        for level, mult in list(enumerate(channel_mult))[::-1]:
-            for i in range(num_res_blocks + 1):
-                ich = input_block_chans.pop()
-                layers = [res_block(ch + ich, model_channels * mult)]
-                ch = model_channels * mult
-                if ds in attention_resolutions:
-                    layers.append(attention(ch, num_heads_upsample))
-                if level and i == num_res_blocks:
-                    up = res_block(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample, dims, ch)
-                    layers.append(up)
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-
+        final = decoder[-1].c_out
         self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1))
+            normalization(final), nn.SiLU(), zero_module(conv_nd(dims, final, out_channels, 3, padding=1))
         )
-        if self.predict_codebook_ids:
-            self.id_predictor = nn.Sequential(normalization(ch), conv_nd(dims, model_channels, n_embed, 1))
+        if n_embed is not None:
+            self.id_predictor = nn.Sequential(normalization(final), conv_nd(dims, final, n_embed, 1))
         if use_fp16:
             self.convert_to_fp16()
+
+    def _torso(self) -> tuple[nn.Module, ...]:
+        return self.input_blocks, self.middle_block, self.output_blocks
 
     def convert_to_fp16(self) -> None:
         """Cast the torso (input, middle and output blocks) to float16; group norms keep computing in float32."""
         self.dtype = torch.float16
-        for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
-            blocks.apply(convert_module_to_f16)
+        cast_torso(self._torso(), self.dtype)
 
     def convert_to_fp32(self) -> None:
         """Cast the torso back to float32."""
         self.dtype = torch.float32
-        for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
-            blocks.apply(convert_module_to_f32)
+        cast_torso(self._torso(), self.dtype)
+
+    def _check_inputs(self, x: torch.Tensor, timesteps: torch.Tensor | None, y: torch.Tensor | None) -> None:
+        if timesteps is None:
+            raise ValueError("UNetModel.forward needs timesteps, a (B,) tensor of diffusion steps.")
+        if (y is None) != (self.num_classes is None):
+            given = "None" if y is None else "a tensor"
+            raise ValueError(
+                f"UNetModel has num_classes={self.num_classes} but got y={given}; class labels y go with "
+                "num_classes, and only with it."
+            )
+        if y is not None and tuple(y.shape) != (x.shape[0],):
+            raise ValueError(f"UNetModel: y must have shape ({x.shape[0]},), one label per sample; got "
+                             f"{tuple(y.shape)}.")
+
+    def _embedding(self, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """``(B, 4·model_channels)`` in the torso's dtype: the time MLP of the sinusoidal features of
+        ``timesteps``, plus the class embedding of ``y`` when the model has classes."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False))
+        return (emb if y is None else emb + self.label_emb(y)).type(self.dtype)
 
     def forward(
         self,
@@ -261,30 +255,20 @@ class UNetModel(nn.Module):
         y: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """``x (B, C, H, W)``, ``timesteps (B,)``, ``context (B, M, D)``, ``y (B,)`` class labels."""
-        if timesteps is None:
-            raise ValueError("UNetModel.forward needs timesteps, a (B,) tensor of diffusion steps.")
-        if (y is not None) != (self.num_classes is not None):
-            raise ValueError(
-                f"UNetModel has num_classes={self.num_classes} but was called with y="
-                f"{'a tensor' if y is not None else 'None'}; pass class labels y if and only if num_classes is set."
-            )
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False))
-        if self.num_classes is not None:
-            if y.shape != (x.shape[0],):
-                raise ValueError(f"UNetModel: y must have shape ({x.shape[0]},), got {tuple(y.shape)}.")
-            emb = emb + self.label_emb(y)
-
-        h = x.type(self.dtype)
-        emb = emb.type(self.dtype)
-        if context is not None:
-            context = context.type(self.dtype)
-        hs = []
-        for module in self.input_blocks:
-            h = module(h, emb, context)
-            hs.append(h)
-        h = self.middle_block(h, emb, context)
-        for module in self.output_blocks:
-            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
-        h = h.type(x.dtype)
-        return self.id_predictor(h) if self.predict_codebook_ids else self.out(h)
+        """``x (B, C, H, W)``, ``timesteps (B,)``, ``context (B, M, D)``, ``y (B,)`` class labels; other keyword
+        arguments are ignored."""
+        self._check_inputs(x, timesteps, y)
+        emb = self._embedding(timesteps, y)  # (B, 4·model_channels)
+        ctx = None if context is None else context.type(self.dtype)  # (B, M, D)
+        h = x.type(self.dtype)  # (B, C, H, W)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, ctx)  # (B, model_channels·mult, H/2^level, W/2^level)
+            skips.append(h)
+        h = self.middle_block(h, emb, ctx)  # (B, model_channels·channel_mult[-1], H/2^L, W/2^L)
+        for block in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, width + skip width, H/2^level, W/2^level)
+            h = block(h, emb, ctx)  # (B, model_channels·mult, H/2^level', W/2^level')
+        h = h.type(x.dtype)  # (B, model_channels·channel_mult[0], H, W)
+        head = self.id_predictor if self.predict_codebook_ids else self.out
+        return head(h)  # (B, out_channels, H, W) or (B, n_embed, H, W)

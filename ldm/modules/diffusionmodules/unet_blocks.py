@@ -1,20 +1,32 @@
-"""Building blocks of the latent-diffusion UNet (descended from openai/guided-diffusion ``unet.py``).
+"""Building blocks of the diffusion UNet, and the plan that stacks them into its encoder half.
 
-Timestep-conditioned containers, ×2 resampling, ``ResBlock``, the self-attention ``AttentionBlock`` with its
-two ``qkv`` layouts, ``AttentionPool2d`` and the fp16 conversion helpers. ``openaimodel`` re-exports all of
-them, so ``ldm.modules.diffusionmodules.openaimodel.ResBlock`` etc. keep working.
+- containers: :class:`TimestepBlock`, :class:`TimestepEmbedSequential` (routes the time embedding and the
+  cross-attention context to the layers that take them);
+- ×2 resampling: :class:`Upsample`, :class:`Downsample`;
+- :class:`ResBlock`, the residual block conditioned on the time embedding;
+- self-attention: :class:`AttentionBlock` over packed ``qkv`` (:class:`QKVAttention`,
+  :class:`QKVAttentionLegacy`), and :class:`AttentionPool2d`;
+- the level plan (:func:`level_plan`, :func:`encoder_stages`, :func:`decoder_stages`), the block factory
+  :class:`UNetParts` and :func:`build_torso` (stem, input levels, middle block), shared by ``UNetModel`` and
+  ``EncoderUNetModel``;
+- float16 casting of the torso (:func:`convert_module_to_f16`, :func:`convert_module_to_f32`).
+
+``ldm.modules.diffusionmodules.openaimodel`` re-exports the public names.
 """
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ldm.legacy.unet_extras import ThopAttentionCounter
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.util import avg_pool_nd, checkpoint, conv_nd, linear, normalization, zero_module
 
@@ -31,17 +43,20 @@ class TimestepBlock(nn.Module):
         """Apply the module to ``x`` given the timestep embeddings ``emb (B, E)``."""
 
 
+def _apply_layer(layer: nn.Module, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """Call ``layer`` with the inputs it takes: ``(x, emb)``, ``(x, context)`` or ``x`` alone."""
+    if isinstance(layer, SpatialTransformer):
+        return layer(x, context)
+    return layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+
+
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
-    """``nn.Sequential`` that hands ``emb`` to ``TimestepBlock``s and ``context`` to ``SpatialTransformer``s."""
+    """``nn.Sequential`` whose ``TimestepBlock``s also get ``emb`` and whose ``SpatialTransformer``s get
+    ``context``; every other layer gets the running tensor only."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            if isinstance(layer, TimestepBlock):
-                x = layer(x, emb)
-            elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
-            else:
-                x = layer(x)
+            x = _apply_layer(layer, x, emb, context)
         return x
 
 
@@ -55,64 +70,57 @@ def _check_channels(x: torch.Tensor, channels: int, layer: str) -> None:
         raise ValueError(f"{layer} expects {channels} input channels, got a tensor of shape {tuple(x.shape)}")
 
 
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2 upsampling (the inner two dims for ``dims=3``), optionally followed by a 3x3 conv."""
+def _factor(dims: int) -> int | tuple[int, int, int]:
+    """The ×2 resampling factor per spatial dim: all of them, except the outer (time) dim of 3-D signals."""
+    return (1, 2, 2) if dims == 3 else 2
+
+
+class _Resampler(nn.Module):
+    """What ``Upsample`` and ``Downsample`` share: widths, the conv switch, the number of spatial dims."""
+
+    def __init__(self, channels: int, use_conv: bool, dims: int, out_channels: int | None) -> None:
+        super().__init__()
+        self.channels, self.out_channels = channels, out_channels or channels
+        self.use_conv, self.dims = use_conv, dims
+
+
+class Upsample(_Resampler):
+    """Nearest-neighbour ×2 upsampling (the inner two dims for ``dims=3``), then a 3x3 conv if ``use_conv``.
+
+    ``(B, channels, H, W) -> (B, out_channels, 2H, 2W)``; without the conv the width stays ``channels``.
+    """
 
     def __init__(
         self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None, padding: int = 1
     ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
+        super().__init__(channels, use_conv, dims, out_channels)
         if use_conv:
-            self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=padding)
+            self.conv = conv_nd(dims, channels, self.out_channels, 3, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(x, self.channels, "Upsample")
-        if self.dims == 3:
-            x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
-        else:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = F.interpolate(x, scale_factor=_factor(self.dims), mode="nearest")
         return self.conv(x) if self.use_conv else x
 
 
-class TransposedUpsample(nn.Module):
-    """Learned ×2 upsampling by a ``ks``×``ks`` stride-2 transposed conv without padding:
-    ``(B, C, H, W) -> (B, out_channels, 2H + ks − 2, 2W + ks − 2)``."""
-
-    def __init__(self, channels: int, out_channels: int | None = None, ks: int = 5) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.up = nn.ConvTranspose2d(self.channels, self.out_channels, kernel_size=ks, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(x)
-
-
-class Downsample(nn.Module):
-    """×2 downsampling (the inner two dims for ``dims=3``) by a strided 3x3 conv or average pooling."""
+class Downsample(_Resampler):
+    """×2 downsampling (the inner two dims for ``dims=3``): a stride-2 3x3 conv if ``use_conv``, otherwise a
+    2x2 average (which cannot change the width). ``(B, channels, H, W) -> (B, out_channels, H/2, W/2)``."""
 
     def __init__(
         self, channels: int, use_conv: bool, dims: int = 2, out_channels: int | None = None, padding: int = 1
     ) -> None:
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
-        stride = 2 if dims != 3 else (1, 2, 2)
+        super().__init__(channels, use_conv, dims, out_channels)
+        step = _factor(dims)
         if use_conv:
-            self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=padding)
-        elif self.channels != self.out_channels:
+            self.op = conv_nd(dims, channels, self.out_channels, 3, stride=step, padding=padding)
+            return
+        if self.out_channels != channels:
             raise ValueError(
-                f"Downsample without a conv cannot change channels ({channels} -> {out_channels}); "
-                "set use_conv=True (conv_resample in UNetModel) or keep out_channels equal to channels."
+                f"Downsample: average pooling keeps the width, so {channels} -> {out_channels} channels needs "
+                "use_conv=True (conv_resample in UNetModel); or leave out_channels unset."
             )
-        else:
-            self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
+        self.op = avg_pool_nd(dims, kernel_size=step, stride=step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_channels(x, self.channels, "Downsample")
@@ -124,12 +132,39 @@ class Downsample(nn.Module):
 # --------------------------------------------------------------------------------------------------------
 
 
+def _norm_act_conv(c_in: int, c_out: int, dims: int, dropout: float | None = None, zero: bool = False) -> nn.Sequential:
+    """GroupNorm → SiLU → [Dropout] → 3x3 conv (zero-initialised if ``zero``)."""
+    conv = conv_nd(dims, c_in, c_out, 3, padding=1)
+    layers = [normalization(c_in), nn.SiLU()]
+    if dropout is not None:
+        layers.append(nn.Dropout(p=dropout))
+    return nn.Sequential(*layers, zero_module(conv) if zero else conv)
+
+
+def _skip_path(c_in: int, c_out: int, use_conv: bool, dims: int) -> nn.Module:
+    """Identity when the width is kept; otherwise a 3x3 (``use_conv``) or 1x1 projection."""
+    if c_in == c_out:
+        return nn.Identity()
+    size = 3 if use_conv else 1
+    return conv_nd(dims, c_in, c_out, size, padding=size // 2)
+
+
+def _resampler_pair(channels: int, dims: int, up: bool, down: bool) -> tuple[nn.Module, nn.Module]:
+    """The parameter-free resamplers applied to the residual branch and to the skip path."""
+    kind = Upsample if up else Downsample if down else None
+    if kind is None:
+        return nn.Identity(), nn.Identity()
+    return kind(channels, False, dims), kind(channels, False, dims)
+
+
 class ResBlock(TimestepBlock):
     """Residual block conditioned on the timestep embedding ``emb (B, E)``.
 
-    ``h = in_layers(x)`` (norm, SiLU, [up/down], conv); then either ``h + emb_layers(emb)`` or, with
-    ``use_scale_shift_norm``, ``norm(h)·(1 + scale) + shift``; ``out_layers`` (SiLU, dropout, zero-init conv);
-    output ``skip(x) + h``, where ``skip`` is identity, a 3x3 conv (``use_conv``) or a 1x1 conv.
+    ``h = in_layers(x)`` (GroupNorm, SiLU, [×2 up/down], 3x3 conv). The embedding ``e = emb_layers(emb)``
+    enters either additively, ``out_layers(h + e)``, or (``use_scale_shift_norm``) as a FiLM of the
+    normalised ``h``: ``e = (scale, shift)``, ``rest(norm(h)·(1 + scale) + shift)``, where ``out_layers`` is
+    GroupNorm, SiLU, Dropout, zero-initialised 3x3 conv. Output: ``skip_connection(x) + h``, the skip being
+    the identity, a 3x3 conv (``use_conv``) or a 1x1 conv. Being zero-initialised, a new block is its skip.
     """
 
     def __init__(
@@ -146,122 +181,102 @@ class ResBlock(TimestepBlock):
         down: bool = False,
     ) -> None:
         super().__init__()
-        self.channels = channels
-        self.emb_channels = emb_channels
-        self.dropout = dropout
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.use_checkpoint = use_checkpoint
-        self.use_scale_shift_norm = use_scale_shift_norm
+        width = out_channels or channels
+        self.channels, self.out_channels, self.emb_channels = channels, width, emb_channels
+        self.dropout, self.use_conv, self.use_checkpoint = dropout, use_conv, use_checkpoint
+        self.use_scale_shift_norm, self.updown = use_scale_shift_norm, up or down
 
-        self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), conv_nd(dims, channels, self.out_channels, 3, padding=1)
-        )
-        self.updown = up or down
-        if up:
-            self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
-        elif down:
-            self.h_upd, self.x_upd = Downsample(channels, False, dims), Downsample(channels, False, dims)
-        else:
-            self.h_upd = self.x_upd = nn.Identity()
-        self.emb_layers = nn.Sequential(
-            nn.SiLU(), linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels)
-        )
-        self.out_layers = nn.Sequential(
-            normalization(self.out_channels),
-            nn.SiLU(),
-            nn.Dropout(p=dropout),
-            zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
-        )
-        if self.out_channels == channels:
-            self.skip_connection = nn.Identity()
-        elif use_conv:
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, 3, padding=1)
-        else:
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, 1)
+        film = 2 if use_scale_shift_norm else 1  # (scale, shift) or one additive bias per channel
+        self.in_layers = _norm_act_conv(channels, width, dims)
+        self.h_upd, self.x_upd = _resampler_pair(channels, dims, up, down)
+        self.emb_layers = nn.Sequential(nn.SiLU(), linear(emb_channels, film * width))
+        self.out_layers = _norm_act_conv(width, width, dims, dropout=dropout, zero=True)
+        self.skip_connection = _skip_path(channels, width, use_conv, dims)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x (B, channels, ...)``, ``emb (B, emb_channels)`` -> ``(B, out_channels, ...)``."""
+        """``x (B, channels, H, W)``, ``emb (B, emb_channels)`` -> ``(B, out_channels, H', W')``."""
         return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if self.updown:
-            in_rest, in_conv = self.in_layers[:-1], self.in_layers[-1]
-            h = in_conv(self.h_upd(in_rest(x)))
-            x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
-        emb_out = self.emb_layers(emb).type(h.dtype)
-        emb_out = emb_out.reshape(*emb_out.shape, *((1,) * (h.ndim - emb_out.ndim)))
-        if self.use_scale_shift_norm:
-            out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
-            scale, shift = emb_out.chunk(2, dim=1)
-            h = out_rest(out_norm(h) * (1 + scale) + shift)
-        else:
-            h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        h, x = self._enter(x)  # h (B, out_channels, H', W'), x (B, channels, H', W')
+        h = self._condition(h, emb)  # (B, out_channels, H', W')
+        return self.skip_connection(x) + h  # (B, out_channels, H', W')
+
+    def _enter(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``in_layers`` on ``x``, with the resampling (if any) between its activation and its conv."""
+        if not self.updown:
+            return self.in_layers(x), x  # (B, out_channels, H, W), (B, channels, H, W)
+        *pre, conv = self.in_layers
+        a = x  # (B, channels, H, W)
+        for layer in pre:
+            a = layer(a)  # (B, channels, H, W)
+        return conv(self.h_upd(a)), self.x_upd(x)  # (B, out_channels, H', W'), (B, channels, H', W')
+
+    def _condition(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``out_layers`` applied to ``h`` with the embedding added, or as scale and shift after the norm."""
+        e = self.emb_layers(emb).type(h.dtype)  # (B, film·out_channels)
+        e = e.reshape(*e.shape, *[1] * (h.ndim - e.ndim))  # (B, film·out_channels, 1, 1)
+        if not self.use_scale_shift_norm:
+            return self.out_layers(h + e)  # (B, out_channels, H', W')
+        norm, *rest = self.out_layers
+        scale, shift = e.chunk(2, dim=1)  # (B, out_channels, 1, 1) each
+        h = norm(h) * (1 + scale) + shift  # (B, out_channels, H', W')
+        for layer in rest:
+            h = layer(h)  # (B, out_channels, H', W')
+        return h
 
 
 # --------------------------------------------------------------------------------------------------------
-# Self-attention block
+# Self-attention
 # --------------------------------------------------------------------------------------------------------
 
 
-def count_flops_attn(model: nn.Module, _x: tuple, y: tuple) -> None:
-    """``thop`` counter for QKV attention: two matmuls of ``B · T² · C`` multiply-adds each, added to
-    ``model.total_ops``; ``y[0]`` is the ``(B, C, ...)`` output with ``T`` positions."""
-    b, c, *spatial = y[0].shape
-    matmul_ops = 2 * b * math.prod(spatial) ** 2 * c
-    model.total_ops += torch.DoubleTensor([matmul_ops])
+class _PackedQKVAttention(nn.Module, ThopAttentionCounter):
+    """Multi-head ``softmax(QᵀK / √d) Vᵀ`` on a packed ``qkv (B, 3·heads·d, T) -> (B, heads·d, T)``.
 
-
-class QKVAttentionLegacy(nn.Module):
-    """Attention on packed ``qkv (B, heads·3·ch, T)``, split per head first ("legacy" order) -> ``(B, heads·ch, T)``.
-
-    ``softmax(Qᵀ K / √ch) Vᵀ`` per head, via scaled_dot_product_attention.
+    ``packing`` is the einops layout of the packed channel axis; subclasses differ only in it.
     """
+
+    packing = ""
 
     def __init__(self, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        qkv = rearrange(qkv, "b w t -> b t w").contiguous()
-        q, k, v = rearrange(qkv, "b t (h three c) -> three b h t c", h=self.n_heads, three=3)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return rearrange(out, "b h t c -> b (h c) t")
-
-    @staticmethod
-    def count_flops(model: nn.Module, _x: tuple, y: tuple) -> None:
-        count_flops_attn(model, _x, y)
+        tokens = qkv.transpose(1, 2).contiguous()  # (B, T, 3·heads·d)
+        pattern = f"b t ({self.packing}) -> three b h t d"
+        q, k, v = rearrange(tokens, pattern, three=3, h=self.n_heads)  # (B, heads, T, d) each
+        return rearrange(F.scaled_dot_product_attention(q, k, v), "b h t d -> b (h d) t")
 
 
-class QKVAttention(nn.Module):
-    """Attention on packed ``qkv (B, 3·heads·ch, T)``, split into q, k, v first ("new" order) -> ``(B, heads·ch, T)``.
+class QKVAttentionLegacy(_PackedQKVAttention):
+    """Packed as ``(heads, [q, k, v], d)``: each head's q, k and v next to each other."""
 
-    ``softmax(Qᵀ K / √ch) Vᵀ`` per head, via scaled_dot_product_attention.
-    """
+    packing = "h three d"
 
-    def __init__(self, n_heads: int) -> None:
-        super().__init__()
-        self.n_heads = n_heads
 
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        qkv = rearrange(qkv, "b w t -> b t w").contiguous()
-        q, k, v = rearrange(qkv, "b t (three h c) -> three b h t c", h=self.n_heads, three=3)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return rearrange(out, "b h t c -> b (h c) t")
+class QKVAttention(_PackedQKVAttention):
+    """Packed as ``([q, k, v], heads, d)``: all queries, then all keys, then all values."""
 
-    @staticmethod
-    def count_flops(model: nn.Module, _x: tuple, y: tuple) -> None:
-        count_flops_attn(model, _x, y)
+    packing = "three h d"
+
+
+def _head_count(channels: int, num_heads: int, num_head_channels: int) -> int:
+    """``num_heads`` heads, or as many heads of ``num_head_channels`` as fill ``channels`` (when not -1)."""
+    if num_head_channels == -1:
+        return num_heads
+    if channels % num_head_channels:
+        raise ValueError(
+            f"AttentionBlock: heads of {num_head_channels} channels do not tile a {channels}-channel layer; "
+            "pick num_head_channels dividing every level's width (model_channels × channel_mult)."
+        )
+    return channels // num_head_channels
 
 
 class AttentionBlock(nn.Module):
-    """Self-attention over the positions of ``(B, C, ...)``: ``x + proj_out(attention(qkv(norm(x))))``.
-
-    The head count is ``num_heads``, or ``channels // num_head_channels`` when that is not -1.
-    """
+    """Self-attention across the positions of ``x (B, C, ...)``: ``x + proj_out(attention(qkv(norm(x))))``,
+    with ``proj_out`` zero-initialised (a new block is the identity)."""
 
     def __init__(
         self,
@@ -272,69 +287,183 @@ class AttentionBlock(nn.Module):
         use_new_attention_order: bool = False,
     ) -> None:
         super().__init__()
-        self.channels = channels
-        if num_head_channels == -1:
-            self.num_heads = num_heads
-        elif channels % num_head_channels:
-            raise ValueError(
-                f"AttentionBlock: channels {channels} is not divisible by num_head_channels {num_head_channels}; "
-                "choose num_head_channels (or model_channels/channel_mult) so that it divides every width."
-            )
-        else:
-            self.num_heads = channels // num_head_channels
-        self.use_checkpoint = use_checkpoint
+        heads = _head_count(channels, num_heads, num_head_channels)
+        kind = QKVAttention if use_new_attention_order else QKVAttentionLegacy
+        self.channels, self.num_heads, self.use_checkpoint = channels, heads, use_checkpoint
         self.norm = normalization(channels)
-        self.qkv = conv_nd(1, channels, channels * 3, 1)
-        self.attention = QKVAttention(self.num_heads) if use_new_attention_order else QKVAttentionLegacy(self.num_heads)
+        self.qkv = conv_nd(1, channels, 3 * channels, 1)
+        self.attention = kind(heads)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return checkpoint(self._forward, (x,), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(b, c, *spatial)
+        tokens = x.flatten(2)  # (B, C, T)
+        update = self.proj_out(self.attention(self.qkv(self.norm(tokens))))  # (B, C, T)
+        return (tokens + update).reshape(x.shape)
 
 
 class AttentionPool2d(nn.Module):
-    """CLIP-style attention pooling: ``(B, embed_dim, H, W) -> (B, output_dim)``.
+    """Attention pooling as in CLIP's image encoder: ``(B, embed_dim, H, W) -> (B, output_dim)``.
 
-    The mean over positions is prepended as a query token, a learned positional embedding
-    ``(embed_dim, H·W + 1)`` is added, and the output is that token after multi-head self-attention
-    (``embed_dim // num_heads_channels`` heads) and ``c_proj``.
+    The tokens are the mean over positions followed by the ``H·W`` positions, plus a learned positional
+    embedding ``(embed_dim, H·W + 1)``; the result is the first (mean) token after multi-head self-attention
+    (heads of ``num_heads_channels``) and the output projection ``c_proj``.
     """
 
     def __init__(
         self, spacial_dim: int, embed_dim: int, num_heads_channels: int, output_dim: int | None = None
     ) -> None:
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(embed_dim, spacial_dim**2 + 1) / embed_dim**0.5)
-        self.qkv_proj = conv_nd(1, embed_dim, 3 * embed_dim, 1)
-        self.c_proj = conv_nd(1, embed_dim, output_dim or embed_dim, 1)
         self.num_heads = embed_dim // num_heads_channels
         self.attention = QKVAttention(self.num_heads)
+        positions = torch.randn(embed_dim, 1 + spacial_dim * spacial_dim)  # the mean token, then H·W
+        self.positional_embedding = nn.Parameter(positions / embed_dim**0.5)
+        self.qkv_proj, self.c_proj = (conv_nd(1, embed_dim, c, 1) for c in (3 * embed_dim, output_dim or embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = rearrange(x, "b c ... -> b c (...)")
-        x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)
-        x = x + self.positional_embedding[None].to(x.dtype)
-        x = self.c_proj(self.attention(self.qkv_proj(x)))
-        return x[:, :, 0]
+        tokens = x.flatten(2)  # (B, C, H·W)
+        tokens = torch.cat([tokens.mean(dim=-1, keepdim=True), tokens], dim=-1)  # (B, C, 1 + H·W)
+        tokens = tokens + self.positional_embedding.to(x.dtype)  # (B, C, 1 + H·W)
+        return self.c_proj(self.attention(self.qkv_proj(tokens)))[:, :, 0]  # (B, output_dim)
 
 
 # --------------------------------------------------------------------------------------------------------
-# fp16 conversion
+# Level plan and the encoder half
+# --------------------------------------------------------------------------------------------------------
+
+
+class Level(NamedTuple):
+    """One resolution level: ``index`` 0 is the input resolution, each further level is ×2 coarser."""
+
+    index: int
+    width: int  # model_channels × channel_mult[index]
+    attention: bool  # 2**index is listed in attention_resolutions
+    last: bool  # the coarsest level: no resampling below it
+
+
+class Stage(NamedTuple):
+    """One ``TimestepEmbedSequential``: [ResBlock c_in → c_out] [attention] [×2 resampler]."""
+
+    c_in: int
+    c_out: int
+    res: bool
+    attention: bool
+    resample: Literal["up", "down"] | None
+
+
+def level_plan(model_channels: int, channel_mult: Sequence[int], attention_resolutions: Iterable[int]) -> list[Level]:
+    """The levels of a UNet as a table."""
+    factors = set(attention_resolutions)
+    deepest = len(channel_mult) - 1
+    return [Level(i, model_channels * m, 2**i in factors, i == deepest) for i, m in enumerate(channel_mult)]
+
+
+def encoder_stages(model_channels: int, levels: Sequence[Level], num_res_blocks: int) -> list[Stage]:
+    """The input blocks after the stem: ``num_res_blocks`` stages per level, then a downsampler between levels."""
+    stages, width = [], model_channels
+    for level in levels:
+        for _ in range(num_res_blocks):
+            stages.append(Stage(width, level.width, True, level.attention, None))
+            width = level.width
+        if not level.last:
+            stages.append(Stage(width, width, False, False, "down"))
+    return stages
+
+
+def decoder_stages(model_channels: int, levels: Sequence[Level], num_res_blocks: int) -> list[Stage]:
+    """The output blocks: ``num_res_blocks + 1`` stages per level, coarsest first, each concatenating the skip
+    of one input block (the last one in, the first one out); every level but the finest ends with ×2 up."""
+    skips = [model_channels] + [s.c_out for s in encoder_stages(model_channels, levels, num_res_blocks)]
+    width = skips[-1]
+    stages = []
+    for level in reversed(levels):
+        for i in range(num_res_blocks + 1):
+            up = level.index > 0 and i == num_res_blocks
+            stages.append(Stage(width + skips.pop(), level.width, True, level.attention, "up" if up else None))
+            width = level.width
+    return stages
+
+
+def time_embedding_mlp(model_channels: int) -> nn.Sequential:
+    """Linear → SiLU → Linear, from the sinusoidal ``(B, model_channels)`` to ``(B, 4·model_channels)``."""
+    width = 4 * model_channels
+    return nn.Sequential(linear(model_channels, width), nn.SiLU(), linear(width, width))
+
+
+@dataclass(frozen=True)
+class UNetParts:
+    """Makes the UNet's blocks from its settings; ``attention(width, decoder)`` makes an attention layer."""
+
+    emb_channels: int
+    dropout: float
+    dims: int
+    use_checkpoint: bool
+    use_scale_shift_norm: bool
+    resblock_updown: bool
+    conv_resample: bool
+    attention: Callable[[int, bool], nn.Module]
+
+    def res(self, c_in: int, c_out: int | None = None, up: bool = False, down: bool = False) -> ResBlock:
+        return ResBlock(
+            c_in,
+            self.emb_channels,
+            self.dropout,
+            out_channels=c_out,
+            dims=self.dims,
+            use_checkpoint=self.use_checkpoint,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            up=up,
+            down=down,
+        )
+
+    def resampler(self, width: int, direction: Literal["up", "down"]) -> nn.Module:
+        """A ResBlock that resamples (``resblock_updown``), else an ``Upsample`` / ``Downsample``."""
+        if self.resblock_updown:
+            return self.res(width, width, up=direction == "up", down=direction == "down")
+        kind = Upsample if direction == "up" else Downsample
+        return kind(width, self.conv_resample, self.dims, width)
+
+    def stage(self, spec: Stage, decoder: bool) -> TimestepEmbedSequential:
+        layers = [self.res(spec.c_in, spec.c_out)] if spec.res else []
+        if spec.attention:
+            layers.append(self.attention(spec.c_out, decoder))
+        if spec.resample is not None:
+            layers.append(self.resampler(spec.c_out, spec.resample))
+        return TimestepEmbedSequential(*layers)
+
+    def middle(self, width: int) -> TimestepEmbedSequential:
+        return TimestepEmbedSequential(self.res(width), self.attention(width, False), self.res(width))
+
+
+class Torso(NamedTuple):
+    input_blocks: nn.ModuleList
+    middle_block: TimestepEmbedSequential
+    widths: list[int]  # output width of each input block, then of the middle block
+
+
+def build_torso(
+    parts: UNetParts, in_channels: int, model_channels: int, levels: Sequence[Level], num_res_blocks: int
+) -> Torso:
+    """The stem conv, the input levels and the middle block."""
+    stem = TimestepEmbedSequential(conv_nd(parts.dims, in_channels, model_channels, 3, padding=1))
+    stages = encoder_stages(model_channels, levels, num_res_blocks)
+    blocks = nn.ModuleList([stem, *(parts.stage(spec, decoder=False) for spec in stages)])
+    width = stages[-1].c_out if stages else model_channels
+    widths = [model_channels, *(spec.c_out for spec in stages), width]
+    return Torso(blocks, parts.middle(width), widths)
+
+
+# --------------------------------------------------------------------------------------------------------
+# float16 torso
 # --------------------------------------------------------------------------------------------------------
 
 _FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LayerNorm)
 
 
 def convert_module_to_f16(module: nn.Module) -> None:
-    """Cast the parameters of a conv / linear / layer-norm layer to float16 (group norms stay float32).
-
-    The original's is a no-op placeholder; see ``UNetModel``'s ``use_fp16``."""
+    """Cast the parameters of a conv / linear / layer-norm layer to float16 (group norms stay float32)."""
     if isinstance(module, _FP16_LAYERS):
         module.to(torch.float16)
 
@@ -343,3 +472,10 @@ def convert_module_to_f32(module: nn.Module) -> None:
     """Undo :func:`convert_module_to_f16`."""
     if isinstance(module, _FP16_LAYERS):
         module.to(torch.float32)
+
+
+def cast_torso(modules: Iterable[nn.Module], dtype: torch.dtype) -> None:
+    """Apply :func:`convert_module_to_f16` (``dtype`` float16) or :func:`convert_module_to_f32` to ``modules``."""
+    convert = convert_module_to_f16 if dtype == torch.float16 else convert_module_to_f32
+    for module in modules:
+        module.apply(convert)
