@@ -15,6 +15,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from ldm.modules.diffusionmodules.model import Decoder, Encoder
+from ldm.util import instantiate_from_config
 
 LossFn = Callable[[int], tuple[torch.Tensor, Mapping[str, Any]]]
 
@@ -30,6 +34,19 @@ class AdversarialAutoencoder(pl.LightningModule):
 
     image_key: str
     accumulate_grad_batches: int = 1
+
+    def _build_autoencoder(
+        self, ddconfig: Mapping[str, Any], lossconfig: Mapping[str, Any], embed_dim: int, moments: int
+    ) -> None:
+        """``encoder``, ``decoder`` and ``loss`` from their configs, and the 1×1 convs between the encoder's
+        ``moments·z_channels`` output and the ``moments·embed_dim`` latent moments (``quant_conv``) and from
+        ``embed_dim`` back to the decoder's ``z_channels`` (``post_quant_conv``)."""
+        z_channels = ddconfig["z_channels"]
+        self.encoder = Encoder(**ddconfig)
+        self.decoder = Decoder(**ddconfig)
+        self.loss = instantiate_from_config(lossconfig, name="lossconfig")
+        self.quant_conv = nn.Conv2d(moments * z_channels, moments * embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
 
     def _setup_common(self, image_key: str, colorize_nlabels: int | None, monitor: str | None) -> None:
         self.automatic_optimization = False
@@ -61,17 +78,21 @@ class AdversarialAutoencoder(pl.LightningModule):
         """The decoder's output conv weight: the adaptive GAN weight compares gradients there."""
         return self.decoder.conv_out.weight
 
-    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
-        """Project a segmentation map ``(B, C, H, W)`` to RGB in [-1, 1] with a fixed random 1×1 conv."""
+    def _check_segmentation(self, x: torch.Tensor) -> None:
         if self.image_key != "segmentation":
             raise ValueError(
                 f"to_rgb colorizes segmentation maps only; image_key is {self.image_key!r} and the input has "
                 f"{x.shape[1]} channels. Use image_key 'segmentation' or RGB inputs."
             )
-        if not hasattr(self, "colorize"):
+
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """Project a segmentation map ``(B, C, H, W)`` to RGB in [-1, 1] with a fixed random 1×1 conv."""
+        self._check_segmentation(x)
+        if not hasattr(self, "colorize"):  # a fixed random projection, drawn on first use
             self.register_buffer("colorize", torch.randn(3, x.shape[1], 1, 1).to(x))
-        x = F.conv2d(x, weight=self.colorize)
-        return 2.0 * (x - x.min()) / (x.max() - x.min()) - 1.0
+        rgb = F.conv2d(x, weight=self.colorize)  # (B, 3, H, W)
+        low, high = rgb.min(), rgb.max()
+        return 2.0 * (rgb - low) / (high - low) - 1.0
 
     # ---- optimisation -----------------------------------------------------------------------------------
 

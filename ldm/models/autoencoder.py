@@ -11,8 +11,8 @@ with the original), so ``disc_start`` and ``max_steps`` keep their meaning.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -21,8 +21,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.models.adversarial_autoencoder import AdversarialAutoencoder
 from ldm.models.vae_tiling import tiled_decode
-from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.modules.ema import LitEma, ema_weights
 from ldm.modules.vqvae.quantize import VectorQuantizer2 as VectorQuantizer
 from ldm.optim import adam
 from ldm.util import instantiate_from_config
@@ -62,46 +62,24 @@ class VQModel(AdversarialAutoencoder):
         use_ema: bool = False,
     ) -> None:
         super().__init__()
-        self.embed_dim = embed_dim
-        self.n_embed = n_embed
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
-        self.loss = instantiate_from_config(lossconfig, name="lossconfig")
+        self.embed_dim, self.n_embed = embed_dim, n_embed
+        self._build_autoencoder(ddconfig, lossconfig, embed_dim, moments=1)
         self.quantize = VectorQuantizer(n_embed, embed_dim, beta=0.25, remap=remap, sane_index_shape=sane_index_shape)
-        self.quant_conv = torch.nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
-        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         self._setup_common(image_key, colorize_nlabels, monitor)
+        self.scheduler_config, self.lr_g_factor = scheduler_config, lr_g_factor
         self.batch_resize_range = batch_resize_range
         if batch_resize_range is not None:
-            logger.info("%s: Using per-batch resizing in range %s.", type(self).__name__, batch_resize_range)
-
+            logger.info("%s: each training batch resized to a size in %s", type(self).__name__, batch_resize_range)
         self.use_ema = use_ema
-        if use_ema:
-            from ldm.modules.ema import LitEma
-
+        if use_ema:  # built after every weight, so the average covers them all; before the checkpoint loads
             self.model_ema = LitEma(self)
-            logger.info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
-
+            logger.info("%s: EMA over %d tensors", type(self).__name__, len(self.model_ema.m_name2s_name))
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys)
-        self.scheduler_config = scheduler_config
-        self.lr_g_factor = lr_g_factor
 
-    @contextmanager
-    def ema_scope(self, context: str | None = None) -> Iterator[None]:
-        """Run the body with the EMA weights (when ``use_ema``), restoring the training weights afterwards."""
-        if self.use_ema:
-            self.model_ema.store(self.parameters())
-            self.model_ema.copy_to(self)
-            if context is not None:
-                logger.info("%s: Switched to EMA weights", context)
-        try:
-            yield None
-        finally:
-            if self.use_ema:
-                self.model_ema.restore(self.parameters())
-                if context is not None:
-                    logger.info("%s: Restored training weights", context)
+    def ema_scope(self, context: str | None = None) -> AbstractContextManager[None]:
+        """A block run with the EMA weights (when ``use_ema``); the training weights come back afterwards."""
+        return ema_weights(self.model_ema if self.use_ema else None, self, context)
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         if self.use_ema:
@@ -166,19 +144,20 @@ class VQModel(AdversarialAutoencoder):
                 self._validation_step(batch, suffix="_ema")
 
     def _validation_step(self, batch: Mapping[str, torch.Tensor], suffix: str = "") -> None:
+        """Both loss halves on one batch, logged under ``val{suffix}/``; rec_loss and aeloss on the progress bar."""
         x = self.get_input(batch, self.image_key)
         xrec, qloss, ind = self(x, return_pred_indices=True)
-        split = "val" + suffix
-        kwargs = dict(last_layer=self.get_last_layer(), split=split, predicted_indices=ind)
-        aeloss, log_dict_ae = self.loss(qloss, x, xrec, 0, self.global_step, **kwargs)
-        _, log_dict_disc = self.loss(qloss, x, xrec, 1, self.global_step, **kwargs)
-        log_dict_ae = dict(log_dict_ae)
-        rec_loss = log_dict_ae.pop(f"{split}/rec_loss")
-        self.log(f"{split}/rec_loss", rec_loss, prog_bar=True, logger=True, on_step=False, on_epoch=True,
-                 sync_dist=True)
-        self.log(f"{split}/aeloss", aeloss, prog_bar=True, logger=True, on_step=False, on_epoch=True, sync_dist=True)
-        self.log_dict(log_dict_ae)
-        self.log_dict(log_dict_disc)
+        split = f"val{suffix}"
+        (aeloss, ae_terms), (_, disc_terms) = (
+            self.loss(qloss, x, xrec, idx, self.global_step, last_layer=self.get_last_layer(), split=split,
+                      predicted_indices=ind)
+            for idx in (0, 1)
+        )
+        terms = {**ae_terms, **disc_terms}
+        headline = {f"{split}/rec_loss": terms.pop(f"{split}/rec_loss"), f"{split}/aeloss": aeloss}
+        for name, value in headline.items():
+            self.log(name, value, prog_bar=True, logger=True, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_dict(terms)
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
         """Adam(β = (0.5, 0.9)) for encoder, decoder, quantizer and the 1×1 convs (``lr_g_factor × lr``) and
@@ -258,15 +237,11 @@ class AutoencoderKL(AdversarialAutoencoder):
         colorize_nlabels: int | None = None,
         monitor: str | None = None,
     ) -> None:
-        super().__init__()
         if not ddconfig.get("double_z", True):
             raise ValueError("AutoencoderKL needs ddconfig.double_z: true (the encoder predicts mean and logvar).")
-        self.encoder = Encoder(**ddconfig)
-        self.decoder = Decoder(**ddconfig)
-        self.loss = instantiate_from_config(lossconfig, name="lossconfig")
-        self.quant_conv = torch.nn.Conv2d(2 * ddconfig["z_channels"], 2 * embed_dim, 1)
-        self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+        super().__init__()
         self.embed_dim = embed_dim
+        self._build_autoencoder(ddconfig, lossconfig, embed_dim, moments=2)
         self.vae_tiling: tuple[int, int] | None = None
         self._setup_common(image_key, colorize_nlabels, monitor)
         if ckpt_path is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+
+logger = logging.getLogger(__name__)
 
 
 class LitEma(nn.Module):
@@ -18,17 +22,16 @@ class LitEma(nn.Module):
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, use_num_upates: bool = True) -> None:
-        super().__init__()
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"LitEma: decay must be between 0 and 1, got {decay}.")
-        self.m_name2s_name: dict[str, str] = {}
+        super().__init__()
         self.register_buffer("decay", torch.tensor(decay, dtype=torch.float32))
         self.register_buffer("num_updates", torch.tensor(0 if use_num_upates else -1, dtype=torch.int))
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                s_name = name.replace(".", "")
-                self.m_name2s_name[name] = s_name
-                self.register_buffer(s_name, p.detach().clone())
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        # Buffer names cannot hold dots, so each shadow is named after its parameter without them.
+        self.m_name2s_name: dict[str, str] = {name: name.replace(".", "") for name in trainable}
+        for name, shadow_name in self.m_name2s_name.items():
+            self.register_buffer(shadow_name, trainable[name].detach().clone())
         self.collected_params: list[torch.Tensor] = []
 
     def _trainable(self, model: nn.Module) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -69,3 +72,26 @@ class LitEma(nn.Module):
         """Copy the values saved by :meth:`store` back into ``parameters`` (same order)."""
         for c_param, param in zip(self.collected_params, parameters, strict=True):
             param.copy_(c_param)
+
+
+@contextmanager
+def ema_weights(ema: LitEma | None, module: nn.Module, label: str | None = None) -> Iterator[None]:
+    """A block during which ``module``'s trainable parameters hold the averages kept by ``ema``.
+
+    The trained values are saved on entry (``ema.store``) and put back on exit, also when the block raises.
+    ``ema=None`` makes the block a no-op; ``label`` (when given) names the block in the two log lines.
+    """
+    if ema is None:
+        yield
+        return
+    own = list(module.parameters())
+    ema.store(own)
+    ema.copy_to(module)
+    if label:
+        logger.info("%s: EMA weights in", label)
+    try:
+        yield
+    finally:
+        ema.restore(own)
+        if label:
+            logger.info("%s: trained weights back", label)
