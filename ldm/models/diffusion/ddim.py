@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampler_core import Conditioning, checked_keywords, progress, warn_on_batch_mismatch
+from ldm.models.diffusion.sampler_core import Conditioning, checked_keywords, warn_on_batch_mismatch
 from ldm.models.diffusion.sampling_common import DDIMScheduleSampler
-from ldm.modules.diffusionmodules.util import extract_into_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +142,9 @@ class DDIMSampler(DDIMScheduleSampler):
             step,
             shape,
             "DDIM Sampler",
+            self._time_range(timesteps, ddim_use_original_steps),
             x_T=x_T,
-            use_original_steps=ddim_use_original_steps,
             callback=callback,
-            timesteps=timesteps,
             mask=mask,
             x0=x0,
             img_callback=img_callback,
@@ -210,18 +208,15 @@ class DDIMSampler(DDIMScheduleSampler):
         ``t`` ``(B,)`` (long) indexes the DDIM schedule (``ddim_alphas[t]``), or the DDPM schedule with
         ``use_original_steps``. ``noise`` defaults to a fresh N(0, I) draw.
         """
-        if use_original_steps:
-            sqrt_alphas_cumprod = self.sqrt_alphas_cumprod
-            sqrt_one_minus_alphas_cumprod = self.sqrt_one_minus_alphas_cumprod
-        else:
-            sqrt_alphas_cumprod = torch.sqrt(self.ddim_alphas)
-            sqrt_one_minus_alphas_cumprod = self.ddim_sqrt_one_minus_alphas
         if noise is None:
             noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
-        return (
-            extract_into_tensor(sqrt_alphas_cumprod, t, x0.shape) * x0
-            + extract_into_tensor(sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+        signal, spread = (
+            (self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
+            if use_original_steps
+            else (self.ddim_alphas.sqrt(), self.ddim_sqrt_one_minus_alphas)
         )
+        per_sample = (-1,) + (1,) * (x0.ndim - 1)
+        return signal[t].view(per_sample) * x0 + spread[t].view(per_sample) * noise
 
     @torch.no_grad()
     def decode(
@@ -236,21 +231,15 @@ class DDIMSampler(DDIMScheduleSampler):
     ) -> torch.Tensor:
         """Deterministic (η of :meth:`make_schedule`) DDIM denoising of ``x_latent`` ``(B, ...)`` from schedule
         position ``t_start`` (the latent of ``stochastic_encode(x0, t_start - 1)``) down to x_0."""
-        timesteps = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
-        time_range = np.flip(timesteps[:t_start])
-        total_steps = time_range.shape[0]
-        logger.info("Running DDIM Sampling with %d timesteps", total_steps)
-        x_dec = x_latent
-        for i, step in enumerate(progress(time_range, "Decoding image", total_steps, disable_progress)):
-            index = total_steps - i - 1
-            ts = torch.full((x_latent.shape[0],), int(step), device=x_latent.device, dtype=torch.long)
-            x_dec, _ = self.p_sample_ddim(
-                x_dec,
-                cond,
-                ts,
-                index=index,
-                use_original_steps=use_original_steps,
+        visited = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
+
+        def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
+            return self.p_sample_ddim(
+                img, cond, ts, index=index, use_original_steps=use_original_steps,
                 unconditional_guidance_scale=unconditional_guidance_scale,
                 unconditional_conditioning=unconditional_conditioning,
-            )
-        return x_dec
+            )  # fmt: skip
+
+        time_range = np.flip(visited[:t_start])
+        return self._sample_loop(step, x_latent.shape, "Decoding image", time_range, x_T=x_latent,
+                                 disable_progress=disable_progress)[0]  # fmt: skip

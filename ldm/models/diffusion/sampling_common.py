@@ -190,10 +190,9 @@ class DDIMScheduleSampler:
         step: Step,
         shape: tuple[int, ...],
         desc: str,
+        time_range: np.ndarray,
         x_T: torch.Tensor | None = None,
-        use_original_steps: bool = False,
         callback: Callable[[int], None] | None = None,
-        timesteps: int | np.ndarray | None = None,
         mask: torch.Tensor | None = None,
         x0: torch.Tensor | None = None,
         img_callback: Callable[[torch.Tensor, int], None] | None = None,
@@ -201,7 +200,7 @@ class DDIMScheduleSampler:
         generator: torch.Generator | None = None,
         disable_progress: bool = False,
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Run ``step`` over the descending timesteps from ``x_T`` ``(B, ...)``.
+        """Run ``step`` over the descending DDPM timesteps ``time_range`` from ``x_T`` ``(B, ...)``.
 
         With ``mask`` (1 = keep), the kept region is replaced by ``q_sample(x0, t)`` before each step.
         Intermediates ``x_inter``/``pred_x0`` start with ``x_T`` and log every ``log_every_t`` indices and the
@@ -210,7 +209,6 @@ class DDIMScheduleSampler:
         if mask is not None and x0 is None:
             raise SettingError("sampling with a mask needs x0, the latent whose masked region is kept.")
         img = self._initial_noise(shape, x_T, generator)
-        time_range = self._time_range(timesteps, use_original_steps)
         total_steps = len(time_range)
         logger.info("Running %s with %d timesteps", desc, total_steps)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
