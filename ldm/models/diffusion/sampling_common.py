@@ -167,7 +167,7 @@ class DDIMScheduleSampler:
 
     def _time_range(self, timesteps: int | np.ndarray | None, use_original_steps: bool) -> np.ndarray:
         """The DDPM timesteps to visit, descending. An int ``timesteps`` keeps the first ``timesteps`` DDIM
-        steps minus one (the original's subset rule) or, with ``use_original_steps``, DDPM steps ``< timesteps``."""
+        steps minus one or, with ``use_original_steps``, DDPM steps ``< timesteps``."""
         if use_original_steps:
             count = self.ddpm_num_timesteps if timesteps is None else int(timesteps)
             return np.arange(count)[::-1]

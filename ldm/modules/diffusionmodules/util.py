@@ -81,10 +81,10 @@ def betas_for_alpha_bar(
 def make_ddim_timesteps(
     ddim_discr_method: str, num_ddim_timesteps: int, num_ddpm_timesteps: int, verbose: bool = True
 ) -> np.ndarray:
-    """The DDPM timesteps (int64, ascending) a DDIM sampler visits, shifted by +1 as in the original.
+    """The DDPM timesteps (int64, ascending) a DDIM sampler visits, each shifted by +1.
 
-    ``uniform``: every ``T // S``-th step, ``[0, c, 2c, ...] + 1`` (``[1, 101, ..., 901]`` for S=10, T=1000; like
-    the original, ``range(0, T, c)`` can hold more than S entries when S does not divide T);
+    ``uniform``: every ``T // S``-th step, ``[0, c, 2c, ...] + 1`` (``[1, 101, ..., 901]`` for S=10, T=1000;
+    ``range(0, T, c)`` holds more than S entries when S does not divide T);
     ``quad``: ``⌊linspace(0, √(0.8 T), S)²⌋ + 1``.
     """
     if num_ddim_timesteps < 1 or num_ddim_timesteps > num_ddpm_timesteps:
@@ -114,12 +114,12 @@ def make_ddim_timesteps(
 def make_ddim_sampling_parameters(
     alphacums: torch.Tensor | np.ndarray, ddim_timesteps: np.ndarray, eta: float, verbose: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """σ_t, ᾱ_t and ᾱ_{t_prev} of a DDIM schedule, with the original's types and roundings.
+    """σ_t, ᾱ_t and ᾱ_{t_prev} of a DDIM schedule.
 
     σ_t = η · √((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)) (DDIM paper, eq. 16), ᾱ_prev of the first step = ᾱ_0.
     Returns ``(sigmas, alphas, alphas_prev)``: ``alphas`` a tensor in the dtype of ``alphacums`` (float32 for the
-    model's buffer), ``alphas_prev`` a float64 numpy array, ``sigmas`` a float64 tensor rounded bit for bit as the
-    original's mixed numpy/torch arithmetic rounds it (1/(1 − ᾱ_t) in the dtype of ``alphacums``, numpy's sqrt).
+    model's buffer), ``alphas_prev`` a float64 numpy array, ``sigmas`` a float64 tensor with 1/(1 − ᾱ_t) taken in
+    the dtype of ``alphacums`` and numpy's square root (the rounding tests/refdata records).
     """
     alphacums = torch.as_tensor(alphacums).cpu()
     index = torch.as_tensor(np.asarray(ddim_timesteps, dtype=np.int64))
