@@ -40,44 +40,44 @@ class VectorQuantizer2(nn.Module):
         legacy: bool = True,
     ) -> None:
         super().__init__()
-        self.n_e = n_e
-        self.e_dim = e_dim
-        self.beta = beta
-        self.legacy = legacy
-
-        self.embedding = nn.Embedding(n_e, e_dim)
-        self.embedding.weight.data.uniform_(-1.0 / n_e, 1.0 / n_e)
-
-        self.remap = remap
-        if remap is not None:
-            self.register_buffer("used", torch.tensor(np.load(remap)))
-            self.re_embed = self.used.shape[0]
-            if unknown_index == "extra":
-                unknown_index = self.re_embed
-                self.re_embed += 1
-            elif unknown_index != "random" and not isinstance(unknown_index, int):
-                raise ValueError(
-                    f"unknown_index={unknown_index!r} is not valid; use 'random', 'extra' or an integer index."
-                )
-            self.unknown_index = unknown_index
-            logger.info("Remapping %d indices to %d indices. Using %s for unknown indices.",
-                        n_e, self.re_embed, unknown_index)
-        else:
-            self.re_embed = n_e
+        self.n_e, self.e_dim, self.beta, self.legacy = n_e, e_dim, beta, legacy
         self.sane_index_shape = sane_index_shape
+        self.embedding = nn.Embedding(n_e, e_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_e, 1.0 / n_e)
+        self.remap = remap
+        self.re_embed = n_e  # size of the index space the quantiser returns
+        if remap is not None:
+            self._use_code_subset(remap, unknown_index)
+
+    def _use_code_subset(self, path: str, unknown_index: str | int) -> None:
+        """Load the used code indices from ``path`` into the ``used`` buffer and set ``re_embed`` to their number
+        (one more with ``unknown_index="extra"``, which then stands for every unused code)."""
+        if unknown_index not in ("random", "extra") and not isinstance(unknown_index, int):
+            raise ValueError(
+                f"unknown_index={unknown_index!r} is not valid; use 'random', 'extra' or an integer index."
+            )
+        self.register_buffer("used", torch.tensor(np.load(path)))
+        self.re_embed = len(self.used)
+        if unknown_index == "extra":
+            unknown_index, self.re_embed = self.re_embed, self.re_embed + 1
+        self.unknown_index = unknown_index
+        logger.info("VQ remap: %d codes -> %d indices, unused codes -> %s", self.n_e, self.re_embed, unknown_index)
 
     def remap_to_used(self, inds: torch.Tensor) -> torch.Tensor:
-        """Codebook indices ``(B, ...)`` -> positions in ``used``; unused codes get ``unknown_index``."""
-        shape = inds.shape
-        inds = inds.reshape(shape[0], -1)
-        match = inds[:, :, None] == self.used.to(inds)[None, None, :]
-        new = match.long().argmax(-1)
-        unknown = ~match.any(-1)
-        if self.unknown_index == "random":  # drawn on the CPU, as the original, so a seed gives the same codes
-            new[unknown] = torch.randint(0, self.re_embed, size=new[unknown].shape).to(new.device)
+        """Codebook indices ``(B, ...)`` -> positions in ``used``; unused codes get ``unknown_index``.
+
+        ``"random"`` draws the replacements with the CPU generator, so a seed gives the same codes on any device.
+        """
+        flat = inds.reshape(inds.shape[0], -1)  # (B, N)
+        hits = flat[..., None] == self.used.to(flat)  # (B, N, len(used))
+        positions = hits.long().argmax(dim=-1)
+        missing = ~hits.any(dim=-1)
+        if self.unknown_index == "random":
+            count = int(missing.sum())
+            positions[missing] = torch.randint(0, self.re_embed, size=(count,)).to(positions.device)
         else:
-            new[unknown] = self.unknown_index
-        return new.reshape(shape)
+            positions[missing] = self.unknown_index
+        return positions.reshape(inds.shape)
 
     def unmap_to_all(self, inds: torch.Tensor) -> torch.Tensor:
         """Positions in ``used`` ``(B, ...)`` -> codebook indices; the extra index maps to ``used[0]``."""
@@ -97,8 +97,8 @@ class VectorQuantizer2(nn.Module):
         """``z (B, e_dim, H, W)`` -> ``(z_q (B, e_dim, H, W), loss (), (None, None, indices))``.
 
         ``z_q = z + sg[e_k − z]`` (straight-through). Indices are ``(B·H·W,)``, ``(B·H·W, 1)`` with ``remap``,
-        or ``(B, H, W)`` with ``sane_index_shape``; perplexity and one-hot encodings are None, as in the
-        original (the loss measures perplexity from the indices). ``temp``, ``rescale_logits`` and
+        or ``(B, H, W)`` with ``sane_index_shape``; perplexity and one-hot encodings are None (the loss
+        measures perplexity from the indices). ``temp``, ``rescale_logits`` and
         ``return_logits`` exist for call compatibility with the Gumbel quantizer and must keep their defaults.
         """
         if temp not in (None, 1.0) or rescale_logits or return_logits:
@@ -132,16 +132,20 @@ class VectorQuantizer2(nn.Module):
             min_encoding_indices = min_encoding_indices.reshape(z_q.shape[0], z_q.shape[2], z_q.shape[3])
         return z_q, loss, (None, None, min_encoding_indices)
 
+    def _unmap_flat(self, positions: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
+        """Flat positions in ``used`` -> flat codebook indices (the batch size comes from ``shape``)."""
+        if shape is None:
+            raise ValueError("get_codebook_entry with remap needs shape=(B, H, W, C) to undo the remapping.")
+        return self.unmap_to_all(positions.reshape(shape[0], -1)).reshape(-1)
+
     def get_codebook_entry(self, indices: torch.Tensor, shape: Sequence[int] | None) -> torch.Tensor:
         """Codebook vectors of flat ``indices``; with ``shape = (B, H, W, C)`` returned as ``(B, C, H, W)``."""
         if self.remap is not None:
-            if shape is None:
-                raise ValueError("get_codebook_entry with remap needs shape=(B, H, W, C) to undo the remapping.")
-            indices = self.unmap_to_all(indices.reshape(shape[0], -1)).reshape(-1)
-        z_q = self.embedding(indices)
-        if shape is not None:
-            z_q = rearrange(z_q.view(*shape), "b h w c -> b c h w").contiguous()
-        return z_q
+            indices = self._unmap_flat(indices, shape)
+        vectors = self.embedding(indices)  # (N, e_dim)
+        if shape is None:
+            return vectors
+        return vectors.view(*shape).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
 
 VectorQuantizer = VectorQuantizer2
