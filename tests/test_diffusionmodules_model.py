@@ -1,4 +1,5 @@
-"""Autoencoder building blocks: attention against the plain formula, resampling, ResNet shortcuts, input checks."""
+"""Autoencoder layers and networks: attention against the plain formula, resampling, ResNet shortcuts, the level
+table, input checks, and the other public names of the ``model`` module path."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ldm.modules.diffusionmodules.model as model_module
+from ldm.modules.diffusionmodules.encoder_decoder import Level, decoder_levels, encoder_levels
 from ldm.modules.diffusionmodules.model import (
     AttnBlock,
     Decoder,
@@ -16,7 +17,6 @@ from ldm.modules.diffusionmodules.model import (
     Normalize,
     ResnetBlock,
     Upsample,
-    banded_conv,
     make_attn,
     nonlinearity,
 )
@@ -95,62 +95,6 @@ def test_upsample_is_nearest_then_conv() -> None:
     torch.testing.assert_close(up(x), up.conv(out))
 
 
-@pytest.mark.parametrize("kernel, band_bytes", [(3, 1), (3, 2000), (1, 3000), (5, 5000), (3, 10**9)])
-def test_banded_conv_is_bit_equal_to_the_conv(kernel: int, band_bytes: int) -> None:
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(16, 8, kernel, padding=kernel // 2)
-    x = torch.randn(2, 16, 13, 11)
-    with torch.no_grad():
-        assert torch.equal(banded_conv(conv, x, band_bytes=band_bytes), conv(x))
-    out = banded_conv(conv, x, band_bytes=1)  # with autograd: the conv itself
-    assert out.grad_fn is not None and torch.equal(out.detach(), conv(x).detach())
-
-
-def test_upsample_fuses_only_without_autograd() -> None:
-    up = _randomize(Upsample(8, with_conv=True))
-    x = torch.randn(1, 8, 6, 5, requires_grad=True)
-    reference = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-    out = up(x)
-    assert out.grad_fn is not None and torch.equal(out, reference)  # training: the original ops, bit-equal
-    with torch.no_grad():
-        torch.testing.assert_close(up(x), reference, rtol=1e-6, atol=1e-5)
-
-
-@pytest.mark.parametrize("out_channels, temb_channels", [(32, 0), (64, 0), (64, 16)])
-def test_resnet_block_inference_path_is_the_same_function(out_channels: int, temb_channels: int) -> None:
-    """Without autograd the swishes and the residual add run in place: same output, input untouched."""
-    torch.manual_seed(0)
-    block = _randomize(ResnetBlock(in_channels=32, out_channels=out_channels, dropout=0.0,
-                                   temb_channels=temb_channels)).eval()
-    x = torch.randn(2, 32, 6, 6)
-    temb = torch.randn(2, temb_channels) if temb_channels else None
-    x_before = x.clone()
-    expected = block(x, temb)
-    with torch.no_grad():
-        out = block(x, temb)
-    assert torch.equal(x, x_before)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
-
-
-def test_decoder_inference_path_is_as_accurate_as_the_original_ops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No-grad decoding (fused upsampling, in-place swishes, convs in bands) against float64: no less accurate
-    than the autograd path, which runs the original ops."""
-    monkeypatch.setattr(model_module, "BAND_BYTES", 4096)  # bands of a few rows at these tiny sizes
-    torch.manual_seed(0)
-    decoder = _randomize(Decoder(**TINY_DDCONFIG), seed=1).eval()
-    with torch.no_grad():
-        for param in decoder.parameters():
-            param.mul_(0.3)
-    z = torch.randn(1, 4, 8, 8)
-    with torch.no_grad():
-        fast = decoder(z)
-        exact = decoder.double()(z.double())
-    original = decoder.float()(z).detach()
-    scale = exact.abs().max()
-    assert (fast - exact).abs().max() <= 2 * (original - exact).abs().max() + 1e-7 * scale
-    torch.testing.assert_close(fast, original, rtol=0, atol=2e-6 * float(scale))
-
-
 def test_resnet_block_shortcuts_and_timestep_projection() -> None:
     torch.manual_seed(0)
     same = _randomize(ResnetBlock(in_channels=32, dropout=0.0, temb_channels=0))
@@ -160,9 +104,14 @@ def test_resnet_block_shortcuts_and_timestep_projection() -> None:
     h = same.conv2(nonlinearity(same.norm2(h)))
     torch.testing.assert_close(same(x, None), x + h)
 
-    nin = ResnetBlock(in_channels=32, out_channels=64, dropout=0.0, temb_channels=0)
+    assert same.shortcut is None
+    nin = _randomize(ResnetBlock(in_channels=32, out_channels=64, dropout=0.0, temb_channels=0))
     conv = ResnetBlock(in_channels=32, out_channels=64, conv_shortcut=True, dropout=0.0, temb_channels=0)
     assert nin.nin_shortcut.kernel_size == (1, 1) and conv.conv_shortcut.kernel_size == (3, 3)
+    assert nin.shortcut is nin.nin_shortcut and conv.shortcut is conv.conv_shortcut
+    assert not hasattr(nin, "conv_shortcut") and not hasattr(conv, "nin_shortcut")
+    h = nin.conv2(nonlinearity(nin.norm2(nin.conv1(nonlinearity(nin.norm1(x))))))
+    torch.testing.assert_close(nin(x, None), nin.nin_shortcut(x) + h)
 
     with_temb = _randomize(ResnetBlock(in_channels=32, dropout=0.0, temb_channels=16))
     temb = torch.randn(1, 16)
@@ -189,6 +138,46 @@ def test_encoder_decoder_shapes_and_options() -> None:
     linear = Encoder(**{**TINY_DDCONFIG, "use_linear_attn": True})
     assert isinstance(linear.mid.attn_1, LinAttnBlock)
     assert isinstance(Encoder(**{**TINY_DDCONFIG, "attn_type": "none"}).mid.attn_1, torch.nn.Identity)
+
+
+def test_level_tables_of_the_sd_first_stage() -> None:
+    """kl-f8 (ch 128, ch_mult 1,2,4,4, 2 blocks, 256 px, no attention in the levels): the widths and sides."""
+    args = dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, resolution=256, attn_resolutions=())
+    assert encoder_levels(**args) == [
+        Level(128, 128, 256, 2, False, True), Level(128, 256, 128, 2, False, True),
+        Level(256, 512, 64, 2, False, True), Level(512, 512, 32, 2, False, False),
+    ]
+    assert decoder_levels(**args) == [
+        Level(512, 512, 32, 3, False, True), Level(512, 512, 64, 3, False, True),
+        Level(512, 256, 128, 3, False, True), Level(256, 128, 256, 3, False, False),
+    ]
+
+
+def test_decoder_level_sides_count_up_from_the_latent_side() -> None:
+    """A resolution not divisible by the factor: the encoder floors at each halving (34, 17, 8), the decoder
+    doubles the floored latent side (8, 16, 32), so attention at side 17 is the encoder's alone and at side 16
+    the decoder's alone."""
+    args = dict(ch=8, ch_mult=(1, 1, 1), num_res_blocks=1, resolution=34, attn_resolutions=(17,))
+    assert [level.size for level in encoder_levels(**args)] == [34, 17, 8]
+    assert [level.size for level in decoder_levels(**args)] == [8, 16, 32]
+    for sides, encoder_attn, decoder_attn in (([17], [0, 1, 0], [0, 0, 0]), ([16], [0, 0, 0], [0, 2, 0])):
+        ddconfig = dict(TINY_DDCONFIG, resolution=34, attn_resolutions=sides)
+        assert [len(level.attn) for level in Encoder(**ddconfig).down] == encoder_attn
+        assert [len(level.attn) for level in Decoder(**ddconfig).up] == decoder_attn
+
+
+def test_state_dict_layout_of_a_three_level_autoencoder() -> None:
+    encoder, decoder = Encoder(**TINY_DDCONFIG), Decoder(**TINY_DDCONFIG)
+    enc_keys = {key.rsplit(".", 1)[0] for key in encoder.state_dict()}
+    dec_keys = {key.rsplit(".", 1)[0] for key in decoder.state_dict()}
+    assert {"down.0.downsample.conv", "down.1.downsample.conv", "down.1.block.0.nin_shortcut",
+            "down.2.attn.0.proj_out", "mid.attn_1.q", "conv_out"} <= enc_keys
+    assert not any(key.startswith("down.2.downsample") for key in enc_keys)
+    assert {"up.2.upsample.conv", "up.1.upsample.conv", "up.0.block.0.nin_shortcut", "up.2.block.1.conv2",
+            "up.2.attn.1.k", "mid.block_2.norm2"} <= dec_keys
+    assert not any(key.startswith("up.0.upsample") for key in dec_keys)
+    assert decoder.up[0].block[0].in_channels == 64 and decoder.up[0].block[0].out_channels == 32
+    assert (encoder.num_resolutions, encoder.num_res_blocks, encoder.in_ch_mult) == (3, 1, (1, 1, 2, 2))
 
 
 @pytest.mark.parametrize(
