@@ -25,7 +25,8 @@ from ldm.models.diffusion.conditioning import drop_conditioning
 from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper
 from ldm.models.diffusion.gaussian_diffusion import LOSS_TYPES, GaussianDiffusion
 from ldm.models.diffusion.image_logging import logged_timesteps, rows_to_grid, select_keys
-from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, PARAMETERIZATIONS, make_betas, schedule_buffers
+from ldm.models.diffusion.prediction import parse_parameterization
+from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, make_betas, schedule_buffers
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.ema import LitEma
 from ldm.optim import adam
@@ -100,8 +101,7 @@ class DDPM(pl.LightningModule):
         ucg_training: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         super().__init__()
-        if parameterization not in PARAMETERIZATIONS:
-            raise SettingError(f"parameterization {parameterization!r} is not supported; use 'eps' or 'x0'.")
+        parse_parameterization(parameterization)
         if loss_type not in LOSS_TYPES:
             raise UnsupportedSettingError(f"loss_type {loss_type!r} is unknown; use 'l1' or 'l2'.")
         logger.info("%s: Running in %s-prediction mode", type(self).__name__, parameterization)
