@@ -91,8 +91,8 @@ def test_v_conversions_and_loss_equal_the_sd2_original():
     x_t = model.q_sample(x_start, t, noise)
     torch.testing.assert_close(x_t, outputs["q_sample"], **tol)
     torch.testing.assert_close(model.get_v(x_start, noise, t), outputs["get_v"], **tol)
-    torch.testing.assert_close(model.predict_start_from_z_and_v(x_t, t, v), outputs["predict_start_from_z_and_v"], **tol)
-    torch.testing.assert_close(model.predict_eps_from_z_and_v(x_t, t, v), outputs["predict_eps_from_z_and_v"], **tol)
+    for name in ("predict_start_from_z_and_v", "predict_eps_from_z_and_v"):
+        torch.testing.assert_close(getattr(model, name)(x_t, t, v), outputs[name], **tol)
 
     class Replay(nn.Module):  # the original UNet's output at (q_sample, t, c)
         def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:

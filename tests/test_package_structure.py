@@ -13,9 +13,7 @@ import pytest
 import ldm
 
 PACKAGE_ROOT = Path(ldm.__file__).parent
-MODULES = sorted(
-    info.name for info in pkgutil.walk_packages([str(PACKAGE_ROOT)], prefix="ldm.") if not info.name.endswith("__main__")
-)
+MODULES = sorted(info.name for info in pkgutil.walk_packages([str(PACKAGE_ROOT)], prefix="ldm."))
 
 
 def module_file(name: str) -> Path:
