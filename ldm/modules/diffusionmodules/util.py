@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
-from einops import repeat
 
 from ldm.util import instantiate_from_config
 
@@ -159,21 +158,22 @@ def noise_like(
 # --------------------------------------------------------------------------------------------------------
 
 
+def sinusoid_frequencies(count: int, max_period: float, device: torch.device | str) -> torch.Tensor:
+    """ω_i = max_period^(−i/count) for i = 0..count−1, float32 ``(count,)``."""
+    return torch.exp(-math.log(max_period) * torch.arange(count, dtype=torch.float32, device=device) / count)
+
+
 def timestep_embedding(
     timesteps: torch.Tensor, dim: int, max_period: int = 10000, repeat_only: bool = False
 ) -> torch.Tensor:
-    """Sinusoidal embedding ``(B,) -> (B, dim)``: [cos(t·ω_i), sin(t·ω_i)] with ω_i = max_period^(−i/half)."""
+    """Sinusoidal embedding ``(B,) -> (B, dim)``: [cos(t·ω_i), sin(t·ω_i)] with ω_i = max_period^(−i/⌊dim/2⌋),
+    and one zero column when ``dim`` is odd; ``repeat_only`` gives t repeated ``dim`` times instead."""
     if repeat_only:
-        return repeat(timesteps, "b -> b d", d=dim)
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=timesteps.device) / half
-    )
-    args = timesteps[:, None].float() * freqs[None]
-    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
-    return embedding
+        return timesteps.unsqueeze(1).repeat(1, dim)
+    omega = sinusoid_frequencies(dim // 2, max_period, timesteps.device)
+    phases = timesteps.float().unsqueeze(1) * omega.unsqueeze(0)  # (B, dim // 2)
+    parts = [phases.cos(), phases.sin()] + ([phases.new_zeros(len(phases), 1)] if dim % 2 else [])
+    return torch.cat(parts, dim=1)
 
 
 def checkpoint(
