@@ -429,23 +429,26 @@ def _unet(**kwargs) -> UNetModel:
     return UNetModel(**{**TINY, "num_heads": 2, **kwargs})
 
 
+# (id, call, message, the original asserts there: the error is also an AssertionError)
 ERRORS = [
-    ("no-context-dim", lambda: _unet(use_spatial_transformer=True), "use_spatial_transformer needs context_dim"),
-    ("context-without-transformer", lambda: _unet(context_dim=8), "use_spatial_transformer is False"),
-    ("no-heads", lambda: _unet(num_heads=-1), "set num_heads or num_head_channels"),
+    ("no-context-dim", lambda: _unet(use_spatial_transformer=True), "use_spatial_transformer needs context_dim", True),
+    ("context-without-transformer", lambda: _unet(context_dim=8), "use_spatial_transformer is False", True),
+    ("no-heads", lambda: _unet(num_heads=-1), "set num_heads or num_head_channels", True),
     ("head-width", lambda: _unet(num_head_channels=12, attention_resolutions=[1]),
-     "heads of 12 channels do not tile a 32-channel layer"),
-    ("no-timesteps", lambda: _unet()(X), "needs timesteps"),
-    ("missing-labels", lambda: _unet(num_classes=10)(X, T), "num_classes=10 but got y=None"),
-    ("unexpected-labels", lambda: _unet()(X, T, y=T), "num_classes=None but got y=a tensor"),
-    ("label-shape", lambda: _unet(num_classes=10)(X, T, y=torch.tensor([1, 2, 3])), r"y must have shape \(2,\)"),
-    ("pool-changes-width", lambda: Downsample(4, False, out_channels=6), "needs use_conv=True"),
-    ("upsample-width", lambda: Upsample(4, False)(torch.randn(1, 3, 2, 2)), "Upsample expects 4 input channels"),
-    ("downsample-width", lambda: Downsample(4, True)(torch.randn(1, 3, 2, 2)), "Downsample expects 4 input channels"),
+     "heads of 12 channels do not tile a 32-channel layer", True),
+    ("no-timesteps", lambda: _unet()(X), "needs timesteps", False),
+    ("missing-labels", lambda: _unet(num_classes=10)(X, T), "num_classes=10 but got y=None", True),
+    ("unexpected-labels", lambda: _unet()(X, T, y=T), "num_classes=None but got y=a tensor", True),
+    ("label-shape", lambda: _unet(num_classes=10)(X, T, y=torch.tensor([1, 2, 3])), r"y must have shape \(2,\)", True),
+    ("pool-changes-width", lambda: Downsample(4, False, out_channels=6), "needs use_conv=True", True),
+    ("upsample-width", lambda: Upsample(4, False)(torch.randn(1, 3, 2, 2)), "Upsample expects 4 input channels", True),
+    ("downsample-width", lambda: Downsample(4, True)(torch.randn(1, 3, 2, 2)), "Downsample expects 4 input channels",
+     True),
 ]
 
 
-@pytest.mark.parametrize(("make", "message"), [row[1:] for row in ERRORS], ids=[row[0] for row in ERRORS])
-def test_errors_name_the_problem(make, message):
-    with pytest.raises(ValueError, match=message):
+@pytest.mark.parametrize(("make", "message", "asserts"), [row[1:] for row in ERRORS], ids=[row[0] for row in ERRORS])
+def test_errors_name_the_problem(make, message, asserts):
+    with pytest.raises(ValueError, match=message) as caught:
         make()
+    assert isinstance(caught.value, AssertionError) is asserts

@@ -24,6 +24,7 @@ from ldm.modules.diffusionmodules.unet_blocks import (
     time_embedding_mlp,
 )
 from ldm.modules.diffusionmodules.util import conv_nd, normalization, timestep_embedding, zero_module
+from ldm.util import SettingError, UnsupportedSettingError
 
 POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
@@ -81,9 +82,9 @@ class EncoderUNetModel(nn.Module):
     ) -> None:
         super().__init__()
         if pool not in POOLS:
-            raise NotImplementedError(f"EncoderUNetModel has no {pool!r} pooling; choose pool from {list(POOLS)}.")
+            raise UnsupportedSettingError(f"EncoderUNetModel has no {pool!r} pooling; choose pool from {list(POOLS)}.")
         if pool == "attention" and num_head_channels == -1:
-            raise ValueError("EncoderUNetModel: pool='attention' needs num_head_channels, the width per head.")
+            raise SettingError("EncoderUNetModel: pool='attention' needs num_head_channels, the width per head.")
         self.in_channels, self.out_channels, self.model_channels = in_channels, out_channels, model_channels
         self.channel_mult, self.num_res_blocks = channel_mult, num_res_blocks
         self.attention_resolutions = attention_resolutions

@@ -39,6 +39,7 @@ from ldm.modules.diffusionmodules.unet_blocks import (
     time_embedding_mlp,
 )
 from ldm.modules.diffusionmodules.util import conv_nd, normalization, timestep_embedding, zero_module
+from ldm.util import SettingError
 
 __all__ = [
     "AttentionBlock",
@@ -125,7 +126,7 @@ def _check_unet_arguments(use_spatial_transformer: bool, context_dim: int | None
     )
     for broken, message in rules:
         if broken:
-            raise ValueError(f"UNetModel: {message}")
+            raise SettingError(f"UNetModel: {message}")
 
 
 class UNetModel(nn.Module):
@@ -233,12 +234,12 @@ class UNetModel(nn.Module):
             raise ValueError("UNetModel.forward needs timesteps, a (B,) tensor of diffusion steps.")
         if (y is None) != (self.num_classes is None):
             given = "None" if y is None else "a tensor"
-            raise ValueError(
+            raise SettingError(
                 f"UNetModel has num_classes={self.num_classes} but got y={given}; class labels y go with "
                 "num_classes, and only with it."
             )
         if y is not None and tuple(y.shape) != (x.shape[0],):
-            raise ValueError(f"UNetModel: y must have shape ({x.shape[0]},), one label per sample; got "
+            raise SettingError(f"UNetModel: y must have shape ({x.shape[0]},), one label per sample; got "
                              f"{tuple(y.shape)}.")
 
     def _embedding(self, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -29,6 +29,7 @@ from einops import rearrange
 from ldm.legacy.unet_extras import ThopAttentionCounter
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.util import avg_pool_nd, checkpoint, conv_nd, linear, normalization, zero_module
+from ldm.util import SettingError
 
 # --------------------------------------------------------------------------------------------------------
 # Sequential containers
@@ -67,7 +68,7 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
 
 def _check_channels(x: torch.Tensor, channels: int, layer: str) -> None:
     if x.shape[1] != channels:
-        raise ValueError(f"{layer} expects {channels} input channels, got a tensor of shape {tuple(x.shape)}")
+        raise SettingError(f"{layer} expects {channels} input channels, got a tensor of shape {tuple(x.shape)}")
 
 
 def _factor(dims: int) -> int | tuple[int, int, int]:
@@ -116,7 +117,7 @@ class Downsample(_Resampler):
             self.op = conv_nd(dims, channels, self.out_channels, 3, stride=step, padding=padding)
             return
         if self.out_channels != channels:
-            raise ValueError(
+            raise SettingError(
                 f"Downsample: average pooling keeps the width, so {channels} -> {out_channels} channels needs "
                 "use_conv=True (conv_resample in UNetModel); or leave out_channels unset."
             )
@@ -267,7 +268,7 @@ def _head_count(channels: int, num_heads: int, num_head_channels: int) -> int:
     if num_head_channels == -1:
         return num_heads
     if channels % num_head_channels:
-        raise ValueError(
+        raise SettingError(
             f"AttentionBlock: heads of {num_head_channels} channels do not tile a {channels}-channel layer; "
             "pick num_head_channels dividing every level's width (model_channels × channel_mult)."
         )
