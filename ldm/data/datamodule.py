@@ -34,30 +34,37 @@ class WrappedDataset(Dataset):
         return self.data[idx]
 
 
+# Words in numpy's MT19937 key (``np.random.get_state()[1]``).
+_MT_KEY_WORDS = 624
+
+
+def _take_shard(dataset: Txt2ImgIterableBaseDataset, worker: int, workers: int) -> None:
+    """Let ``worker`` of ``workers`` stream its own contiguous ``num_records // workers`` of the valid ids."""
+    size = dataset.num_records // workers
+    dataset.sample_ids = dataset.valid_ids[worker * size : (worker + 1) * size]
+
+
 def worker_init_fn(_: int) -> None:
     """Give each DataLoader worker its own numpy seed and, for iterable datasets, a disjoint slice of ids.
 
     Worker ``w`` of ``n`` streams ``valid_ids[w * k:(w + 1) * k]`` with ``k = num_records // n``. The seed is
-    ``key[0] + w`` of numpy's MT19937 state, or for iterable datasets ``key[j] + w`` with ``j`` drawn from that
-    state (the original's choice), modulo ``2**32``.
+    ``key[0] + w`` of numpy's MT19937 key, or for iterable datasets ``key[j] + w`` with ``j`` drawn uniformly
+    first (the key read after that draw), modulo ``2**32``.
     """
     info = torch.utils.data.get_worker_info()
-    dataset, worker_id = info.dataset, info.id
-    if isinstance(dataset, Txt2ImgIterableBaseDataset):
-        split_size = dataset.num_records // info.num_workers
-        dataset.sample_ids = dataset.valid_ids[worker_id * split_size : (worker_id + 1) * split_size]
-        index = int(np.random.choice(len(np.random.get_state()[1]), 1)[0])
-    else:
-        index = 0
-    base_seed = int(np.random.get_state()[1][index])
-    np.random.seed((base_seed + worker_id) % 2**32)
+    word = 0
+    if isinstance(info.dataset, Txt2ImgIterableBaseDataset):
+        _take_shard(info.dataset, info.id, info.num_workers)
+        word = int(np.random.choice(_MT_KEY_WORDS, 1)[0])
+    key = np.random.get_state()[1]
+    np.random.seed((int(key[word]) + info.id) % 2**32)
 
 
 class DataModuleFromConfig(pl.LightningDataModule):
     """Builds the datasets of ``train`` / ``validation`` / ``test`` / ``predict`` from their configs.
 
     Only the configured splits get a dataloader method, so Lightning skips validation when there is no
-    ``validation`` config. ``num_workers`` defaults to ``2 * batch_size`` as in the original.
+    ``validation`` config. ``num_workers`` defaults to ``2 * batch_size``.
     """
 
     def __init__(
@@ -75,23 +82,20 @@ class DataModuleFromConfig(pl.LightningDataModule):
     ):
         super().__init__()
         self.batch_size = batch_size
-        self.num_workers = num_workers if num_workers is not None else batch_size * 2
-        self.use_worker_init_fn = use_worker_init_fn
-        self.wrap = wrap
-        self.dataset_configs: dict[str, Any] = {}
+        self.num_workers = 2 * batch_size if num_workers is None else num_workers
+        self.use_worker_init_fn, self.wrap = use_worker_init_fn, wrap
         self.datasets: dict[str, Any] = {}
-        if train is not None:
-            self.dataset_configs["train"] = train
-            self.train_dataloader = self._train_dataloader
-        if validation is not None:
-            self.dataset_configs["validation"] = validation
-            self.val_dataloader = partial(self._val_dataloader, shuffle=shuffle_val_dataloader)
-        if test is not None:
-            self.dataset_configs["test"] = test
-            self.test_dataloader = partial(self._test_dataloader, shuffle=shuffle_test_loader)
-        if predict is not None:
-            self.dataset_configs["predict"] = predict
-            self.predict_dataloader = self._predict_dataloader
+        # split -> (its config, the LightningDataModule hook that serves it, the loader)
+        splits = {
+            "train": (train, "train_dataloader", self._train_dataloader),
+            "validation": (validation, "val_dataloader", partial(self._val_dataloader, shuffle=shuffle_val_dataloader)),
+            "test": (test, "test_dataloader", partial(self._test_dataloader, shuffle=shuffle_test_loader)),
+            "predict": (predict, "predict_dataloader", self._predict_dataloader),
+        }
+        self.dataset_configs: dict[str, Any] = {name: cfg for name, (cfg, _, _) in splits.items() if cfg is not None}
+        for name in self.dataset_configs:
+            _, hook, loader = splits[name]
+            setattr(self, hook, loader)
 
     def _build(self, split: str) -> None:
         if split in self.datasets:
@@ -110,36 +114,23 @@ class DataModuleFromConfig(pl.LightningDataModule):
         for split in self.dataset_configs:
             self._build(split)
 
-    def _init_fn(self, split: str) -> Any:
-        iterable = isinstance(self.datasets[split], Txt2ImgIterableBaseDataset)
-        return worker_init_fn if iterable or self.use_worker_init_fn else None
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """The split's DataLoader; iterable datasets are never shuffled and always get ``worker_init_fn``."""
+        dataset = self.datasets[split]
+        iterable = isinstance(dataset, Txt2ImgIterableBaseDataset)
+        init = worker_init_fn if iterable or self.use_worker_init_fn else None
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                          shuffle=shuffle and not iterable, worker_init_fn=init)
 
     def _train_dataloader(self) -> DataLoader:
-        iterable = isinstance(self.datasets["train"], Txt2ImgIterableBaseDataset)
-        return DataLoader(
-            self.datasets["train"],
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            shuffle=not iterable,
-            worker_init_fn=self._init_fn("train"),
-        )
-
-    def _eval_dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
-        iterable = isinstance(self.datasets[split], Txt2ImgIterableBaseDataset)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            shuffle=shuffle and not iterable,
-            worker_init_fn=self._init_fn(split),
-        )
+        return self._loader("train", shuffle=True)
 
     def _val_dataloader(self, shuffle: bool = False) -> DataLoader:
-        return self._eval_dataloader("validation", shuffle=shuffle)
+        return self._loader("validation", shuffle)
 
     def _test_dataloader(self, shuffle: bool = False) -> DataLoader:
-        return self._eval_dataloader("test", shuffle=shuffle)
+        return self._loader("test", shuffle)
 
     def _predict_dataloader(self, shuffle: bool = False) -> DataLoader:
-        """Never shuffled (the original ignores ``shuffle`` here)."""
-        return self._eval_dataloader("predict", shuffle=False)
+        """Never shuffled (``shuffle`` is ignored)."""
+        return self._loader("predict", shuffle=False)
