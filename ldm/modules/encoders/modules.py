@@ -187,6 +187,18 @@ class BERTTokenizer(AbstractEncoder):
         return text
 
 
+def _sized_tokenizer(name: str, max_length: int, vocab_size: int) -> BERTTokenizer:
+    """The ``name`` tokenizer, checked to produce only ids below ``vocab_size``."""
+    tokenizer = BERTTokenizer(vq_interface=False, max_length=max_length, tokenizer=name)
+    needed = len(tokenizer.tokenizer)
+    if vocab_size < needed:
+        raise ConfigError(
+            f"BERTEmbedder: vocab_size={vocab_size} is smaller than the {name!r} tokenizer's "
+            f"{needed} ids; set `vocab_size: {needed}` in the cond_stage_config params"
+        )
+    return tokenizer
+
+
 class BERTEmbedder(AbstractEncoder):
     """Captions → ``BERTTokenizer`` ids → a transformer trained from scratch → ``(B, max_seq_len, n_embed)``.
 
@@ -207,20 +219,11 @@ class BERTEmbedder(AbstractEncoder):
     ) -> None:
         super().__init__()
         self.use_tknz_fn = use_tokenizer
-        if use_tokenizer:
-            self.tknz_fn = BERTTokenizer(vq_interface=False, max_length=max_seq_len, tokenizer=tokenizer)
-            needed = len(self.tknz_fn.tokenizer)
-            if vocab_size < needed:
-                raise ConfigError(
-                    f"BERTEmbedder: vocab_size={vocab_size} is smaller than the {tokenizer!r} tokenizer's "
-                    f"{needed} ids; set `vocab_size: {needed}` in the cond_stage_config params"
-                )
-        self.transformer = TransformerWrapper(
-            num_tokens=vocab_size,
-            max_seq_len=max_seq_len,
-            attn_layers=Encoder(dim=n_embed, depth=n_layer),
-            emb_dropout=embedding_dropout,
-        )
+        if use_tokenizer:  # checked first: a vocabulary mismatch fails before the transformer is built
+            self.tknz_fn = _sized_tokenizer(tokenizer, max_seq_len, vocab_size)
+        layers = Encoder(dim=n_embed, depth=n_layer)
+        self.transformer = TransformerWrapper(num_tokens=vocab_size, max_seq_len=max_seq_len, attn_layers=layers,
+                                              emb_dropout=embedding_dropout)
 
     @property
     def device(self) -> torch.device:
