@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-#: ``DiffusionWrapper`` keyword for each conditioning kind (``__conditioning_keys__`` in the original).
+#: ``DiffusionWrapper`` keyword for each conditioning kind (also ``ldm.models.diffusion.ddpm.__conditioning_keys__``).
 CONDITIONING_KEYS = {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
 
 

@@ -1,7 +1,6 @@
 """The denoising network as ``DDPM`` holds it (``DiffusionWrapper``), frozen sub-models, and setting errors.
 
-``ldm.models.diffusion.ddpm`` re-exports :class:`DiffusionWrapper` and :func:`disabled_train` under their
-original paths.
+``ldm.models.diffusion.ddpm`` re-exports :class:`DiffusionWrapper` and :func:`disabled_train`.
 """
 
 from __future__ import annotations
@@ -48,8 +47,8 @@ class DiffusionWrapper(pl.LightningModule):
     """Holds the UNet as ``diffusion_model`` and feeds it the conditioning as ``conditioning_key`` says.
 
     ``None``: ε(x, t); ``concat``: ε([x, *c_concat], t) on channels; ``crossattn``: ε(x, t, context=cat(c_crossattn,
-    tokens)); ``hybrid``: both; ``adm``: ε(x, t, y=c_crossattn[0]) (class-embedding UNets). A LightningModule as
-    in the original, so it has ``device`` and ``dtype``.
+    tokens)); ``hybrid``: both; ``adm``: ε(x, t, y=c_crossattn[0]) (class-embedding UNets). A LightningModule,
+    so it has ``device`` and ``dtype``.
     """
 
     def __init__(self, diff_model_config: Any, conditioning_key: str | None):

@@ -35,6 +35,9 @@ from ldm.util import (
 
 logger = logging.getLogger(__name__)
 
+#: Keywords LatentDiffusion handles after its parts are built instead of passing them on to DDPM, with defaults.
+LATE_KEYWORDS = {"ckpt_path": None, "ignore_keys": (), "split_input_params": None}
+
 
 # --------------------------------------------------------------------------------------------------------
 # LatentDiffusion: diffusion on the latents of a frozen autoencoder, with a conditioning model
@@ -65,46 +68,38 @@ class LatentDiffusion(DDPM):
         *args,
         **kwargs,
     ):
-        split_input_params = kwargs.pop("split_input_params", None)
         if kwargs.get("use_positional_encodings", False):
             raise NotImplementedError(
-                "use_positional_encodings is not implemented for LatentDiffusion (the original lacks the latent "
-                "shifts it needs); set it to false."
+                "use_positional_encodings is not implemented for LatentDiffusion (no latent position shifts are "
+                "defined for it); set it to false."
             )
-        self.num_timesteps_cond = default(num_timesteps_cond, 1)
-        self.scale_by_std = scale_by_std
         timesteps = kwargs.get("timesteps", 1000)
-        if self.num_timesteps_cond > timesteps:
-            raise SettingError(
-                f"num_timesteps_cond ({self.num_timesteps_cond}) must not exceed timesteps ({timesteps})."
-            )
-        if conditioning_key is None:
-            conditioning_key = "concat" if concat_mode else "crossattn"
-        if cond_stage_config == "__is_unconditional__":
-            conditioning_key = None
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        ignore_keys = kwargs.pop("ignore_keys", ())
-        super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
-        self.concat_mode = concat_mode
-        self.cond_stage_trainable = cond_stage_trainable
-        self.cond_stage_key = cond_stage_key
+        cond_steps = 1 if num_timesteps_cond is None else num_timesteps_cond
+        if cond_steps > timesteps:
+            raise SettingError(f"num_timesteps_cond ({cond_steps}) must not exceed timesteps ({timesteps}).")
+        # Read by register_schedule, which DDPM.__init__ calls.
+        self.num_timesteps_cond, self.scale_by_std = cond_steps, scale_by_std
+        late = {key: kwargs.pop(key, default) for key, default in LATE_KEYWORDS.items()}
+        wrapper_key = _wrapper_conditioning_key(conditioning_key, concat_mode, cond_stage_config)
+        super().__init__(*args, conditioning_key=wrapper_key, **kwargs)
+
+        self.concat_mode, self.cond_stage_trainable = concat_mode, cond_stage_trainable
+        self.cond_stage_key, self.cond_stage_forward = cond_stage_key, cond_stage_forward
         self.num_downs = _num_downs(first_stage_config)
-        if not scale_by_std:
-            self.scale_factor = scale_factor
-        else:
+        if scale_by_std:
             self.register_buffer("scale_factor", torch.tensor(scale_factor, device="cpu"))
+        else:
+            self.scale_factor = scale_factor
         self.instantiate_first_stage(first_stage_config)
         self.instantiate_cond_stage(cond_stage_config)
-        self.cond_stage_forward = cond_stage_forward
         self.clip_denoised = False
         self.bbox_tokenizer = None
-        if split_input_params is not None:
-            self.split_input_params = dict(to_container(split_input_params))
-
-        self.restarted_from_ckpt = False
-        if ckpt_path is not None:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
-            self.restarted_from_ckpt = True
+        if late["split_input_params"] is not None:
+            self.split_input_params = dict(to_container(late["split_input_params"]))
+        # The whole model's checkpoint is read once every part exists.
+        self.restarted_from_ckpt = late["ckpt_path"] is not None
+        if self.restarted_from_ckpt:
+            self.init_from_ckpt(late["ckpt_path"], late["ignore_keys"])
 
     # ---- construction --------------------------------------------------------------------------------------
 
@@ -569,6 +564,16 @@ class LatentDiffusion(DDPM):
             return []
         logger.info("%s: Also optimizing conditioner params!", type(self).__name__)
         return list(self.cond_stage_model.parameters())
+
+
+def _wrapper_conditioning_key(conditioning_key: str | None, concat_mode: bool, cond_stage_config: Any) -> str | None:
+    """How the denoiser takes the conditioning: none for unconditional models, else ``conditioning_key``, which
+    defaults to ``concat`` (``concat_mode``) or ``crossattn``."""
+    if cond_stage_config == "__is_unconditional__":
+        return None
+    if conditioning_key is not None:
+        return conditioning_key
+    return "concat" if concat_mode else "crossattn"
 
 
 def _num_downs(first_stage_config: Any) -> int:

@@ -1,6 +1,6 @@
 """Patch-wise first stage and denoiser for images larger than the models were trained on (``split_input_params``).
 
-Set ``model.split_input_params`` (as in the original) to a dict with ``ks`` and ``stride`` (patch size and step,
+Set ``model.split_input_params`` to a dict with ``ks`` and ``stride`` (patch size and step,
 in the input's pixels), ``vqf`` (the first stage's down-sampling factor), ``patch_distributed_vq`` (also encode and
 decode patch-wise), ``clip_min_weight`` / ``clip_max_weight`` and ``tie_braker`` with ``clip_min_tie_weight`` /
 ``clip_max_tie_weight``. Overlapping patches are blended with weights that grow with the distance to the patch
