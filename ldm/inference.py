@@ -22,7 +22,9 @@ from ldm.models.diffusion.plms import PLMSSampler
 from ldm.models.vae_tiling import set_vae_tiling
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.attention_slicing import set_attention_slicing
-from ldm.modules.diffusionmodules.prepack import prepack_convolutions
+from ldm.modules.fast.blocks import swap_fast_blocks
+from ldm.modules.fast.packed_conv import pack_convolutions
+from ldm.modules.fast.spatial_transformer import TokenSpatialTransformer
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -207,9 +209,47 @@ COMPILE_BACKEND = "inductor"
 VAE_TILE = 64
 
 
+def _commit_ema_weights(model: Any) -> None:
+    """Copy a model's EMA weights into its UNet for good and free the EMA copy (sampling uses the EMA weights
+    anyway; a packed conv has no dense weight left to swap them into, and the copy costs the UNet's size again)."""
+    if getattr(model, "use_ema", False):
+        with torch.no_grad():
+            model.model_ema.copy_to(model.model)
+        del model.model_ema
+        model.use_ema = False
+
+
+def _swap_fast_autoencoder(first_stage: torch.nn.Module | None) -> int:
+    """The autoencoder's inference modules (``ldm.modules.fast.autoencoder``) in place of its reference ones."""
+    if first_stage is None:
+        return 0
+    try:
+        from ldm.modules.fast.autoencoder import swap_fast_autoencoder
+    except ImportError:
+        logger.info("no fast autoencoder modules in this version; the first stage keeps its reference blocks")
+        return 0
+    return swap_fast_autoencoder(first_stage)
+
+
+def _check_speed_options(unet: torch.nn.Module, prepack: bool, compile: bool, attention_slicing: int | None) -> None:
+    device = next(unet.parameters()).device if prepack else None
+    problems = (
+        (prepack and compile, "--prepack and --compile exclude each other (packed convolutions defeat the "
+         "compiler, which packs weights itself); drop one"),
+        (prepack and device.type != "cpu", f"--prepack packs convolutions for oneDNN on the CPU, but the model is on "
+         f"{device}; drop --prepack or pass --device cpu"),
+        (attention_slicing is not None and attention_slicing < 1, f"--attention_slicing {attention_slicing}: the "
+         "slice size must be a positive number of query rows; pass e.g. --attention_slicing 1024, or drop the flag"),
+    )
+    for failed, message in problems:
+        if failed:
+            raise ValueError(message)
+
+
 def optimize_for_inference(
     model: Any,
     *,
+    fast_blocks: bool = False,
     channels_last: bool = False,
     prepack: bool = False,
     compile: bool = False,
@@ -217,32 +257,33 @@ def optimize_for_inference(
     vae_tiling: bool = False,
 ) -> None:
     """Apply the sampling scripts' speed options to a ``LatentDiffusion`` in place; all off leaves it untouched.
+    Every option except ``attention_slicing``/``vae_tiling`` makes the model inference-only (no gradients).
 
-    ``channels_last``: the UNet in channels-last memory format (same numbers). ``prepack`` (CPU, float32 only):
-    the UNet channels-last with its convolutions outside the SpatialTransformers pre-packed for oneDNN and its
-    upsampling convs fused with the nearest x2 upsampling (same numbers within float rounding; the EMA weights, if
-    the model keeps any, are copied in for good first, as sampling uses them anyway).
+    ``fast_blocks``: the inference variants of ``ldm.modules.fast`` swapped in for the reference blocks, sharing
+    their weights (the UNet's gated feed-forwards and spatial transformers, and the first stage's blocks; not the
+    UNet's under ``compile``, whose compiler fuses them itself); equal within float rounding. ``channels_last``:
+    the UNet in channels-last memory format (same numbers). ``prepack`` (CPU, float32 only): the UNet
+    channels-last with its convolutions outside the spatial transformers pre-packed for oneDNN and its upsampling
+    convs fused with the nearest x2 upsampling (equal within float rounding). ``fast_blocks`` and ``prepack`` first
+    copy the EMA weights in for good, if the model keeps any (sampling uses them anyway), and free the EMA copy.
     ``compile``: ``torch.compile`` of the UNet's forward (the first step compiles). ``attention_slicing``: the
     attention layers compute at most that many query rows at a time. ``vae_tiling``: the first stage decodes in
     tiles of ``VAE_TILE`` latent pixels.
     """
     unet = model.model.diffusion_model
-    if prepack and compile:
-        raise ValueError("--prepack and --compile exclude each other (packed convolutions defeat the compiler, "
-                         "which packs weights itself); drop one")
-    if prepack and next(unet.parameters()).device.type != "cpu":
-        raise ValueError(f"--prepack packs convolutions for oneDNN on the CPU, but the model is on "
-                         f"{next(unet.parameters()).device}; drop --prepack or pass --device cpu")
-    if attention_slicing is not None and attention_slicing < 1:
-        raise ValueError(f"--attention_slicing {attention_slicing}: the slice size must be a positive number of "
-                         "query rows; pass e.g. --attention_slicing 1024, or drop the flag")
+    _check_speed_options(unet, prepack, compile, attention_slicing)
+    if fast_blocks or prepack:
+        _commit_ema_weights(model)
+    if fast_blocks:
+        swapped = _swap_fast_autoencoder(getattr(model, "first_stage_model", None))
+        if not compile:
+            swapped += swap_fast_blocks(unet)
+        logger.info("fast blocks: %d inference modules swapped in", swapped)
+    if prepack:
+        packed = pack_convolutions(unet, skip=(SpatialTransformer, TokenSpatialTransformer))
+        logger.info("prepack: %d convolutions packed for oneDNN", packed)
     if channels_last or prepack:
         unet.to(memory_format=torch.channels_last)
-    if prepack:
-        if getattr(model, "use_ema", False):
-            model.model_ema.copy_to(model.model)
-            model.use_ema = False
-        prepack_convolutions(unet, skip=(SpatialTransformer,))
     if attention_slicing is not None:
         sliced = set_attention_slicing(model, attention_slicing)
         logger.info("attention slicing: %d attention layers compute %d query rows at a time", sliced,

@@ -64,8 +64,13 @@ def add_sampling_arguments(
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """Speed and memory options, all off by default (off: the original numbers); see ``optimize_for_inference``."""
+    """Speed and memory options; see ``optimize_for_inference``. The inference variants of the blocks are on by
+    default (equal within float rounding; ``--reference_blocks`` samples on the reference blocks), the rest off."""
     arg = parser.add_argument
+    arg("--reference_blocks", action="store_true",
+        help="sample on the reference blocks instead of swapping in their inference variants from ldm.modules.fast "
+        "(chunked in-place feed-forwards, token-view projections, the autoencoder's fast blocks; the same numbers "
+        "within float rounding)")
     arg("--channels_last", action="store_true", help="run the UNet in channels-last memory format (same numbers)")
     arg("--prepack", action="store_true",
         help="CPU, float32 only: run the UNet channels-last with its convolutions pre-packed for oneDNN once and "
@@ -86,8 +91,8 @@ def speed_options(opt: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--prepack packs float32 convolutions, which --precision {opt.precision} would bypass; "
                          "drop --prepack or use --precision full")
     return {
-        "channels_last": opt.channels_last, "prepack": opt.prepack, "compile": opt.compile,
-        "attention_slicing": opt.attention_slicing, "vae_tiling": opt.vae_tiling,
+        "fast_blocks": not opt.reference_blocks, "channels_last": opt.channels_last, "prepack": opt.prepack,
+        "compile": opt.compile, "attention_slicing": opt.attention_slicing, "vae_tiling": opt.vae_tiling,
     }
 
 

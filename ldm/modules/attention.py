@@ -1,7 +1,9 @@
 """Attention layers of the latent-diffusion UNet: cross-attention, transformer blocks, the spatial transformer.
 
-Every softmax attention here goes through ``torch.nn.functional.scaled_dot_product_attention``, so the
-``(tokens × tokens)`` weight matrix is never built by this code (fused kernels avoid it where they can).
+These are the reference blocks: each forward is the block's equation and runs the same way for training and
+sampling. Every softmax attention goes through ``torch.nn.functional.scaled_dot_product_attention``, so this code
+never builds the ``(tokens × tokens)`` weight matrix itself. Inference-only variants of some blocks live in
+``ldm.modules.fast`` and are swapped in by ``ldm.inference.optimize_for_inference``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from ldm.legacy.attention import LinearAttention, SpatialSelfAttention
 from ldm.modules.diffusionmodules.util import checkpoint, zero_module
 from ldm.util import default, exists
 
@@ -36,7 +39,7 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------------------
-# Small helpers (the original module's public functions)
+# Small helpers (the module's public functions)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -67,59 +70,31 @@ def init_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class GEGLU(nn.Module):
-    """Gated GELU: ``a · GELU(g)`` with ``[a, g] = proj(x)``; ``(..., dim_in) -> (..., dim_out)``."""
+    """Gated GELU: ``a ⊙ GELU(g)`` with ``[a, g] = x W + b`` split in halves; ``(..., dim_in) -> (..., dim_out)``."""
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        value, gate = self.proj(x).chunk(2, dim=-1)  # (..., dim_out) each
+        return value * F.gelu(gate)
 
 
 class FeedForward(nn.Module):
-    """``Linear(GELU or GEGLU)(dim -> mult·dim) -> Dropout -> Linear(-> dim_out)`` on ``(..., dim)``.
-
-    Without autograd (sampling) a gated feed-forward runs on ``INFERENCE_ROWS`` tokens at a time, in place: the
-    same per-row math (equal to float rounding; bit-identical at Stable Diffusion's sizes), but its
-    ``(tokens × 2·inner)`` intermediate stays a few MB instead of the ~170 MB of a 64x64-latent Stable Diffusion
-    block, which is faster on a CPU and lowers the peak memory. Forward hooks on ``net`` and its layers do not fire
-    on that path (hooks on the ``FeedForward`` itself do).
-    """
-
-    INFERENCE_ROWS = 2048
+    """``W₂ · Dropout(act(x)) + b₂`` on ``(..., dim) -> (..., dim_out)``, ``act`` = GEGLU (``glu``) or
+    ``GELU(W₁ x + b₁)``, hidden width ``mult · dim``."""
 
     def __init__(
         self, dim: int, dim_out: int | None = None, mult: float = 4, glu: bool = False, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        inner_dim = int(dim * mult)
-        dim_out = default(dim_out, dim)
-        project_in = GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
-        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
+        hidden = int(dim * mult)
+        expand = GEGLU(dim, hidden) if glu else nn.Sequential(nn.Linear(dim, hidden), nn.GELU())
+        self.net = nn.Sequential(expand, nn.Dropout(dropout), nn.Linear(hidden, default(dim_out, dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        project_in, dropout, _ = self.net
-        device = x.device.type
-        lean = (
-            isinstance(project_in, GEGLU)
-            and not torch.is_grad_enabled()
-            and not (self.training and dropout.p > 0)
-            and not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device))
-        )
-        return self._gated_inference(x) if lean else self.net(x)
-
-    def _gated_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """``a · GELU(g)`` then the output projection, chunk by chunk of rows into one preallocated output."""
-        project_in, _, project_out = self.net
-        rows = x.reshape(-1, x.shape[-1])
-        out = rows.new_empty(rows.shape[0], project_out.out_features)
-        for chunk, dest in zip(rows.split(self.INFERENCE_ROWS), out.split(self.INFERENCE_ROWS)):
-            a, gate = project_in.proj(chunk).chunk(2, dim=-1)
-            a.mul_(torch.ops.aten.gelu_(gate))
-            torch.addmm(project_out.bias, a, project_out.weight.t(), out=dest)
-        return out.view(*x.shape[:-1], -1)
+        return self.net(x)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -130,8 +105,8 @@ class FeedForward(nn.Module):
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean key mask ``(B, ...)`` (True = attend) -> additive bias ``(B, 1, 1, J)``.
 
-    Masked keys get ``-finfo(dtype).max`` as in the original, so a fully masked row attends uniformly
-    instead of producing NaN.
+    Masked keys get ``-finfo(dtype).max`` (not ``-inf``), so a fully masked row attends uniformly instead of
+    producing NaN.
     """
     keep = rearrange(mask, "b ... -> b 1 1 (...)").bool()
     bias = torch.zeros(keep.shape, dtype=dtype, device=mask.device)
@@ -171,8 +146,8 @@ def attention(
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention of ``x (B, N, query_dim)`` over ``context (B, M, context_dim)`` (self-attention
-    when ``context`` is None): ``softmax(Q Kᵀ / √dim_head) V`` per head, then ``to_out``.
+    """Multi-head attention of ``x (B, N, query_dim)`` over ``context (B, M, context_dim)`` (over ``x`` itself
+    when ``context`` is None): ``to_out(concat_h softmax(Q_h K_hᵀ / √dim_head) V_h)``.
 
     ``slice_size`` (an attribute, not a config key; see ``ldm.modules.attention_slicing``): run the attention
     on chunks of at most that many query positions, same output with less memory.
@@ -187,69 +162,29 @@ class CrossAttention(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        inner_dim = dim_head * heads
-        context_dim = default(context_dim, query_dim)
-        self.scale = dim_head**-0.5
-        self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        width = heads * dim_head
+        source_dim = query_dim if context_dim is None else context_dim
+        self.heads, self.scale = heads, dim_head**-0.5
+        for name, fan_in in (("to_q", query_dim), ("to_k", source_dim), ("to_v", source_dim)):
+            self.add_module(name, nn.Linear(fan_in, width, bias=False))
+        self.to_out = nn.Sequential(nn.Linear(width, query_dim), nn.Dropout(dropout))
         self.slice_size: int | None = None
+
+    def _heads_apart(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, L, heads·d) -> (B, heads, L, d)``."""
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``x (B, N, query_dim)``, ``context (B, M, context_dim)``, ``mask (B, M)`` bool -> ``(B, N, query_dim)``."""
-        context = default(context, x)
-        q, k, v = (
-            rearrange(t, "b n (h d) -> b h n d", h=self.heads)
-            for t in (self.to_q(x), self.to_k(context), self.to_v(context))
-        )
-        attn_mask = None if mask is None else _additive_mask(mask, q.dtype)
-        out = attention(q, k, v, attn_mask=attn_mask, scale=self.scale, slice_size=self.slice_size)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class LinearAttention(nn.Module):
-    """Linear attention on ``(B, dim, H, W)``: keys softmax-normalised over positions, then
-    ``out = (softmax(K) Vᵀ)ᵀ Q`` per head, a ``(dim_head × dim_head)`` context instead of ``(HW × HW)``.
-    """
-
-    def __init__(self, dim: int, heads: int = 4, dim_head: int = 32) -> None:
-        super().__init__()
-        self.heads = heads
-        hidden_dim = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, bias=False)
-        self.to_out = nn.Conv2d(hidden_dim, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        q, k, v = rearrange(self.to_qkv(x), "b (qkv heads c) h w -> qkv b heads c (h w)", heads=self.heads, qkv=3)
-        k = k.softmax(dim=-1)
-        context = torch.einsum("bhdn,bhen->bhde", k, v)
-        out = torch.einsum("bhde,bhdn->bhen", context, q)
-        return self.to_out(rearrange(out, "b heads c (h w) -> b (heads c) h w", h=h, w=w))
-
-
-class SpatialSelfAttention(nn.Module):
-    """Single-head self-attention over the pixels of ``(B, C, H, W)`` with a residual connection:
-    ``x + proj_out(softmax(q kᵀ / √C) v)``, ``q, k, v`` 1×1 convs of ``norm(x)``."""
-
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.in_channels = in_channels
-        self.norm = Normalize(in_channels)
-        self.q, self.k, self.v, self.proj_out = (
-            nn.Conv2d(in_channels, in_channels, kernel_size=1, stride=1, padding=0) for _ in range(4)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[2:]
-        h = self.norm(x)
-        q, k, v = (rearrange(layer(h), "b c h w -> b 1 (h w) c") for layer in (self.q, self.k, self.v))
-        h = rearrange(F.scaled_dot_product_attention(q, k, v), "b 1 (h w) c -> b c h w", h=height, w=width)
-        return x + self.proj_out(h)
+        source = x if context is None else context  # (B, M, context_dim)
+        q = self._heads_apart(self.to_q(x))  # (B, heads, N, d)
+        k = self._heads_apart(self.to_k(source))  # (B, heads, M, d)
+        v = self._heads_apart(self.to_v(source))  # (B, heads, M, d)
+        bias = None if mask is None else _additive_mask(mask, q.dtype)  # (B, 1, 1, M)
+        out = attention(q, k, v, attn_mask=bias, scale=self.scale, slice_size=self.slice_size)  # (B, heads, N, d)
+        return self.to_out(out.transpose(1, 2).flatten(2))  # (B, N, query_dim)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -258,7 +193,8 @@ class SpatialSelfAttention(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm transformer block on ``(B, N, dim)``:
+    """Pre-norm transformer block on ``(B, N, dim)``: self-attention, cross-attention to ``context``, then the
+    feed-forward, each added to its input:
     ``x += attn1(norm1(x))``; ``x += attn2(norm2(x), context)``; ``x += ff(norm3(x))``.
 
     With ``checkpoint`` the activations are recomputed in the backward pass instead of stored.
@@ -275,33 +211,33 @@ class BasicTransformerBlock(nn.Module):
         checkpoint: bool = True,
     ) -> None:
         super().__init__()
-        self.attn1 = CrossAttention(query_dim=dim, heads=n_heads, dim_head=d_head, dropout=dropout)
-        self.ff = FeedForward(dim, dropout=dropout, glu=gated_ff)
-        self.attn2 = CrossAttention(
-            query_dim=dim, context_dim=context_dim, heads=n_heads, dim_head=d_head, dropout=dropout
-        )
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+
+        def attending_to(source_dim: int | None) -> CrossAttention:
+            return CrossAttention(dim, source_dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+
+        # construction order = parameter-initialisation order (seeded models depend on it)
+        self.attn1 = attending_to(None)
+        self.ff = FeedForward(dim, glu=gated_ff, dropout=dropout)
+        self.attn2 = attending_to(context_dim)
+        for index in (1, 2, 3):
+            self.add_module(f"norm{index}", nn.LayerNorm(dim))
         self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context=context) + x
-        return self.ff(self.norm3(x)) + x
+        x = x + self.attn1(self.norm1(x))  # (B, N, dim)
+        x = x + self.attn2(self.norm2(x), context=context)  # (B, N, dim)
+        return x + self.ff(self.norm3(x))  # (B, N, dim)
 
 
 class SpatialTransformer(nn.Module):
-    """Transformer over the pixels of an image ``(B, C, H, W)``, cross-attending to ``context (B, M, D)``.
+    """Transformer over the pixels of an image ``(B, C, H, W)``, cross-attending to ``context (B, M, D)``:
+    ``x + proj_out(blocks(proj_in(GroupNorm(x))))`` with the blocks on the ``(B, HW, heads·d_head)`` tokens;
+    ``proj_in``/``proj_out`` are 1x1 convs, ``proj_out`` zero-initialised (the layer starts as the identity).
 
-    ``GroupNorm -> 1x1 conv (C -> heads·d_head) -> depth × BasicTransformerBlock on (B, HW, ·) -> 1x1 conv
-    (zero-initialised) -> + input``.
-
-    ``use_checkpoint`` (as in Stable Diffusion 2's codebase; the original always checkpoints): recompute the
-    blocks' activations in the backward pass instead of storing them.
+    ``use_checkpoint``: recompute the blocks' activations in the backward pass instead of storing them.
     """
 
     def __init__(
@@ -317,27 +253,23 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.in_channels = in_channels
         inner_dim = n_heads * d_head
-        self.norm = nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
-        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1, stride=1, padding=0)
+        self.norm = Normalize(in_channels)
+        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(
                 inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim, checkpoint=use_checkpoint
             )
             for _ in range(depth)
         )
-        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1, stride=1, padding=0))
+        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x``.
-
-        The 1x1 ``proj_in``/``proj_out`` convs run as the equal matrix products on the ``(B, HW, C)`` token view,
-        which is free for a channels-last ``x``. The residual add takes the layout of its first operand ``x``: a
-        channels-last view leaking out of an NCHW model would make every later conv re-layout its weights.
-        """
-        h, w = x.shape[-2:]
-        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
+        """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x`` (the residual
+        sum takes the layout of its first operand)."""
+        height, width = x.shape[-2:]
+        h = self.proj_in(self.norm(x))  # (B, inner, H, W)
+        tokens = rearrange(h, "b c h w -> b (h w) c")  # (B, HW, inner)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context=context)
-        tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)
-        return x + rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w)
+            tokens = block(tokens, context=context)  # (B, HW, inner)
+        h = rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)  # (B, inner, H, W)
+        return x + self.proj_out(h)  # (B, C, H, W)

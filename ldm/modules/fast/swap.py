@@ -7,23 +7,26 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-#: ``make(child) -> replacement or None``: the replacement for a child module, or None to leave it (and recurse).
+#: ``make(child) -> replacement, None or child``: the replacement for a child module; None to leave it and search
+#: inside it; ``child`` itself to leave it and everything inside it alone.
 Replacement = Callable[[nn.Module], "nn.Module | None"]
 
 
 def replace_modules(root: nn.Module, make: Replacement) -> int:
     """Swap, in place, every descendant of ``root`` for which ``make`` returns a module; returns how many.
 
-    A replaced child is not searched further (its replacement owns what was inside). ``root`` itself is never
-    replaced. The reference module is dropped, not kept beside its replacement, so the swap costs no memory
-    beyond what the replacement itself holds.
+    A replaced child is not searched further (its replacement owns what was inside), nor is a child for which
+    ``make`` returns the child itself. ``root`` itself is never replaced. Each reference module is dropped as soon
+    as its replacement is in place, not kept beside it (nor kept alive by a list of the children), so the swap
+    peaks at one module's worth of memory beyond what the replacements themselves hold.
     """
     swapped = 0
-    for name, child in list(root.named_children()):
+    for name in [name for name, _ in root.named_children()]:
+        child = getattr(root, name)
         replacement = make(child)
         if replacement is None:
             swapped += replace_modules(child, make)
-        else:
+        elif replacement is not child:
             setattr(root, name, replacement)
             swapped += 1
     return swapped
