@@ -3,7 +3,7 @@
     python main.py --base configs/autoencoder/autoencoder_kl_32x32x4.yaml -t --accelerator gpu --devices 0,
     python main.py -r logs/2026-11-24T00-00-00_cfg            # continue that run
 
-The implementation lives in :mod:`ldm.cli`; this module is the entry point and keeps the names original configs
+The implementation lives in :mod:`ldm.cli`; this module is the entry point and re-exports the names configs
 and users import from ``main`` (``main.DataModuleFromConfig``, ``main.ImageLogger``, ``main.get_parser``, ...).
 """
 

@@ -296,7 +296,7 @@ def apply_state_dict(
 ) -> LoadReport:
     """Load ``state_dict`` into ``module`` and report what did not match.
 
-    Keys starting with any ``ignore_keys`` prefix are dropped first (the original ``init_from_ckpt``), then the
+    Keys starting with any ``ignore_keys`` prefix are dropped first (``init_from_ckpt``'s ``ignore_keys``), then the
     tolerated extras (EMA buffers, CLIP ``position_ids``, a standalone VAE's ``loss.*``) the module lacks.
     A shape difference raises ``ValueError`` naming the first such key and both shapes. Missing/unexpected keys
     are logged as one line; with ``strict`` any left (other than missing ones under an ignored prefix) raise.
@@ -376,5 +376,5 @@ def metadata_values(metadata: Mapping[str, str]) -> dict[str, Any]:
 
 
 def save_checkpoint(path: PathLike, state_dict: Mapping[str, Tensor], **extra: Any) -> None:
-    """Write an original-layout checkpoint ``{"state_dict": ..., **extra}`` (e.g. ``global_step``)."""
+    """Write a Lightning-layout checkpoint ``{"state_dict": ..., **extra}`` (e.g. ``global_step``)."""
     torch.save({"state_dict": dict(state_dict), **extra}, path)

@@ -69,7 +69,7 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """``(3, H, W)`` in [0, 1] → 8-bit RGB (``255 x`` truncated, as the original scripts)."""
+    """``(3, H, W)`` in [0, 1] → 8-bit RGB (``255 x`` truncated, not rounded)."""
     return Image.fromarray((255.0 * rearrange(image.cpu().numpy(), "c h w -> h w c")).astype(np.uint8))
 
 

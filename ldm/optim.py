@@ -16,8 +16,7 @@ def adam(
     is a floating-point tensor on a CPU or CUDA device, otherwise the multi-tensor (``foreach``) implementation.
 
     Both are Adam's update; the fused kernel orders the arithmetic differently, so the weights match the
-    per-tensor loop to float rounding (≈1e-7 relative) rather than bit for bit. On the demo's 7.9M weights one step
-    takes 6 ms fused against 22 ms multi-tensor on 2 CPU cores.
+    per-tensor loop to float rounding (≈1e-7 relative) rather than bit for bit.
     """
     params = list(params)
     fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)

@@ -1,4 +1,4 @@
-"""The original txt2img's NSFW filter: the ``CompVis/stable-diffusion-safety-checker`` CLIP classifier.
+"""The NSFW filter of Stable Diffusion's txt2img: the ``CompVis/stable-diffusion-safety-checker`` CLIP classifier.
 
 It needs the ``diffusers`` package and that model's external weights (downloaded by ``from_pretrained`` or
 present in the Hugging Face cache); nothing here runs unless :func:`check_safety` is called, and the sampling

@@ -24,35 +24,35 @@ SENTINELS = ("__is_first_stage__", "__is_unconditional__")
 class ConfigError(ValueError):
     """A config node cannot be turned into an object; the message names the node and the fix.
 
-    The subclasses below are also the exception types the original raises in the same situations, so code
-    that catches ``KeyError`` / ``ModuleNotFoundError`` / ``AttributeError`` / ``TypeError`` keeps working.
+    The subclasses below also derive from the built-in exception type of their situation, so code that catches
+    ``KeyError`` / ``ModuleNotFoundError`` / ``AttributeError`` / ``TypeError`` catches them.
     """
 
 
 class MissingTargetError(ConfigError, KeyError):
-    """The node has no ``target`` key (the original: ``KeyError``)."""
+    """The node has no ``target`` key (also a ``KeyError``)."""
 
     __str__ = BaseException.__str__  # the plain message, not KeyError's quoted repr
 
 
 class TargetImportError(ConfigError, ModuleNotFoundError):
-    """The ``target``'s module cannot be imported (the original: ``ModuleNotFoundError``)."""
+    """The ``target``'s module cannot be imported (also a ``ModuleNotFoundError``)."""
 
 
 class TargetAttributeError(ConfigError, AttributeError):
-    """The ``target``'s module lacks the named attribute (the original: ``AttributeError``)."""
+    """The ``target``'s module lacks the named attribute (also an ``AttributeError``)."""
 
 
 class ParamsError(ConfigError, TypeError):
-    """``params`` has keys the target does not accept, or lacks required ones (the original: ``TypeError``)."""
+    """``params`` has keys the target does not accept, or lacks required ones (also a ``TypeError``)."""
 
 
 class SettingError(ConfigError, AssertionError):
-    """A constructor/config setting is out of range; the original asserts there (hence ``AssertionError``)."""
+    """A constructor/config setting is out of range (also an ``AssertionError``)."""
 
 
 class UnsupportedSettingError(ConfigError, NotImplementedError):
-    """A setting names a variant that does not exist; the original raises ``NotImplementedError`` for it."""
+    """A setting names a variant that does not exist (also a ``NotImplementedError``)."""
 
 
 def exists(value: Any) -> bool:

@@ -2,7 +2,7 @@
 
 Files go to ``<save_dir>/images/<split>/{k}_gs-{global_step:06}_e-{epoch:06}_b-{batch_idx:06}.png``
 (``save_dir`` is the logger's, i.e. the run's logdir) and, with a TensorBoard logger, to ``add_image`` (8 per
-row, as the original's logger grids).
+row).
 ``global_step`` is Lightning 2's: the number of optimizer steps taken, so the first batch logs as 1.
 """
 

@@ -1,4 +1,4 @@
-"""``main.py`` options: the original ones plus every Lightning 2 ``Trainer`` argument as ``--<name>``."""
+"""``main.py`` options: the LDM ones plus every Lightning 2 ``Trainer`` argument as ``--<name>``."""
 
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def trainer_arg_names() -> set[str]:
 
 
 def get_parser(**parser_kwargs: Any) -> argparse.ArgumentParser:
-    """The original options plus every ``Trainer`` argument as ``--<name>`` (and ``--gpus`` as in Lightning 1).
+    """The LDM options plus every ``Trainer`` argument as ``--<name>`` (and ``--gpus``, read as in Lightning 1).
 
-    ``parser_kwargs`` go to ``argparse.ArgumentParser`` as in the original. Trainer options default to
+    ``parser_kwargs`` go to ``argparse.ArgumentParser``. Trainer options default to
     "absent" (``argparse.SUPPRESS``), so only those given appear in the namespace.
     """
     kwargs = {"prog": "main.py", "description": DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
@@ -74,7 +74,7 @@ def get_parser(**parser_kwargs: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("-t", "--train", default=False, help="train", **flag)
     parser.add_argument("--no-test", default=False, help="disable test", **flag)
-    parser.add_argument("-p", "--project", help="name of new or path to existing project (kept for compatibility)")
+    parser.add_argument("-p", "--project", help="name of new or path to existing project (accepted, unused)")
     parser.add_argument("-d", "--debug", default=False, help="enable post-mortem debugging", **flag)
     parser.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
     parser.add_argument("-f", "--postfix", type=str, default="", help="post-postfix for default name")

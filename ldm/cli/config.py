@@ -79,7 +79,7 @@ def load_config(paths: list[str], dotlist: list[str]) -> DictConfig:
     return OmegaConf.merge(config, OmegaConf.from_dotlist(dotlist))
 
 
-#: Lightning 1 Trainer argument (saved in the original's lightning.yaml of resumed runs); see :func:`legacy_resume`.
+#: Lightning 1 Trainer argument (found in the lightning.yaml of runs made with Lightning 1); see :func:`legacy_resume`.
 LEGACY_RESUME_KEY = "resume_from_checkpoint"
 
 

@@ -33,7 +33,7 @@ def fit_and_test(opt: argparse.Namespace, paths: RunPaths, model: Any, data: Any
 
 
 def move_debug_run(paths: RunPaths) -> None:
-    """``-d`` runs end up in ``<logdir root>/debug_runs/`` (new runs only, as in the original)."""
+    """``-d`` runs end up in ``<logdir root>/debug_runs/`` (new runs only)."""
     if not os.path.isdir(paths.logdir):
         return
     root, name = os.path.split(paths.logdir)

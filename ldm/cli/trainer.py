@@ -1,4 +1,4 @@
-"""Trainer assembly: logger, ``ModelCheckpoint``, the original default callbacks, learning-rate scaling."""
+"""Trainer assembly: logger, ``ModelCheckpoint``, the default callbacks, learning-rate scaling."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def logger_config(lightning_config: DictConfig, paths: RunPaths) -> DictConfig:
 def checkpoint_config(model: Any, lightning_config: DictConfig, paths: RunPaths) -> DictConfig:
     """``last.ckpt`` always; with a ``model.monitor`` also the best 3 by that metric.
 
-    Files are overwritten, never versioned (``last-v1.ckpt``): a resumed run keeps updating ``last.ckpt``, as with
-    the Lightning version the original was written for, even when its logdir was moved.
+    Files are overwritten, never versioned (``last-v1.ckpt``): a resumed run keeps updating ``last.ckpt``, even
+    when its logdir was moved.
     """
     params: dict[str, Any] = {"dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True,
                               "enable_version_counter": False}
@@ -51,10 +51,11 @@ def callbacks_config(
     opt: argparse.Namespace, now: str, paths: RunPaths, config: DictConfig, lightning_config: DictConfig,
     modelckpt: DictConfig,
 ) -> DictConfig:
-    """The original default callbacks (plus ``signal_checkpoint``), merged with ``lightning.callbacks``.
+    """The default callbacks (setup, image logger, learning-rate monitor, CUDA stats, ``signal_checkpoint``),
+    merged with ``lightning.callbacks``.
 
     An ``ignore_keys_callback`` entry gets ``params.ckpt_path`` = the checkpoint resumed from, and is dropped
-    when nothing is resumed (as in the original).
+    when nothing is resumed.
     """
     defaults: dict[str, Any] = {
         "setup_callback": {

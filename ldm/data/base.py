@@ -1,4 +1,4 @@
-"""Shared dataset pieces: the streamed-dataset base class the original configs expect, and image helpers."""
+"""Shared dataset pieces: the streamed-dataset base class, and image helpers."""
 
 from __future__ import annotations
 

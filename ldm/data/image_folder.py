@@ -1,4 +1,4 @@
-"""Users' own images as a training set: a folder scanned recursively, in the original batch format.
+"""Users' own images as a training set: a folder scanned recursively, in the LDM batch format.
 
 Each example is ``{"image": (H, W, 3) float32 in [-1, 1], "class_label": int, "human_label": str,
 "caption": str, "txt": str, "file_path_": str}``. Class labels are the indices of the sorted top-level

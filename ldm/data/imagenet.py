@@ -1,4 +1,4 @@
-"""ImageNet (ILSVRC2012) train / validation over the layout the original code prepares (no download here).
+"""ImageNet (ILSVRC2012) train / validation over the ``ILSVRC2012_*`` cache layout (no download here).
 
 ``<data_root or $XDG_CACHE_HOME/autoencoders/data>/<NAME>/`` must hold ``data/<synset>/<image>.JPEG``,
 ``synset_human.txt`` (``<synset> <human label>`` lines) and, for ``keep_orig_class_label`` or ``sub_indices``,
@@ -33,12 +33,12 @@ from ldm.util import ConfigError
 
 logger = logging.getLogger(__name__)
 
-#: A file of the original train list that is not a readable JPEG; the original skips it too.
+#: A file of the train list that is not a readable JPEG; it is skipped.
 IGNORED_FILES = {"n06596364_9591.JPEG"}
 
 
 def str_to_indices(text: str) -> list[int]:
-    """``"0-3,7"`` → ``[0, 1, 2, 7]`` (ranges are end-exclusive, as in the original ``sub_indices``)."""
+    """``"0-3,7"`` → ``[0, 1, 2, 7]`` (ranges are end-exclusive)."""
     indices: list[int] = []
     for part in str(text).split(","):
         if "-" in part:
@@ -94,7 +94,7 @@ class ImageNetBase(Dataset):
         path = self.root / name
         if not path.is_file():
             raise ConfigError(
-                f"ImageNet {self.NAME}: {path} not found. Prepare {self.root} as the original code does "
+                f"ImageNet {self.NAME}: {path} not found. Prepare {self.root} in the latent-diffusion layout "
                 "(data/<synset>/*.JPEG, synset_human.txt, index_synset.yaml) and set data_root or XDG_CACHE_HOME; "
                 "this package does not download ImageNet."
             )
@@ -208,7 +208,7 @@ def pil_resize(image: np.ndarray, height: int, width: int, resample: Image.Resam
 
 Resizer = Callable[[np.ndarray, int, int], np.ndarray]
 
-#: ``degradation`` names → ``(H, W, 3)`` uint8 resizers. ``pil_*`` are the original's PIL filters exactly;
+#: ``degradation`` names → ``(H, W, 3)`` uint8 resizers. ``pil_*`` are PIL's filters exactly;
 #: ``cv_nearest`` is OpenCV's exactly; ``cv_area``, ``cv_bilinear`` and ``cv_bicubic`` sample as OpenCV does, in
 #: float (OpenCV's float / fixed-point uint8 weights can round one level differently); ``cv_lanczos`` (OpenCV's
 #: 8-tap Lanczos-4 without antialiasing) maps to PIL's antialiased Lanczos-3, the closest filter without OpenCV.
@@ -223,7 +223,7 @@ DEGRADATIONS: dict[str, Resizer] = {
         for name in ("NEAREST", "BILINEAR", "BICUBIC", "BOX", "HAMMING", "LANCZOS")
     },
 }
-#: The original's BSRGAN degradation pipelines; not implemented here.
+#: BSRGAN degradation pipelines: names that are recognised and refused (not implemented).
 BSRGAN_DEGRADATIONS = ("bsrgan", "bsrgan_light")
 
 
@@ -248,13 +248,13 @@ class ImageNetSR(Dataset):
     ``(size // downscale_f, size // downscale_f, 3)``, float32 in [-1, 1]. Steps: a square crop of side
     ``int(min(H, W) * c)``, ``c ~ U(min_crop_f, max_crop_f)``, random or centred; area-resized to ``size``
     (OpenCV ``INTER_AREA``, see :func:`area_resize`); ``LR_image = degradation(image)``. Randomness uses the torch
-    RNG (the original draws from numpy / ``random``), so DataLoader workers differ without a worker seed.
+    RNG, so DataLoader workers differ without a worker seed.
 
-    Which base images are used: the indices (whitespace-separated integers into the base image list) in the text
-    file ``hr_indices`` if given, else in ``data/<INDEX_NAME>.txt`` (relative to the working directory) if it exists,
-    else all of them. The original reads its subset from the pickle ``data/<INDEX_NAME>.p``, which is never unpickled
-    here (a warning says how to convert it). ``data_root`` is the base dataset's (default
-    ``$XDG_CACHE_HOME/autoencoders/data``), so missing data raises the base dataset's error.
+    Which base images are used: the indices (whitespace-separated integers into the base image list) in the text file
+    ``hr_indices`` if given, else in ``data/<INDEX_NAME>.txt`` (relative to the working directory) if it exists, else
+    all of them. A pickle ``data/<INDEX_NAME>.p`` is never unpickled (a warning says how to convert it). ``data_root``
+    is the base dataset's (default ``$XDG_CACHE_HOME/autoencoders/data``), so missing data raises the base dataset's
+    error.
     """
 
     BASE: type[ImageNetBase] = ImageNetBase
@@ -302,7 +302,7 @@ class ImageNetSR(Dataset):
         if default.with_suffix(".p").is_file():
             logger.warning(
                 "%s: %s is not unpickled; using all %d images. Write its indices as whitespace-separated integers "
-                "to %s to use the original subset.", type(self).__name__, default.with_suffix(".p"),
+                "to %s to use that subset.", type(self).__name__, default.with_suffix(".p"),
                 len(self.base), default,
             )
         return list(range(len(self.base)))

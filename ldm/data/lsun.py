@@ -1,7 +1,7 @@
-"""LSUN churches / bedrooms / cats over the original on-disk layout (no download).
+"""LSUN churches / bedrooms / cats over the ``data/lsun`` on-disk layout (no download).
 
 ``data/lsun/<file list>.txt`` lists image paths relative to ``data/lsun/<category>/`` (paths relative to the
-working directory, as in the original). Each example: ``{"image": (size, size, 3) float32 in [-1, 1],
+working directory). Each example: ``{"image": (size, size, 3) float32 in [-1, 1],
 "relative_file_path_": str, "file_path_": str}``; preprocessing is the score-sde one: centre crop to a
 square, resize with ``interpolation``, horizontal flip with ``flip_p``.
 """
@@ -35,7 +35,7 @@ class LSUNBase(Dataset):
         if not os.path.isfile(txt_file):
             raise ConfigError(
                 f"LSUN file list {txt_file!r} not found: put the list of image paths (relative to {data_root!r}) "
-                "there, as in the original data/lsun/ layout, or train on your own images with "
+                "there (the data/lsun/ layout), or train on your own images with "
                 "ldm.data.image_folder.ImageFolderDataset."
             )
         if interpolation not in INTERPOLATIONS:

@@ -81,8 +81,7 @@ def shape_mask(kind: str, size: int, center: tuple[float, float], radius: float)
 def _block_means(inside: np.ndarray, factor: int) -> np.ndarray:
     """Mean of every ``factor x factor`` block of a boolean ``(n·factor, n·factor)`` array, ``(n, n)`` float64.
 
-    Exact (a count over ``factor²``) and several times faster than a float ``mean`` over a 4-D view: the counts are
-    summed as uint8 slices, which holds ``factor² ≤ 255``.
+    Exact (a count over ``factor²``): the counts are summed as uint8 slices, which holds ``factor² ≤ 255``.
     """
     counts = inside.view(np.uint8)
     columns = sum(counts[:, offset::factor] for offset in range(factor))
@@ -101,7 +100,7 @@ def render(spec: ShapeSpec, size: int, jitter: tuple[float, float] = (0.0, 0.0))
 
 
 class ShapesDataset(Dataset):
-    """Captioned shapes in the original batch format.
+    """Captioned shapes in the LDM batch format.
 
     Item: ``{"image": (size, size, 3) float32 in [-1, 1], "caption": str, "class_label": int, "kind", "color",
     "size", "position": str}``. ``split`` selects an independent stream of the same distribution.

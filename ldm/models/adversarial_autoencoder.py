@@ -1,10 +1,8 @@
 """The Lightning base both first-stage autoencoders share: batch input, checkpoint loading, the GAN step.
 
 Each training batch makes one autoencoder update (``optimizer_idx=0``) and one discriminator update
-(``optimizer_idx=1``) with Lightning's manual optimisation, in place of the original's alternating optimizers
-(``training_step(batch, batch_idx, optimizer_idx)``, which Lightning 2 no longer supports).
-``trainer.global_step`` counts batches (as with the original), so ``disc_start`` and ``max_steps`` keep their
-meaning.
+(``optimizer_idx=1``) with Lightning's manual optimisation. ``trainer.global_step`` counts batches, so
+``disc_start`` and ``max_steps`` are batch counts.
 """
 
 from __future__ import annotations
@@ -181,7 +179,7 @@ class AdversarialAutoencoder(pl.LightningModule):
 
 def _zero_gradients(optimizer: Any) -> None:
     """Give every parameter of ``optimizer`` a zero gradient: the update of a loss with no weight yet (the
-    discriminator before ``disc_start``), which still advances the optimizer's state as the original's does."""
+    discriminator before ``disc_start``), which still advances the optimizer's state."""
     for group in optimizer.param_groups:
         for parameter in group["params"]:
             if parameter.grad is None:

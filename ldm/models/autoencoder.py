@@ -3,9 +3,8 @@
 ``AutoencoderKL``: ``x -> Encoder -> quant_conv -> N(mean, diag(var)) -> z -> post_quant_conv -> Decoder -> x̂``;
 ``VQModel``: the same with a nearest-codebook quantiser in place of the Gaussian. Both train against a
 PatchGAN discriminator held by their loss module (``self.loss``): each training batch makes one autoencoder
-update (``optimizer_idx=0``) and one discriminator update (``optimizer_idx=1``), with Lightning's manual
-optimisation in place of the original's alternating optimizers. ``trainer.global_step`` counts batches (as
-with the original), so ``disc_start`` and ``max_steps`` keep their meaning.
+update (``optimizer_idx=0``) and one discriminator update (``optimizer_idx=1``) with Lightning's manual
+optimisation; ``trainer.global_step`` counts batches, so ``disc_start`` and ``max_steps`` are batch counts.
 """
 
 from __future__ import annotations
@@ -182,7 +181,7 @@ class VQModel(AdversarialAutoencoder):
     @torch.no_grad()
     def log_images(self, batch: Mapping[str, torch.Tensor], only_inputs: bool = False, plot_ema: bool = False,
                    **kwargs: Any) -> dict[str, torch.Tensor]:
-        """``inputs``, ``reconstructions`` and, with ``plot_ema``, ``reconstructions_ema`` (the original's keys);
+        """``inputs``, ``reconstructions`` and, with ``plot_ema``, ``reconstructions_ema``;
         segmentation maps are colorized."""
         x = self.get_input(batch, self.image_key).to(self.device)
         if only_inputs:
@@ -294,7 +293,7 @@ class AutoencoderKL(AdversarialAutoencoder):
         """Adam(lr, β = (0.5, 0.9)) for encoder, decoder and the 1×1 convs, and one for the discriminator (both
         fused where torch can: see :func:`ldm.optim.adam`).
 
-        The loss's learned ``logvar`` is in neither, as in the original.
+        The loss's learned ``logvar`` is in neither.
         """
         lr = self._learning_rate()
         autoencoder = [self.encoder, self.decoder, self.quant_conv, self.post_quant_conv]
@@ -308,7 +307,7 @@ class AutoencoderKL(AdversarialAutoencoder):
                    **kwargs: Any) -> dict[str, torch.Tensor]:
         """``inputs``, ``reconstructions`` and ``samples`` (decoded from ``z ~ N(0, I)``); maps are colorized.
 
-        Random draws in the original's order: the posterior sample of the reconstruction, one more posterior
+        Random draws, in order: the posterior sample of the reconstruction, one more posterior
         sample (only its shape is used), then ``z``.
         """
         x = self.get_input(batch, self.image_key).to(self.device)

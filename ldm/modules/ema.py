@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 class LitEma(nn.Module):
     """EMA shadow of ``model``: after each update ``s ← s − (1 − d)·(s − p)`` for every trainable ``p``.
 
-    With ``use_num_upates`` (original spelling) the decay warms up as ``d = min(decay, (1 + n)/(10 + n))``,
+    With ``use_num_upates`` (so spelled in configs) the decay warms up as ``d = min(decay, (1 + n)/(10 + n))``,
     ``n`` counting updates. Buffers: ``decay`` (float32, ``()``), ``num_updates`` (int32, ``()``; -1 disables
     the warm-up) and one per trainable parameter, named after it with the dots removed
     (``diffusion_model.out.2.weight`` -> ``diffusion_modelout2weight``).

@@ -1,10 +1,9 @@
-"""The small pre-norm transformer encoder the original LDM text-to-image model trains from scratch.
+"""The small pre-norm transformer encoder the LDM text-to-image model trains from scratch.
 
-It reproduces the configuration of the x-transformers version vendored by latent-diffusion that ``BERTEmbedder``
-and ``TransformerEmbedder`` use: learned absolute positions, ``depth`` blocks of (self-attention, feed-forward),
-each ``x + f(LayerNorm(x))``, 8 heads of 64 channels whatever the width, GELU MLP of 4x width, no padding mask,
-a final LayerNorm. State-dict keys are the original ones (``token_emb``, ``pos_emb.emb``,
-``attn_layers.layers.<i>.0`` norm / ``.1`` block, ``norm``, ``to_logits``).
+The configuration ``BERTEmbedder`` and ``TransformerEmbedder`` use: learned absolute positions, ``depth`` blocks of
+(self-attention, feed-forward), each ``x + f(LayerNorm(x))``, 8 heads of 64 channels whatever the width, GELU MLP of 4x
+width, no padding mask, a final LayerNorm. State-dict keys: ``token_emb``, ``pos_emb.emb``, ``attn_layers.layers.<i>.0``
+norm / ``.1`` block, ``norm``, ``to_logits``.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """``Linear(dim, mult·dim) → GELU → Linear(mult·dim, dim)`` with the keys ``net.0.0`` and ``net.2``.
 
-    ``net.1`` is the original's dropout slot (probability 0 in every LDM config), an identity here.
+    ``net.1`` is an identity in the dropout slot (dropout probability is 0 in every LDM config).
     """
 
     def __init__(self, dim: int, mult: int = 4) -> None:

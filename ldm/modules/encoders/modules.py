@@ -5,9 +5,8 @@
 - ``BERTEmbedder`` / ``TransformerEmbedder``: caption or token ids → a transformer trained from scratch with the
   diffusion model (the LDM text-to-image model); ``BERTTokenizer`` is its tokenizer stage.
 
-``device`` arguments are accepted so that the original configs instantiate unchanged. The original moved token ids
-to that device; here token ids follow the module itself, i.e. wherever ``.to(...)`` (or Lightning) put it, so the
-original default ``"cuda"`` also works on a CPU-only machine.
+``device`` arguments are accepted and unused: token ids follow the module itself, i.e. wherever ``.to(...)`` (or
+Lightning) put it, so the default ``"cuda"`` also works on a CPU-only machine.
 """
 
 from __future__ import annotations
@@ -140,7 +139,7 @@ def _text_tokenizer(name: str) -> Any:
     if name == "clip":
         return offline_clip_tokenizer()
     if name != "bert":
-        raise ConfigError(f"tokenizer={name!r} is not one of {TOKENIZERS}; use 'bert' (the original) or 'clip'")
+        raise ConfigError(f"tokenizer={name!r} is not one of {TOKENIZERS}; use 'bert' or 'clip'")
     tokenizer = load_pretrained(BertTokenizerFast, BERT_VOCAB, accept=has_vocabulary)
     if tokenizer is None:
         raise OSError(
@@ -156,7 +155,7 @@ def _text_tokenizer(name: str) -> Any:
 class BERTTokenizer(AbstractEncoder):
     """Captions → token ids ``(B, max_length)``; ``encode`` wraps them VQ-style as ``(None, None, [None, None, ids])``.
 
-    ``tokenizer="bert"`` (the original): ``bert-base-uncased`` WordPiece, 30,522 ids, [CLS] … [SEP] then [PAD] = 0.
+    ``tokenizer="bert"`` (default): ``bert-base-uncased`` WordPiece, 30,522 ids, [CLS] … [SEP] then [PAD] = 0.
     ``tokenizer="clip"``: the CLIP BPE vocabulary shipped with ldm, 49,408 ids, works offline.
     """
 
@@ -280,7 +279,7 @@ class FrozenCLIPEmbedder(AbstractEncoder):
     ``max_length``. Weights come from ``from_pretrained(version)`` (local folder, cache or hub); offline, the
     ViT-L/14 text tower is built with random weights and the shipped BPE vocabulary, for a checkpoint to fill.
     State-dict keys read ``transformer.text_model.<...>`` with transformers 4.x and 5.x alike. ``device`` is
-    accepted for the original configs; token ids go to the device of the parameters.
+    accepted and unused; token ids go to the device of the parameters.
     """
 
     def __init__(self, version: str = CLIP_L14, device: str = "cuda", max_length: int = 77) -> None:

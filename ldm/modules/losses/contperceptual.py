@@ -11,7 +11,7 @@ from ldm.modules.losses.discriminator import PatchGANPerceptualLoss
 
 
 class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
-    """Loss of ``AutoencoderKL``, the original parameters and defaults plus ``perceptual_backbone``.
+    """Loss of ``AutoencoderKL``: reconstruction NLL with a learned scale, KL and a PatchGAN term.
 
     Generator step (``optimizer_idx=0``)::
 
@@ -20,12 +20,12 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
         loss = nll_w + kl_weight · KL(q(z|x) ‖ N(0, I)) / B + λ · disc_factor · (−mean D(x̂))
 
     with ``λ`` the adaptive weight (0 when ``disc_factor`` is 0 or there is no graph) and ``disc_factor`` 0 before
-    ``disc_start``. While that product is 0 the discriminator runs without a graph (same update, far less work), so
-    ``λ`` is logged as 0 then instead of the value the original computes and multiplies by 0.
+    ``disc_start``. While that product is 0 the discriminator runs without a graph (same update, far less work) and
+    ``λ`` is logged as 0.
     Discriminator step (``optimizer_idx=1``): ``disc_factor · d_loss(D(x), D(x̂))``.
-    ``logvar`` is a learnable scalar (key ``logvar``); the original autoencoder keeps it out of its optimizers.
+    ``logvar`` is a learnable scalar (key ``logvar``); ``AutoencoderKL`` keeps it out of its optimizers.
 
-    ``perceptual_backbone`` (not in the original): where LPIPS' VGG16 weights come from — ``"pretrained"``
+    ``perceptual_backbone``: where LPIPS' VGG16 weights come from — ``"pretrained"``
     (torchvision ImageNet weights from the torch hub cache, else downloaded; an error that says how to supply
     them when neither works), a path to a local VGG16 state dict, or ``"random"`` (explicit, logged as a
     warning). With ``perceptual_weight: 0`` nothing is loaded and LPIPS is never run; its keys stay.

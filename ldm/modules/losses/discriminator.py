@@ -150,7 +150,7 @@ class PatchGANPerceptualLoss(nn.Module):
     """What :class:`LPIPSWithDiscriminator` and :class:`VQLPIPSWithDiscriminator` share.
 
     A frozen LPIPS ``perceptual_loss`` (built even when ``perceptual_weight`` is 0, as its keys are in the
-    original checkpoints; its backbone is then not loaded), the PatchGAN ``discriminator`` with its d-loss, the
+    released checkpoints; its backbone is then not loaded), the PatchGAN ``discriminator`` with its d-loss, the
     adaptive generator weight and the discriminator step. ``perceptual_backbone``: see
     :class:`~ldm.modules.losses.lpips.LPIPS`.
     """
@@ -182,7 +182,7 @@ class PatchGANPerceptualLoss(nn.Module):
                                   last_layer: torch.Tensor | None) -> torch.Tensor:
         """``λ = clamp(‖∇_w L_nll‖ / (‖∇_w L_g‖ + 1e-4), 0, 1e4) · disc_weight``, detached; ``w = last_layer``.
 
-        Falls back to 0 when the losses carry no graph (validation under ``no_grad``), as the original does.
+        Falls back to 0 when the losses carry no graph (validation under ``no_grad``).
         """
         if not (torch.is_grad_enabled() and nll_loss.requires_grad and g_loss.requires_grad):
             return torch.zeros((), device=nll_loss.device)
@@ -212,7 +212,7 @@ class PatchGANPerceptualLoss(nn.Module):
     def gan_active(self, global_step: int) -> bool:
         """Whether the GAN terms have any weight at ``global_step``: ``disc_factor`` > 0 and ``disc_start`` reached.
 
-        While they have none (the first ``disc_start`` steps of the original configs, or ``disc_factor: 0``) both
+        While they have none (the first ``disc_start`` steps, or ``disc_factor: 0``) both
         GAN terms are multiplied by 0, so their gradients are exactly zero: the discriminator then runs without a
         graph (its outputs are still logged; with ``disc_factor: 0`` it does not run at all, see
         :attr:`discriminator_used`) and the update is the one zero gradients give.
@@ -236,7 +236,7 @@ class PatchGANPerceptualLoss(nn.Module):
         """The generator's GAN term ``d_weight · disc_factor · g_loss`` and its log (``d_weight``, ``disc_factor``,
         and ``g_loss`` when the discriminator runs); a zero term, without running it, when it is never used.
 
-        A negative ``disc_factor`` (meaningless) gets the adaptive weight here; the original KL loss gave it 0.
+        A negative ``disc_factor`` (meaningless) gets the adaptive weight too.
         """
         disc_factor = adopt_weight(self.disc_factor, global_step, threshold=self.discriminator_iter_start)
         zero = torch.zeros((), device=nll_loss.device)

@@ -1,10 +1,10 @@
-"""LPIPS, the learned perceptual distance of the autoencoder losses (VGG16 variant, as in taming-transformers).
+"""LPIPS, the learned perceptual distance of the autoencoder losses (VGG16 variant).
 
 ``d(x, y) = Σ_l mean_hw( w_l · (φ̂_l(x) − φ̂_l(y))² )`` where ``φ̂_l`` are the channel-normalised VGG16 features
 relu1_2 … relu5_3 of the shifted/scaled input and ``w_l`` the 1x1 "lin" layers calibrated on human judgements.
 
-The lin weights come from the ``lpips`` package (``lpips/weights/v0.1/vgg.pth``, byte-identical to the
-``vgg_lpips`` file the original code downloads). The VGG16 backbone weights are torchvision's ImageNet weights;
+The lin weights come from the ``lpips`` package (``lpips/weights/v0.1/vgg.pth``, the
+``vgg_lpips`` weights). The VGG16 backbone weights are torchvision's ImageNet weights;
 see :class:`LPIPS` for how they are supplied offline.
 """
 
@@ -138,8 +138,8 @@ class ScalingLayer(nn.Module):
 
 
 class NetLinLayer(nn.Module):
-    """Optional dropout then a bias-free 1x1 conv ``C -> 1``: keys ``model.1.weight`` with ``use_dropout``
-    (as LPIPS builds it), ``model.0.weight`` without, as in the original."""
+    """Optional dropout then a bias-free 1x1 conv ``C -> 1``: keys ``model.1.weight`` with ``use_dropout``,
+    ``model.0.weight`` without."""
 
     def __init__(self, chn_in: int, chn_out: int = 1, use_dropout: bool = False) -> None:
         super().__init__()
@@ -154,8 +154,8 @@ class NetLinLayer(nn.Module):
 class LPIPS(nn.Module):
     """Frozen LPIPS-VGG distance; ``forward(x, y)``: two ``(B, 3, H, W)`` images in [-1, 1] -> ``(B, 1, 1, 1)``.
 
-    State-dict keys are the original taming ones: ``scaling_layer.shift/scale``, ``net.slice{1..5}.<idx>.*``,
-    ``lin{0..4}.model.1.weight`` (``model.0`` with ``use_dropout=False``, the original's other option). Every
+    State-dict keys: ``scaling_layer.shift/scale``, ``net.slice{1..5}.<idx>.*``, ``lin{0..4}.model.1.weight``
+    (``model.0`` with ``use_dropout=False``). Every
     parameter has ``requires_grad=False`` and the module stays in eval mode (``train()`` does not switch it), so
     the lin-layer dropout never fires.
 

@@ -61,9 +61,8 @@ class VQLPIPSWithDiscriminator(PatchGANPerceptualLoss):
     ``λ`` is the adaptive weight (0 without a graph, as before ``disc_start``, when the discriminator runs without
     one because its terms have no weight), ``disc_factor`` is 0 before ``disc_start``. Given
     ``predicted_indices`` and ``n_classes`` (the codebook size), the codebook perplexity and cluster usage are
-    logged; without ``n_classes`` they are skipped (latent-diffusion asserts there, so its own VQ configs, which
-    do not set ``n_classes``, would fail in training). Discriminator step (``optimizer_idx=1``):
-    ``disc_factor · d_loss(D(x), D(x̂))``. ``pixelloss_weight`` is stored but, as in the original, not applied.
+    logged; without ``n_classes`` they are skipped. Discriminator step (``optimizer_idx=1``):
+    ``disc_factor · d_loss(D(x), D(x̂))``. ``pixelloss_weight`` is stored but not applied.
     ``perceptual_backbone``: see ``LPIPSWithDiscriminator``.
     """
 

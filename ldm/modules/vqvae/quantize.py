@@ -1,4 +1,4 @@
-"""Vector quantisation of the VQ first stage (taming-transformers' ``VectorQuantizer2``).
+"""Vector quantisation of the VQ first stage (``VectorQuantizer2``).
 
 Every latent vector ``z[b, :, i, j]`` is replaced by its nearest codebook entry ``e_k``
 (``k = argmin_k ‖z − e_k‖²``); gradients pass straight through to ``z``.
