@@ -23,71 +23,12 @@ from ldm.models.diffusion import ddpm, image_logging
 from ldm.models.diffusion.ddpm import DDPM, DiffusionWrapper, LatentDiffusion
 from ldm.models.diffusion.schedule import PERSISTENT_BUFFERS
 from ldm.util import ConfigError, instantiate_from_config
+from tests.fakes import EchoUNet, GaussianOptimum, RecordingUNet, ScaleUNet, make_ddpm, make_pixel_ldm, unet
 from tests.helpers import REFDATA, load_manifest, state_dict_manifest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY_CONFIG = REFDATA / "configs" / "ldm_tiny.yaml"
 SCHEDULES = torch.load(REFDATA / "vectors" / "schedules.pt", weights_only=True)
-
-
-class EchoUNet(nn.Module):
-    """A parameter-free stand-in for the UNet: returns x_t (so ε̂ = x_t)."""
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
-        return x
-
-
-class RecordingUNet(nn.Module):
-    """Returns zeros and remembers what it was called with."""
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
-        self.seen = {"x": x, "t": t, **kwargs}
-        return torch.zeros_like(x[:, :1])
-
-
-class ScaleUNet(nn.Module):
-    """ε̂ = s · x_t with one learnable scalar s (initially 1)."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.scale * x
-
-
-class OptimalGaussianEps(nn.Module):
-    """ε*(x_t, t) = √(1 − ᾱ_t)(x_t − √ᾱ_t μ) / (ᾱ_t σ² + 1 − ᾱ_t) = E[ε | x_t] for data x_0 ~ N(μ, σ² I)."""
-
-    def __init__(self, mu: float, sigma: float, alphas_cumprod: torch.Tensor):
-        super().__init__()
-        self.mu, self.sigma = mu, sigma
-        self.register_buffer("alphas_cumprod", alphas_cumprod.clone())
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
-        ab = self.alphas_cumprod[t].view(-1, *((1,) * (x.ndim - 1)))
-        return (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.sigma**2 + 1 - ab)
-
-
-def unet(cls: type[nn.Module]) -> dict[str, str]:
-    return {"target": f"{__name__}.{cls.__name__}"}
-
-
-def make_ddpm(**kwargs) -> DDPM:
-    kwargs.setdefault("use_ema", False)
-    kwargs.setdefault("unet_config", unet(EchoUNet))
-    return DDPM(**kwargs)
-
-
-def make_pixel_ldm(**kwargs) -> LatentDiffusion:
-    """An unconditional LatentDiffusion on an identity first stage (z = scale_factor · x)."""
-    kwargs.setdefault("use_ema", False)
-    kwargs.setdefault("unet_config", unet(EchoUNet))
-    return LatentDiffusion(
-        first_stage_config={"target": "ldm.models.autoencoder.IdentityFirstStage"},
-        cond_stage_config="__is_unconditional__",
-        **kwargs,
-    )
 
 
 def tiny_config(**params):
@@ -661,7 +602,7 @@ def test_ancestral_sampler_turns_noise_into_the_gaussian_data(kind):
         model = make_ddpm(clip_denoised=False, log_every_t=1000)
     else:
         model = make_pixel_ldm(log_every_t=1000)
-    model.model.diffusion_model = OptimalGaussianEps(mu, sigma, model.alphas_cumprod)
+    model.model.diffusion_model = GaussianOptimum(mu, sigma, model.alphas_cumprod, "eps")
     torch.manual_seed(0)
     if kind == "DDPM":
         samples = model.p_sample_loop(shape)
@@ -681,7 +622,7 @@ def test_ancestral_sampler_turns_noise_into_the_gaussian_data(kind):
 def test_inpainting_keeps_the_masked_latents():
     """Where mask = 1 the chain ends on q_sample(x0, t = 0) = √ᾱ_0 x0 + √(1 − ᾱ_0) ε, i.e. x0 up to 1 %."""
     model = make_pixel_ldm(timesteps=50, image_size=8)
-    model.model.diffusion_model = OptimalGaussianEps(0.0, 1.0, model.alphas_cumprod)
+    model.model.diffusion_model = GaussianOptimum(0.0, 1.0, model.alphas_cumprod, "eps")
     x0 = torch.full((2, 1, 8, 8), 3.0)
     mask = torch.zeros(2, 1, 8, 8)
     mask[..., :4] = 1.0
@@ -698,7 +639,7 @@ def test_inpainting_keeps_the_masked_latents():
 @pytest.mark.parametrize("kind", ["DDPM", "LatentDiffusion"])
 def test_a_generator_makes_sampling_reproducible(kind):
     model = make_ddpm(timesteps=20, image_size=4) if kind == "DDPM" else make_pixel_ldm(timesteps=20, image_size=4)
-    model.model.diffusion_model = OptimalGaussianEps(0.0, 1.0, model.alphas_cumprod)
+    model.model.diffusion_model = GaussianOptimum(0.0, 1.0, model.alphas_cumprod, "eps")
 
     def draw(global_seed: int, seed: int = 7) -> torch.Tensor:
         torch.manual_seed(global_seed)  # must not matter

@@ -11,7 +11,7 @@ from ldm.models.diffusion import ddpm
 from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper, freeze_module
 from ldm.util import ConfigError, SettingError, UnsupportedSettingError
 
-SCALE = {"target": "tests.test_ddpm.ScaleUNet"}
+SCALE = {"target": "tests.fakes.ScaleUNet"}
 
 
 def test_the_wrapper_is_a_lightning_module_with_device_and_dtype():

@@ -7,13 +7,13 @@ import types
 import pytest
 import torch
 
-from ldm.models.diffusion import ddpm
 from ldm.legacy.layout_diffusion import Layout2ImgDiffusion
+from ldm.models.diffusion import ddpm
 
 PARAMS = {
     "first_stage_config": {"target": "ldm.models.autoencoder.IdentityFirstStage"},
     "cond_stage_config": "__is_unconditional__",
-    "unet_config": {"target": "tests.test_ddpm.EchoUNet"},
+    "unet_config": {"target": "tests.fakes.EchoUNet"},
     "use_ema": False,
     "timesteps": 4,
     "image_size": 4,

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from tests.test_ddpm import EchoUNet, make_pixel_ldm, unet
+from tests.fakes import EchoUNet, make_pixel_ldm, unet
 
 SPLIT = {
     "ks": (8, 8),

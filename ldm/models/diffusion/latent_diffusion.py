@@ -512,10 +512,16 @@ class LatentDiffusion(DDPM):
 
     @torch.no_grad()
     def sample_log(self, cond: Any, batch_size: int, ddim: bool, ddim_steps: int, **kwargs) -> tuple[torch.Tensor, Any]:
-        """Samples and intermediates by DDIM (``ddim``, ``ddim_steps`` steps) or by :meth:`sample`."""
+        """Samples and intermediates by DDIM (``ddim``, ``ddim_steps`` steps) or by :meth:`sample`.
+
+        ``quantize_denoised`` snaps x̂_0 to the codebook on both paths (DDIM calls it ``quantize_x0``).
+        """
         if not ddim:
             return self.sample(cond=cond, batch_size=batch_size, return_intermediates=True, **kwargs)
         from ldm.models.diffusion.ddim import DDIMSampler
+
+        if "quantize_denoised" in kwargs:
+            kwargs["quantize_x0"] = kwargs.pop("quantize_denoised")
 
         shape = (self.channels, self.image_size, self.image_size)
         return DDIMSampler(self).sample(ddim_steps, batch_size, shape, cond, verbose=False, **kwargs)

@@ -31,7 +31,7 @@ PERSISTENT_BUFFERS = (
 #: Recomputed at construction and never saved (``persistent=False``).
 NON_PERSISTENT_BUFFERS = ("lvlb_weights",)
 
-PARAMETERIZATIONS = ("eps", "x0")
+PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
 def _float32(array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -65,10 +65,10 @@ def schedule_buffers(betas: np.ndarray, v_posterior: float, parameterization: st
       c1_t = β_t √ᾱ_{t−1} / (1 − ᾱ_t), c2_t = (1 − ᾱ_{t−1}) √α_t / (1 − ᾱ_t),
       β̃_t = (1 − v) β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) + v β_t (``v = v_posterior``), its log clipped at 1e-20;
     - ``lvlb_weights`` turn the simple loss into the VLB term: β_t² / (2 β̃_t α_t (1 − ᾱ_t)) for ε-prediction,
-      ½ √ᾱ_t / (2 − ᾱ_t) for x0-prediction (the original's expression), the first copied from the second.
+      ½ √ᾱ_t / (2 − ᾱ_t) for x0-prediction, 1 for v-prediction; entry 0 is copied from entry 1.
     """
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization {parameterization!r} is not supported; use 'eps' or 'x0'.")
+        raise ValueError(f"parameterization {parameterization!r} is not supported; use one of {PARAMETERIZATIONS}.")
     betas = np.asarray(betas, dtype=np.float64)
     alphas = 1.0 - betas
     alphas_cumprod = np.cumprod(alphas, axis=0)
@@ -90,14 +90,16 @@ def schedule_buffers(betas: np.ndarray, v_posterior: float, parameterization: st
         "posterior_mean_coef1": _float32(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)),
         "posterior_mean_coef2": _float32((1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod)),
     }
-    # The VLB weights are computed from the float32 buffers, in float32, as the original does.
-    if parameterization == "eps":
+    # The VLB weights come from the float32 buffers, computed in float32.
+    if parameterization == "v":
+        lvlb_weights = torch.ones_like(buffers["betas"])
+    elif parameterization == "eps":
         lvlb_weights = buffers["betas"] ** 2 / (
             2 * buffers["posterior_variance"] * _float32(alphas) * (1 - buffers["alphas_cumprod"])
         )
     else:
         alphas_cumprod32 = buffers["alphas_cumprod"]
-        # numpy's float32 square root is the correctly rounded one the original used.
+        # numpy's float32 square root is the correctly rounded one.
         lvlb_weights = 0.5 * torch.from_numpy(np.sqrt(alphas_cumprod32.numpy())) / (2.0 - alphas_cumprod32)
     lvlb_weights[0] = lvlb_weights[1]
     if torch.isnan(lvlb_weights).all():
