@@ -239,8 +239,8 @@ class UNetModel(nn.Module):
                 "num_classes, and only with it."
             )
         if y is not None and tuple(y.shape) != (x.shape[0],):
-            raise SettingError(f"UNetModel: y must have shape ({x.shape[0]},), one label per sample; got "
-                             f"{tuple(y.shape)}.")
+            shape = tuple(y.shape)
+            raise SettingError(f"UNetModel: y must have shape ({x.shape[0]},), one label per sample; got {shape}.")
 
     def _embedding(self, timesteps: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """``(B, 4·model_channels)`` in the torso's dtype: the time MLP of the sinusoidal features of
@@ -262,7 +262,7 @@ class UNetModel(nn.Module):
         emb = self._embedding(timesteps, y)  # (B, 4·model_channels)
         ctx = None if context is None else context.type(self.dtype)  # (B, M, D)
         h = x.type(self.dtype)  # (B, C, H, W)
-        skips = []
+        skips = []  # each input block's output, consumed last-in first-out by the output blocks
         for block in self.input_blocks:
             h = block(h, emb, ctx)  # (B, model_channels·mult, H/2^level, W/2^level)
             skips.append(h)
