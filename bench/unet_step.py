@@ -1,9 +1,10 @@
 """UNet step: the full Stable Diffusion v1 UNet, fp32, ours against diffusers' ``UNet2DConditionModel``.
 
 Random weights (every layer non-zero) are converted key by key, the outputs are asserted equal within 1e-4,
-then one guided step (batch 2, 77 context tokens) is timed as the median of interleaved repeats, for ours in
-its default NCHW layout, with ``UNetModel.to(memory_format=torch.channels_last)``, and with its conv weights
-packed once (``ldm.modules.diffusionmodules.prepack``).
+then one guided step (batch 2, 77 context tokens) is timed as the median of interleaved repeats. Ours runs with
+the inference blocks swapped in (``swap_fast_blocks``, as the sampling scripts do by default), in its default NCHW
+layout, with ``UNetModel.to(memory_format=torch.channels_last)``, and with its conv weights packed once
+(``ldm.modules.fast.packed_conv``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from bench.common import Row, matmul_step, median_times, peak_memory_mb, randomize_, sd_config
 from bench.convert_diffusers import unet_diffusers_config, unet_to_diffusers
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.prepack import prepack_convolutions
+from ldm.modules.fast.blocks import swap_fast_blocks
+from ldm.modules.fast.packed_conv import pack_convolutions
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -61,11 +63,12 @@ def _measure(ours: torch.nn.Module, theirs: torch.nn.Module, latent: int, label:
 def run(latents: tuple[int, ...] = (64, 32), repeats: int = 3, seed: int = 0, prepack: bool = True) -> list[Row]:
     """Rows per variant (NCHW, channels-last, and with ``prepack`` the packed conv weights) and latent size."""
     ours, theirs = build_pair(seed)
+    swap_fast_blocks(ours)
     rows = []
     for label, channels_last in (("NCHW", False), ("channels-last", True)):
         _set_layout(ours, channels_last)
         rows += [_measure(ours, theirs, latent, label, repeats, seed) for latent in latents]
     if prepack:
-        prepack_convolutions(ours, skip=(SpatialTransformer,))
+        pack_convolutions(ours, skip=(SpatialTransformer,))
         rows += [_measure(ours, theirs, latent, PACKED, repeats, seed) for latent in latents]
     return rows

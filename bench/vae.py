@@ -1,6 +1,7 @@
 """VAE decode: the SD v1 kl-f8 decoder on a ``(1, 4, 64, 64)`` latent (a 512x512 image), ours against diffusers'
 ``AutoencoderKL.decode`` with the same random weights (asserted equal within 1e-4 first); then ours alone on a
-1024x1024 image, untiled and with VAE tiling (``ldm.models.vae_tiling``)."""
+1024x1024 image, untiled and with VAE tiling (``ldm.models.vae_tiling``). Ours decodes with the autoencoder's
+inference blocks swapped in (``ldm.modules.fast.autoencoder``), as the sampling scripts do by default."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from bench.common import Row, median_times, peak_memory_mb, randomize_, sd_config
 from bench.convert_diffusers import vae_diffusers_config, vae_to_diffusers
 from ldm.models.vae_tiling import set_vae_tiling
+from ldm.modules.fast.autoencoder import swap_fast_autoencoder
 from ldm.util import instantiate_from_config
 
 TOLERANCE = 1e-4
@@ -39,6 +41,7 @@ def run(latent: int = 64, repeats: int = 3, seed: int = 1, large_latent: int | N
     """Decode time and peak memory, ours vs diffusers; then, once each, ours alone at ``large_latent`` (1024 px)
     untiled and tiled with ``tiling = (tile, overlap)``."""
     ours, theirs = build_pair(seed)
+    swap_fast_autoencoder(ours)
     z = torch.randn(1, 4, latent, latent, generator=torch.Generator().manual_seed(seed))
     step = {"ours": lambda: ours.decode(z), "theirs": lambda: theirs.decode(z).sample}
     with torch.no_grad():

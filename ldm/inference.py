@@ -24,7 +24,6 @@ from ldm.modules.attention import SpatialTransformer
 from ldm.modules.attention_slicing import set_attention_slicing
 from ldm.modules.fast.blocks import swap_fast_blocks
 from ldm.modules.fast.packed_conv import pack_convolutions
-from ldm.modules.fast.spatial_transformer import TokenSpatialTransformer
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -280,7 +279,7 @@ def optimize_for_inference(
             swapped += swap_fast_blocks(unet)
         logger.info("fast blocks: %d inference modules swapped in", swapped)
     if prepack:
-        packed = pack_convolutions(unet, skip=(SpatialTransformer, TokenSpatialTransformer))
+        packed = pack_convolutions(unet, skip=(SpatialTransformer,))
         logger.info("prepack: %d convolutions packed for oneDNN", packed)
     if channels_last or prepack:
         unet.to(memory_format=torch.channels_last)

@@ -185,7 +185,7 @@ def test_prepack_gives_the_float32_samples_with_the_ema_weights(text_model, load
     assert (reference - _sample(copy.deepcopy(loaded))).abs().max() > 1e-3, "the EMA weights must matter here"
     optimize_for_inference(with_ema, prepack=True)
     packed = [m for m in with_ema.model.diffusion_model.modules() if isinstance(m, PackedConv2d)]
-    assert packed and not with_ema.use_ema
+    assert packed and not with_ema.use_ema and not hasattr(with_ema, "model_ema")  # EMA copied in, copy freed
     torch.testing.assert_close(_sample(with_ema), reference, atol=1e-5, rtol=1e-5)
 
 
@@ -236,14 +236,16 @@ def test_txt2img_speed_flags_reach_the_model(text_model, tmp_path, monkeypatch):
 
 
 @needs_onednn
-def test_txt2img_channels_last_and_prepack_write_the_default_pixels(text_model, tmp_path):
+def test_txt2img_fast_blocks_channels_last_and_prepack_write_the_reference_pixels(text_model, tmp_path):
     config, ckpt = text_model
     common = ["--config", str(config), "--ckpt", str(ckpt), *SIZE, *FAST, "--seed", "2", "--skip_grid"]
-    txt2img([*common, "--outdir", str(tmp_path / "default")])
-    txt2img([*common, "--outdir", str(tmp_path / "fast"), "--channels_last", "--prepack"])
+    runs = {"reference": ["--reference_blocks"], "default": [], "packed": ["--channels_last", "--prepack"]}
+    for name, extra in runs.items():
+        txt2img([*common, "--outdir", str(tmp_path / name), *extra])
     for name in ("00000.png", "00001.png"):
-        assert np.abs(_pixels(tmp_path / "default" / "samples" / name) -
-                      _pixels(tmp_path / "fast" / "samples" / name)).max() <= 1
+        reference = _pixels(tmp_path / "reference" / "samples" / name)
+        for run in ("default", "packed"):
+            assert np.abs(_pixels(tmp_path / run / "samples" / name) - reference).max() <= 1, run
 
 
 def test_speed_option_conflicts_name_the_fix():
@@ -251,8 +253,10 @@ def test_speed_option_conflicts_name_the_fix():
     with pytest.raises(ValueError, match="--prepack packs float32 convolutions.*--precision bf16"):
         speed_options(opt)
     assert speed_options(parse_args([])) == {
-        "channels_last": False, "prepack": False, "compile": False, "attention_slicing": None, "vae_tiling": False
+        "fast_blocks": True, "channels_last": False, "prepack": False, "compile": False, "attention_slicing": None,
+        "vae_tiling": False,
     }
+    assert speed_options(parse_args(["--reference_blocks"]))["fast_blocks"] is False
     with torch.device("meta"):
         off_cpu = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Conv2d(4, 4, 3)))
     with pytest.raises(ValueError, match="model is on meta; drop --prepack or pass --device cpu"):
