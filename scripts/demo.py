@@ -61,8 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="classifier-free guidance scales to sample and measure at (1 = no guidance)")
     parser.add_argument("--ddim_steps", type=int, default=25, help="DDIM steps per sample")
     parser.add_argument("--ddim_eta", type=float, default=1.0,
-                        help="DDIM noise (1 = ancestral, as the original sample_diffusion.py; on an earlier demo "
-                        "model kind was read right in 95-97%% of samples against 87-88%% with the deterministic 0)")
+                        help="DDIM noise (1 = ancestral-like, 0 = deterministic; docs/demo.md compares the two)")
     parser.add_argument("--seed", type=int, default=23, help="seed of training (main.py -s) and sampling")
     opt = parser.parse_args(argv)
     if opt.smoke:

@@ -38,7 +38,7 @@ logger = logging.getLogger("sample_diffusion")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    """The original options (``-r -n -e -v -l -c --batch_size``) plus ``--class``, ``--seed`` and ``--device``."""
+    """Options ``-r -n -e -v -l -c --batch_size``, ``--class``, ``--seed`` and ``--device``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--resume", type=str, nargs="?", help="load from logdir or checkpoint in logdir")
     parser.add_argument("-n", "--n_samples", type=int, nargs="?", default=50000, help="number of samples to draw")
@@ -81,7 +81,7 @@ def custom_to_np(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_model_from_config(config: DictConfig, sd: dict[str, torch.Tensor] | None) -> torch.nn.Module:
-    """The original's helper: build ``config`` (a ``{target, params}`` node), load ``sd`` non-strictly (None keeps
+    """Build ``config`` (a ``{target, params}`` node), load ``sd`` non-strictly (None keeps
     the initialisation), eval mode on CUDA when available."""
     model = instantiate_from_config(config)
     if sd is not None:
@@ -90,7 +90,7 @@ def load_model_from_config(config: DictConfig, sd: dict[str, torch.Tensor] | Non
 
 
 def load_model(config: DictConfig, ckpt: str | None, gpu: bool, eval_mode: bool) -> tuple[torch.nn.Module, int | None]:
-    """The original's helper: ``(model, global_step)`` of ``config.model`` with ``ckpt``'s weights (read safely);
+    """``(model, global_step)`` of ``config.model`` with ``ckpt``'s weights (read safely);
     ``gpu`` and ``eval_mode`` are accepted for compatibility (the model is always in eval mode)."""
     if not ckpt:
         return load_model_from_config(config.model, None), None
