@@ -15,6 +15,8 @@ from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import (
     AttentionBlock,
     Downsample,
+    QKVAttention,
+    QKVAttentionLegacy,
     ResBlock,
     TimestepBlock,
     TimestepEmbedSequential,
@@ -149,17 +151,22 @@ def reference_qkv_attention(qkv: torch.Tensor, n_heads: int, new_order: bool) ->
 
 
 @pytest.mark.parametrize("new_order", [False, True], ids=["legacy", "new-order"])
-def test_attention_block_equals_softmax_formula(new_order):
+def test_packed_qkv_attention_equals_the_einsum_formula(new_order):
     torch.manual_seed(0)
-    block = AttentionBlock(64, num_head_channels=16, use_new_attention_order=new_order).eval()
-    nn.init.normal_(block.proj_out.weight, std=0.1)
-    assert block.num_heads == 4
+    qkv = torch.randn(2, 3 * 4 * 16, 35)  # 4 heads of 16 channels, 35 positions
+    layer = (QKVAttention if new_order else QKVAttentionLegacy)(4)
+    torch.testing.assert_close(layer(qkv), reference_qkv_attention(qkv, 4, new_order), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_block_heads_and_fresh_identity():
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_head_channels=16).eval()
+    assert block.num_heads == block.attention.n_heads == 4
     x = torch.randn(2, 64, 5, 7)
     with torch.no_grad():
-        flat = x.reshape(2, 64, -1)
-        attended = reference_qkv_attention(block.qkv(block.norm(flat)), 4, new_order)
-        expected = (flat + block.proj_out(attended)).reshape(x.shape)
-        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x), x)  # proj_out starts at zero
+        nn.init.normal_(block.proj_out.weight, std=0.1)
+        assert not torch.allclose(block(x), x)
 
 
 @pytest.mark.parametrize("new_order", [False, True], ids=["legacy", "new-order"])
