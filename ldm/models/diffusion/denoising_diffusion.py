@@ -9,8 +9,7 @@ through :attr:`DDPM.diffusion` with the network passed in as ``model_fn``. Confi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +27,11 @@ from ldm.models.diffusion.image_logging import logged_timesteps, rows_to_grid, s
 from ldm.models.diffusion.prediction import parse_parameterization
 from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, make_betas, schedule_buffers
 from ldm.modules.diffusionmodules.util import noise_like
-from ldm.modules.ema import LitEma
+from ldm.modules.ema import LitEma, ema_weights
 from ldm.optim import adam
 from ldm.util import SettingError, UnsupportedSettingError, count_params, instantiate_from_config, to_container
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def ema_weights(ema: LitEma | None, module: nn.Module, label: str | None = None) -> Iterator[None]:
-    """Within the block ``module`` carries the averaged weights of ``ema``; its own come back on exit.
-
-    ``ema=None`` makes the block a no-op. ``label`` names the block in the log.
-    """
-    if ema is None:
-        yield
-        return
-    trained = list(module.parameters())
-    ema.store(trained)
-    ema.copy_to(module)
-    if label:
-        logger.info("%s: Switched to EMA weights", label)
-    try:
-        yield
-    finally:
-        ema.restore(trained)
-        if label:
-            logger.info("%s: Restored training weights", label)
 
 
 def random_timesteps(batch_size: int, num_timesteps: int, device: torch.device | str) -> torch.Tensor:
