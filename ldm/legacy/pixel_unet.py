@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.modules.diffusionmodules.model import (
+from ldm.modules.diffusionmodules.autoencoder_blocks import (
     Downsample,
     Normalize,
     ResnetBlock,

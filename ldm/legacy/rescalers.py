@@ -22,16 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ldm.modules.diffusionmodules.model import (
+from ldm.modules.diffusionmodules.autoencoder_blocks import (
     AttnBlock,
-    Decoder,
     Downsample,
-    Encoder,
     Normalize,
     ResnetBlock,
     Upsample,
     nonlinearity,
 )
+from ldm.modules.diffusionmodules.encoder_decoder import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 
