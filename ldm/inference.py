@@ -53,15 +53,15 @@ def seed_everything(seed: int | None) -> int:
     return seed
 
 
-#: The ``--precision`` choices: float32, the original flag, and explicit bfloat16/float16 autocast.
+#: The ``--precision`` choices: float32, ``autocast`` (float16 on CUDA/MPS), explicit bfloat16/float16 autocast.
 PRECISIONS = ("full", "autocast", "bf16", "fp16")
 
 
 def precision_scope(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The context sampling runs in.
 
-    ``full``: float32 everywhere. ``autocast`` (the original flag): float16 autocast on CUDA/MPS; on the CPU
-    float32 (the original numerics). ``bf16``: bfloat16 autocast on the CPU or a CUDA GPU with bfloat16 support.
+    ``full``: float32 everywhere. ``autocast``: float16 autocast on CUDA/MPS; float32 on the CPU.
+    ``bf16``: bfloat16 autocast on the CPU or a CUDA GPU with bfloat16 support.
     ``fp16``: float16 autocast on CUDA/MPS. Raises ``ValueError`` naming the fix where a choice is unsupported.
     """
     kind = device.type
@@ -130,7 +130,7 @@ def load_model_from_config(
 
 
 def load_eval_model(config: DictConfig, ckpt: str | Path, verbose: bool = False) -> torch.nn.Module:
-    """The original scripts' ``load_model_from_config(config, ckpt, verbose=False)``: the model of
+    """``load_model_from_config(config, ckpt, verbose=False)`` of the sampling scripts' interface: the model of
     ``config.model`` with ``ckpt``'s weights (non-strict), in eval mode on CUDA, else MPS, else the CPU.
     With ``verbose`` the missing and unexpected keys are logged in full."""
     model = instantiate_from_config(config.model)
@@ -312,6 +312,6 @@ def prompt_batches(prompt: str, from_file: str | None, batch_size: int) -> list[
 
 def text_conditioning(model: Any, prompts: list[str], negative_prompt: str, scale: float) -> tuple[Any, Any]:
     """``(c, uc)`` for classifier-free guidance: the prompts' conditioning and, unless ``scale == 1``, that of
-    ``negative_prompt`` (the unconditional text, "" in the original) for each prompt."""
+    ``negative_prompt`` (the unconditional text, "" by default) for each prompt."""
     uc = None if scale == 1.0 else model.get_learned_conditioning(len(prompts) * [negative_prompt])
     return model.get_learned_conditioning(prompts), uc

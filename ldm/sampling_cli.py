@@ -1,5 +1,5 @@
-"""Command-line flags that ``scripts/txt2img.py`` and ``scripts/img2img.py`` share (names and defaults of the
-original Stable Diffusion scripts; the defaults that differ between the two are parameters)."""
+"""Command-line flags that ``scripts/txt2img.py`` and ``scripts/img2img.py`` share (the defaults that differ
+between the two are parameters), and how the scripts end on bad input."""
 
 from __future__ import annotations
 

@@ -17,10 +17,10 @@ class LinearAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32) -> None:
         super().__init__()
-        self.heads = heads
         width = heads * dim_head
-        self.to_qkv = nn.Conv2d(dim, 3 * width, 1, bias=False)
-        self.to_out = nn.Conv2d(width, dim, 1)
+        self.heads = heads
+        self.to_qkv = nn.Conv2d(dim, 3 * width, kernel_size=1, bias=False)  # q, k, v of every head at once
+        self.to_out = nn.Conv2d(width, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]

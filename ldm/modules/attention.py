@@ -232,6 +232,11 @@ class BasicTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))  # (B, N, dim)
 
 
+def _pointwise_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """A 1x1 conv ``(B, c_in, H, W) -> (B, c_out, H, W)``: the same linear map at every pixel."""
+    return nn.Conv2d(c_in, c_out, kernel_size=1)
+
+
 class SpatialTransformer(nn.Module):
     """Transformer over the pixels of an image ``(B, C, H, W)``, cross-attending to ``context (B, M, D)``:
     ``x + proj_out(blocks(proj_in(GroupNorm(x))))`` with the blocks on the ``(B, HW, heads·d_head)`` tokens;
@@ -252,16 +257,19 @@ class SpatialTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
-        inner_dim = n_heads * d_head
-        self.norm = Normalize(in_channels)
-        self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
-        self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(
-                inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dim, checkpoint=use_checkpoint
-            )
-            for _ in range(depth)
-        )
-        self.proj_out = zero_module(nn.Conv2d(inner_dim, in_channels, kernel_size=1))
+        width = n_heads * d_head
+        block_options = {"dropout": dropout, "context_dim": context_dim, "checkpoint": use_checkpoint}
+        # built in this order: the order the parameters draw their initial values in
+        layers = {
+            "norm": Normalize(in_channels),
+            "proj_in": _pointwise_conv(in_channels, width),
+            "transformer_blocks": nn.ModuleList(
+                [BasicTransformerBlock(width, n_heads, d_head, **block_options) for _ in range(depth)]
+            ),
+            "proj_out": zero_module(_pointwise_conv(width, in_channels)),
+        }
+        for name, layer in layers.items():
+            self.add_module(name, layer)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x`` (the residual
