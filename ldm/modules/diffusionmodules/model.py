@@ -11,6 +11,17 @@ imports in a circle. Inference-only fast variants of the layers: ``ldm.modules.f
 
 from __future__ import annotations
 
+from ldm.legacy.pixel_unet import Model, get_timestep_embedding
+from ldm.legacy.rescalers import (
+    FirstStagePostProcessor,
+    LatentRescaler,
+    MergedRescaleDecoder,
+    MergedRescaleEncoder,
+    Resize,
+    SimpleDecoder,
+    UpsampleDecoder,
+    Upsampler,
+)
 from ldm.modules.diffusionmodules.autoencoder_blocks import (
     ATTN_TYPES,
     AttnBlock,
@@ -23,17 +34,6 @@ from ldm.modules.diffusionmodules.autoencoder_blocks import (
     nonlinearity,
 )
 from ldm.modules.diffusionmodules.encoder_decoder import Decoder, Encoder
-from ldm.modules.diffusionmodules.pixel_unet import Model, get_timestep_embedding
-from ldm.modules.diffusionmodules.rescalers import (
-    FirstStagePostProcessor,
-    LatentRescaler,
-    MergedRescaleDecoder,
-    MergedRescaleEncoder,
-    Resize,
-    SimpleDecoder,
-    UpsampleDecoder,
-    Upsampler,
-)
 
 __all__ = [
     "ATTN_TYPES",
