@@ -1,7 +1,7 @@
 """``EncoderUNetModel``: the encoder half of the UNet with a pooling head (a noisy-image classifier / regressor).
 
 ``EncoderUNetModel(x (B, C, H, W), timesteps (B,)) -> (B, out_channels)``. Its stem, input levels and middle
-block are built by :func:`ldm.modules.diffusionmodules.unet_blocks.build_torso`, as ``UNetModel``'s are;
+block are built by :func:`ldm.modules.diffusionmodules.unet_plan.build_torso`, as ``UNetModel``'s are;
 re-exported by :mod:`ldm.modules.diffusionmodules.openaimodel`.
 """
 
@@ -17,12 +17,9 @@ import torch.nn as nn
 from ldm.modules.diffusionmodules.unet_blocks import (
     AttentionBlock,
     AttentionPool2d,
-    UNetParts,
-    build_torso,
     cast_torso,
-    level_plan,
-    time_embedding_mlp,
 )
+from ldm.modules.diffusionmodules.unet_plan import UNetParts, build_torso, level_plan, time_embedding_mlp
 from ldm.modules.diffusionmodules.util import conv_nd, normalization, timestep_embedding, zero_module
 from ldm.util import SettingError, UnsupportedSettingError
 

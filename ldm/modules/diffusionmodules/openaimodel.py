@@ -28,12 +28,14 @@ from ldm.modules.diffusionmodules.unet_blocks import (
     ResBlock,
     TimestepBlock,
     TimestepEmbedSequential,
-    UNetParts,
     Upsample,
-    build_torso,
     cast_torso,
     convert_module_to_f16,
     convert_module_to_f32,
+)
+from ldm.modules.diffusionmodules.unet_plan import (
+    UNetParts,
+    build_torso,
     decoder_stages,
     level_plan,
     time_embedding_mlp,
