@@ -277,11 +277,11 @@ class DDPM(pl.LightningModule):
         """Loss of one batch (conditionings dropped first when ``ucg_training``); logs it, the step and the LR."""
         batch = drop_conditioning(batch, self.ucg_training) if self.ucg_training else batch
         loss, terms = self.shared_step(batch)
-        self.log_dict(terms, prog_bar=True, logger=True, on_step=True, on_epoch=True)
-        progress = {"global_step": float(self.global_step)}
+        per_step = {"global_step": float(self.global_step)}
         if self.use_scheduler:
-            progress["lr_abs"] = self.optimizers().param_groups[0]["lr"]
-        self.log_dict(progress, prog_bar=True, logger=True, on_step=True, on_epoch=False)
+            per_step["lr_abs"] = self.optimizers().param_groups[0]["lr"]
+        for values, also_per_epoch in ((terms, True), (per_step, False)):
+            self.log_dict(values, prog_bar=True, logger=True, on_step=True, on_epoch=also_per_epoch)
         return loss
 
     @torch.no_grad()

@@ -199,17 +199,18 @@ class LatentDiffusion(DDPM):
         return self.first_stage_model.encode(x)
 
     def _decode(self, z: torch.Tensor, predict_cids: bool, force_not_quantize: bool) -> torch.Tensor:
+        """x = D(z / scale_factor). With ``predict_cids`` z holds codebook logits ``(B, K, h, w)`` or indices
+        ``(B, h, w)``, looked up first; decoding then skips the quantizer, as ``force_not_quantize`` does."""
         if predict_cids:
-            if z.dim() == 4:
-                z = torch.argmax(z.exp(), dim=1).long()
-            z = self.first_stage_model.quantize.get_codebook_entry(z, shape=None)
-            z = rearrange(z, "b h w c -> b c h w").contiguous()
-        z = 1.0 / self.scale_factor * z
+            indices = torch.argmax(z.exp(), dim=1) if z.dim() == 4 else z
+            entries = self.first_stage_model.quantize.get_codebook_entry(indices.long(), shape=None)  # (B, h, w, C)
+            z = rearrange(entries, "b h w c -> b c h w").contiguous()
+        latents = (1.0 / self.scale_factor) * z
+        skip_quantizer = predict_cids or force_not_quantize
         if patch_folding.patch_distributed(self):
-            return patch_folding.decode_patchwise(self, z, force_not_quantize=predict_cids or force_not_quantize)
-        if isinstance(self.first_stage_model, VQModelInterface):
-            return self.first_stage_model.decode(z, force_not_quantize=predict_cids or force_not_quantize)
-        return self.first_stage_model.decode(z)
+            return patch_folding.decode_patchwise(self, latents, force_not_quantize=skip_quantizer)
+        is_vq = isinstance(self.first_stage_model, VQModelInterface)
+        return self.first_stage_model.decode(latents, **({"force_not_quantize": skip_quantizer} if is_vq else {}))
 
     @torch.no_grad()
     def decode_first_stage(

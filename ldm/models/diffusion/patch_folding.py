@@ -33,12 +33,12 @@ def _fit(size: Sequence[int], h: int, w: int, what: str) -> tuple[int, int]:
     return size[0], size[1]
 
 
-
 def meshgrid(h: int, w: int) -> torch.Tensor:
     """``(h, w, 2)`` integer coordinates ``[y, x]`` of every pixel."""
     y = torch.arange(0, h).view(h, 1, 1).repeat(1, w, 1)
     x = torch.arange(0, w).view(1, w, 1).repeat(h, 1, 1)
     return torch.cat([y, x], dim=-1)
+
 
 def delta_border(h: int, w: int) -> torch.Tensor:
     """``(h, w)`` distance to the nearest border in units of the side: 0 on the border, 0.5 at the centre."""
@@ -47,17 +47,22 @@ def delta_border(h: int, w: int) -> torch.Tensor:
     dist_right_down = torch.min(1 - arr, dim=-1, keepdim=True)[0]
     return torch.min(torch.cat([dist_left_up, dist_right_down], dim=-1), dim=-1)[0]
 
+
+def clipped_border_distance(h: int, w: int, low: float, high: float) -> torch.Tensor:
+    """:func:`delta_border` of an ``h × w`` grid clipped to [low, high], flattened to ``(h·w,)``."""
+    return torch.clip(delta_border(h, w), low, high).reshape(h * w)
+
+
 def get_weighting(params: dict[str, Any], h: int, w: int, Ly: int, Lx: int, device: torch.device | str) -> torch.Tensor:
-    """Blend weights ``(1, h·w, Ly·Lx)``: clipped border distance in the patch (× that of the patch in the grid
-    with ``tie_braker``)."""
-    weighting = torch.clip(delta_border(h, w), params["clip_min_weight"], params["clip_max_weight"])
-    weighting = weighting.view(1, h * w, 1).repeat(1, 1, Ly * Lx).to(device)
+    """Blend weights ``(1, h·w, Ly·Lx)``: w[p, l] = clipped border distance of pixel p in its patch, times (with
+    ``tie_braker``) the clipped border distance of patch l in the ``Ly × Lx`` grid of patches."""
+    within = clipped_border_distance(h, w, params["clip_min_weight"], params["clip_max_weight"])
     if params["tie_braker"]:
-        grid_weighting = torch.clip(
-            delta_border(Ly, Lx), params["clip_min_tie_weight"], params["clip_max_tie_weight"]
-        )
-        weighting = weighting * grid_weighting.view(1, 1, Ly * Lx).to(device)
-    return weighting
+        across = clipped_border_distance(Ly, Lx, params["clip_min_tie_weight"], params["clip_max_tie_weight"])
+    else:
+        across = torch.ones(Ly * Lx, dtype=within.dtype)
+    return (within[:, None] * across[None, :]).unsqueeze(0).to(device)
+
 
 def get_fold_unfold(
     params: dict[str, Any], x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], uf: int = 1, df: int = 1
@@ -87,15 +92,18 @@ def get_fold_unfold(
 
 # ---- the patch-wise paths ------------------------------------------------------------------------------
 
+
 def patch_distributed(model: Any) -> bool:
     """Whether ``model`` encodes and decodes patch-wise (``split_input_params.patch_distributed_vq``)."""
     params = getattr(model, "split_input_params", None)
     return params is not None and bool(params["patch_distributed_vq"])
 
+
 def _blend(outputs: list[torch.Tensor], fold: nn.Fold, norm: torch.Tensor, weighting: torch.Tensor):
     """Patch outputs ``L × (B, C, k0', k1')`` → the weighted, folded, normalised image ``(B, C, H', W')``."""
     o = torch.stack(outputs, dim=-1) * weighting
     return fold(rearrange(o, "b c k0 k1 l -> b (c k0 k1) l")) / norm
+
 
 def encode_patchwise(model: Any, x: torch.Tensor) -> torch.Tensor:
     """First-stage encoding of overlapping ``ks`` patches (tensor encoders: VQ, identity)."""
@@ -114,6 +122,7 @@ def encode_patchwise(model: Any, x: torch.Tensor) -> torch.Tensor:
         )
     return _blend(outputs, fold, norm, weighting)
 
+
 def decode_patchwise(model: Any, z: torch.Tensor, force_not_quantize: bool) -> torch.Tensor:
     """Decoding of overlapping ``ks`` latent patches (``z`` already divided by ``scale_factor``)."""
     params = model.split_input_params
@@ -126,6 +135,7 @@ def decode_patchwise(model: Any, z: torch.Tensor, force_not_quantize: bool) -> t
     kwargs = {"force_not_quantize": force_not_quantize} if is_vq else {}
     outputs = [model.first_stage_model.decode(patches[..., i], **kwargs) for i in range(patches.shape[-1])]
     return _blend(outputs, fold, norm, weighting)
+
 
 def apply_model_patchwise(model: Any, x_noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
     """The denoiser on overlapping ``ks`` patches of ``x_noisy``; an image conditioning is cut the same way."""
