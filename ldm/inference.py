@@ -259,7 +259,7 @@ def optimize_for_inference(
     Every option except ``attention_slicing``/``vae_tiling`` makes the model inference-only (no gradients).
 
     ``fast_blocks``: the inference variants of ``ldm.modules.fast`` swapped in for the reference blocks, sharing
-    their weights (the UNet's gated feed-forwards and spatial transformers, and the first stage's blocks; not the
+    their weights (the UNet's gated feed-forwards and the first stage's blocks; not the
     UNet's under ``compile``, whose compiler fuses them itself); equal within float rounding. ``channels_last``:
     the UNet in channels-last memory format (same numbers). ``prepack`` (CPU, float32 only): the UNet
     channels-last with its convolutions outside the spatial transformers pre-packed for oneDNN and its upsampling

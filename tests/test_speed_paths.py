@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from ldm.modules.attention import FeedForward, SpatialTransformer
 from ldm.modules.diffusionmodules.model import Upsample as DecoderUpsample
@@ -16,7 +17,6 @@ from ldm.modules.fast import feedforward as fast_feedforward
 from ldm.modules.fast import packed_conv
 from ldm.modules.fast.blocks import swap_fast_blocks
 from ldm.modules.fast.feedforward import GEGLUFeedForwardInference
-from ldm.modules.fast.spatial_transformer import TokenSpatialTransformer
 from tests.helpers import RecordShapes
 
 
@@ -93,23 +93,29 @@ def test_chunked_feedforward_runs_shape_only_on_the_meta_device() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Spatial transformer on the token view
+# Spatial transformer: 1x1 convs per token, layout kept
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _conv_form(st: SpatialTransformer, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``proj_in``/``proj_out`` run as the 1x1 convs on the image, the residual added last."""
+    height = x.shape[2]
+    tokens = rearrange(st.proj_in(st.norm(x)), "b c h w -> b (h w) c")
+    for block in st.transformer_blocks:
+        tokens = block(tokens, context=context)
+    return st.proj_out(rearrange(tokens, "b (h w) c -> b c h w", h=height)) + x
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_token_spatial_transformer_equals_the_reference_and_both_keep_the_layout(
-    memory_format: torch.memory_format,
-) -> None:
-    reference = _randomize(SpatialTransformer(64, n_heads=2, d_head=32, context_dim=16), 0)
-    fast = TokenSpatialTransformer(reference)
+def test_spatial_transformer_equals_its_conv_form_and_keeps_the_layout(memory_format: torch.memory_format) -> None:
+    st = _randomize(SpatialTransformer(64, n_heads=2, d_head=32, context_dim=16), 0)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 64, 6, 5, generator=gen).contiguous(memory_format=memory_format)
     context = torch.randn(2, 7, 16, generator=gen)
     with torch.no_grad():
-        out, ref = fast(x, context), reference(x, context)
+        out, ref = st(x, context), _conv_form(st, x.contiguous(), context)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert out.is_contiguous(memory_format=memory_format) and ref.is_contiguous(memory_format=memory_format)
+    assert out.is_contiguous(memory_format=memory_format)
 
 
 def test_fast_blocks_swap_shares_every_weight_and_keeps_the_unet_numbers() -> None:
@@ -122,8 +128,7 @@ def test_fast_blocks_swap_shares_every_weight_and_keeps_the_unet_numbers() -> No
         swapped = swap_fast_blocks(unet)
         out = unet(x, t, context)
     kinds = [type(m) for m in unet.modules()]
-    assert swapped == kinds.count(GEGLUFeedForwardInference) + kinds.count(TokenSpatialTransformer) == 2 * 7
-    assert FeedForward not in kinds and SpatialTransformer not in kinds
+    assert swapped == kinds.count(GEGLUFeedForwardInference) == 7 and FeedForward not in kinds
     assert set(unet.state_dict()) == keys and {p.data_ptr() for p in unet.parameters()} == storages
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
@@ -230,11 +235,8 @@ def test_packed_upsample_conv_is_as_accurate_as_the_direct_form(upsample: torch.
 
 
 def _fast_cases() -> list[tuple[str, torch.nn.Module, torch.Tensor, dict]]:
-    st = SpatialTransformer(32, n_heads=2, d_head=8, context_dim=4)
     return [
         ("GEGLUFeedForwardInference", GEGLUFeedForwardInference(FeedForward(8, glu=True)), torch.randn(2, 3, 8), {}),
-        ("TokenSpatialTransformer", TokenSpatialTransformer(st), torch.randn(1, 32, 2, 2),
-         {"context": torch.randn(1, 3, 4)}),
         ("PackedConv2d", PackedConv2d(torch.nn.Conv2d(3, 4, 3, padding=1)), torch.randn(1, 3, 5, 5), {}),
     ]
 
@@ -252,7 +254,6 @@ def test_fast_modules_refuse_to_run_with_autograd(name: str, module: torch.nn.Mo
     "make, reference, message",
     [
         (GEGLUFeedForwardInference, FeedForward(8, glu=False), "replaces a FeedForward with a GEGLU input layer"),
-        (TokenSpatialTransformer, torch.nn.Identity(), "replaces a SpatialTransformer, got Identity"),
         (PackedConv2d, torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), "numeric zero padding"),
         (PackedUpsampleConv, torch.nn.Conv2d(3, 4, 1), "fuses a 3x3 nn.Conv2d with padding 1"),
     ],

@@ -237,10 +237,18 @@ def _pointwise_conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=1)
 
 
+def _per_token(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv applied to the token view: ``(B, HW, c_in) -> (B, HW, c_out)``, ``tokens · Wᵀ + b`` with the conv's
+    ``(c_out, c_in, 1, 1)`` weight as a matrix (the conv's numbers within float rounding, without re-laying the
+    activations out between the image and token views)."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
 class SpatialTransformer(nn.Module):
     """Transformer over the pixels of an image ``(B, C, H, W)``, cross-attending to ``context (B, M, D)``:
     ``x + proj_out(blocks(proj_in(GroupNorm(x))))`` with the blocks on the ``(B, HW, heads·d_head)`` tokens;
-    ``proj_in``/``proj_out`` are 1x1 convs, ``proj_out`` zero-initialised (the layer starts as the identity).
+    ``proj_in``/``proj_out`` are 1x1 convs (applied per token), ``proj_out`` zero-initialised (the layer starts as
+    the identity).
 
     ``use_checkpoint``: recompute the blocks' activations in the backward pass instead of storing them.
     """
@@ -275,9 +283,9 @@ class SpatialTransformer(nn.Module):
         """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x`` (the residual
         sum takes the layout of its first operand)."""
         height, width = x.shape[-2:]
-        h = self.proj_in(self.norm(x))  # (B, inner, H, W)
-        tokens = rearrange(h, "b c h w -> b (h w) c")  # (B, HW, inner)
+        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")  # (B, HW, C)
+        tokens = _per_token(self.proj_in, tokens)  # (B, HW, inner)
         for block in self.transformer_blocks:
             tokens = block(tokens, context=context)  # (B, HW, inner)
-        h = rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)  # (B, inner, H, W)
-        return x + self.proj_out(h)  # (B, C, H, W)
+        tokens = _per_token(self.proj_out, tokens)  # (B, HW, C)
+        return x + rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)  # (B, C, H, W)

@@ -3,8 +3,7 @@
 - ``swap``: the one swap mechanism (``replace_modules``), the capability check for private torch ops
   (``has_torch_op``) and the refusal to run with autograd (``inference_only``).
 - ``feedforward``: the gated feed-forward in row chunks, in place.
-- ``spatial_transformer``: the spatial transformer with its 1x1 convs as matrix products on the token view.
-- ``blocks``: ``swap_fast_blocks``, both of the above into a UNet.
+- ``blocks``: ``swap_fast_blocks``, the feed-forwards of a UNet.
 - ``packed_conv``: convolutions with oneDNN-packed weights, the fused upsample-conv, ``pack_convolutions``.
 - ``autoencoder``: the autoencoder's fast blocks, ``swap_fast_autoencoder``.
 
