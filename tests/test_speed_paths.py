@@ -250,6 +250,14 @@ def test_fast_modules_refuse_to_run_with_autograd(name: str, module: torch.nn.Mo
         module(x, **kwargs)
 
 
+def test_the_chunked_feedforward_refuses_active_dropout() -> None:
+    fast = GEGLUFeedForwardInference(FeedForward(8, glu=True, dropout=0.1)).train()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="has no dropout; call .eval"):
+        fast(torch.randn(1, 2, 8))
+    with torch.no_grad():
+        fast.eval()(torch.randn(1, 2, 8))
+
+
 @pytest.mark.parametrize(
     "make, reference, message",
     [

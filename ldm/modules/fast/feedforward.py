@@ -16,13 +16,6 @@ from ldm.modules.attention import GEGLU, FeedForward
 from ldm.modules.fast.swap import has_torch_op, inference_only
 
 
-def _gelu_in_place(t: torch.Tensor) -> torch.Tensor:
-    """``GELU(t)`` written over ``t`` where this torch build has ``aten.gelu_``; a new tensor otherwise."""
-    if has_torch_op("aten", "gelu_"):
-        return torch.ops.aten.gelu_(t)
-    return F.gelu(t)
-
-
 class GEGLUFeedForwardInference(nn.Module):
     """A reference gated ``FeedForward`` on ``(..., dim) -> (..., dim_out)`` run in row chunks, without autograd.
 
@@ -38,6 +31,8 @@ class GEGLUFeedForwardInference(nn.Module):
         if not self.applies_to(reference):
             raise ValueError(f"{type(self).__name__} replaces a FeedForward with a GEGLU input layer, got {reference}")
         self.net = reference.net
+        # GELU written over its input where this torch build has the (private) in-place op; a new tensor otherwise
+        self.gelu = torch.ops.aten.gelu_ if has_torch_op("aten", "gelu_") else F.gelu
 
     @staticmethod
     def applies_to(module: nn.Module) -> bool:
@@ -55,6 +50,6 @@ class GEGLUFeedForwardInference(nn.Module):
         out = rows.new_empty(rows.shape[0], project.out_features)  # (T, dim_out)
         for piece, dest in zip(rows.split(self.ROWS), out.split(self.ROWS), strict=True):
             value, gate = expand.proj(piece).chunk(2, dim=-1)  # (t, hidden) each, views of one (t, 2·hidden)
-            value.mul_(_gelu_in_place(gate))  # (t, hidden)
+            value.mul_(self.gelu(gate))  # (t, hidden)
             torch.addmm(project.bias, value, project.weight.t(), out=dest)  # (t, dim_out)
         return out.view(*x.shape[:-1], -1)  # (..., dim_out)
