@@ -96,6 +96,9 @@ def test_geglu_and_feedforward_formulas():
 
 
 def test_linear_attention_formula():
+    from ldm.legacy import attention as legacy
+
+    assert LinearAttention is legacy.LinearAttention  # the original import path re-exports the legacy class
     torch.manual_seed(0)
     la = LinearAttention(dim=8, heads=2, dim_head=4)
     x = torch.randn(2, 8, 5, 3)
