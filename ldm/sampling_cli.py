@@ -16,7 +16,7 @@ from ldm.util import ConfigError
 SD_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
 SD_CKPT = "models/ldm/stable-diffusion-v1/model.ckpt"
 NO_SAFETY_CHECKER = (
-    "Unlike the original txt2img script, no NSFW safety checker runs: it needs the external "
+    "No NSFW safety checker runs: it needs the external "
     "CompVis/stable-diffusion-safety-checker weights, so images are saved unfiltered."
 )
 
@@ -29,7 +29,7 @@ def add_sampling_arguments(
     arg("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar",
         help="the prompt to render")
     arg("--negative_prompt", type=str, default="",
-        help="the unconditional text of classifier-free guidance (the original uses the empty prompt)")
+        help="the unconditional text of classifier-free guidance (default: the empty prompt)")
     arg("--outdir", type=str, nargs="?", default=outdir, help=f"dir to write results to (default: {outdir})")
     arg("--skip_grid", action="store_true",
         help="do not save a grid, only individual samples. Helpful when evaluating lots of samples")
@@ -56,7 +56,7 @@ def add_sampling_arguments(
         help="the seed (for reproducible sampling); a random seed when omitted" if seed is None else
         "the seed (for reproducible sampling)")
     arg("--precision", type=str, choices=["full", "autocast", "bf16", "fp16"], default="autocast",
-        help="evaluate at this precision: full = float32; autocast (the original) = float16 autocast on CUDA/MPS, "
+        help="evaluate at this precision: full = float32; autocast (default) = float16 autocast on CUDA/MPS, "
         "float32 on the CPU; bf16 = bfloat16 autocast on the CPU or a CUDA GPU that supports it; fp16 = float16 "
         "autocast on CUDA/MPS. The autoencoder always runs in float32 (no black images from half-precision overflow)")
     arg("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU), or a torch device name")
@@ -69,7 +69,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     arg = parser.add_argument
     arg("--reference_blocks", action="store_true",
         help="sample on the reference blocks instead of swapping in their inference variants from ldm.modules.fast "
-        "(chunked in-place feed-forwards, token-view projections, the autoencoder's fast blocks; the same numbers "
+        "(chunked in-place feed-forwards, the autoencoder's fast blocks; the same numbers "
         "within float rounding)")
     arg("--channels_last", action="store_true", help="run the UNet in channels-last memory format (same numbers)")
     arg("--prepack", action="store_true",

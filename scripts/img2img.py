@@ -1,14 +1,14 @@
 """Image-to-image: make variations of an input image guided by a prompt (SDEdit with DDIM).
 
-The init image is resized down to a multiple of what the model needs (the original: 32; here the first stage's
-factor times the UNet's downsampling, 64 for Stable Diffusion), encoded, noised to
+The init image is resized down to a multiple of what the model needs (the first stage's factor times the UNet's
+downsampling, 64 for Stable Diffusion), encoded, noised to
 ``t_enc = int(strength * ddim_steps)`` DDIM steps (``stochastic_encode``) and denoised back (``decode``).
 
     python scripts/img2img.py --init-img sketch.png --prompt "a fantasy landscape" --strength 0.8
 
 Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``.
-The original script's helpers keep their names: ``chunk``, ``load_model_from_config(config, ckpt, verbose=False)``
-and ``load_img(path)`` (resizes to multiples of 32, as the original; ``main`` uses the model's own multiple).
+Helpers that other code imports from this script: ``chunk``, ``load_model_from_config(config, ckpt,
+verbose=False)`` and ``load_img(path)`` (resizes to multiples of 32; ``main`` uses the model's own multiple).
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
     t_enc = int(opt.strength * opt.ddim_steps)
     logger.info("target t_enc is %d steps", t_enc)
-    # The original noises to DDIM index t_enc; at strength 1.0 that index is one past the schedule, so the
-    # noisiest level is used instead.
+    # DDIM index t_enc is one past the schedule at strength 1.0: the noisiest level is used then.
     t_noise = min(t_enc, opt.ddim_steps - 1)
 
     all_samples = []

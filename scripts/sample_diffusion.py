@@ -28,7 +28,14 @@ from tqdm import trange
 
 from ldm.checkpoint import global_step_of, load_checkpoint, state_dict_of
 from ldm.image_io import to_pil, to_unit_range
-from ldm.inference import choose_device, decode_latents, load_config, make_sampler, seed_everything
+from ldm.inference import (
+    choose_device,
+    decode_latents,
+    load_config,
+    make_sampler,
+    optimize_for_inference,
+    seed_everything,
+)
 from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.modules.encoders.modules import ClassEmbedder
 from ldm.sampling_cli import run_script
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> Path:
     logdir, ckpt = resolve_run(opt.resume)
     config = run_config(logdir, overrides)
     model, global_step = load_model_and_step(config, ckpt, choose_device(opt.device))
+    optimize_for_inference(model, fast_blocks=True)
     check_classes(model, opt.classes)
     seed_everything(opt.seed)
 

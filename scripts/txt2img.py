@@ -4,9 +4,9 @@
 
 Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``,
 invisibly watermarked ("StableDiffusionV1") when the `invisible-watermark` package is installed. No NSFW filter
-runs: the original's ``check_safety`` is kept here (from :mod:`ldm.safety`) but needs external weights.
+runs: ``check_safety`` (from :mod:`ldm.safety`) is importable here but needs external weights.
 
-The original script's module-level helpers keep their names and signatures: ``chunk``, ``numpy_to_pil``,
+Module-level helpers that other code imports from this script: ``chunk``, ``numpy_to_pil``,
 ``load_model_from_config(config, ckpt, verbose=False)`` (returns the model), ``put_watermark``,
 ``load_replacement``, ``check_safety``.
 """
