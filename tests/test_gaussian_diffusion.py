@@ -168,8 +168,8 @@ def test_a_point_mass_lands_exactly_on_its_value(parameterization):
 @pytest.mark.parametrize("parameterization", ["x0", "v"])
 def test_ancestral_sampling_turns_noise_into_gaussian_data(parameterization):
     """1000 steps with the optimal x0 or v predictor for x_0 ~ N(0.5, 0.5²) (ε: tests/test_ddpm.py, against the
-    chain's exact law). The fixed-variance chain's law is within 0.5 % of the data's; n = 16 384 scalars give standard errors
-    0.5/√n ≈ 0.004 (mean) and 0.5/√(2n) ≈ 0.0028 (std): we allow 5 of them plus 1 % of σ."""
+    chain's exact law). The fixed-variance chain's law is within 0.5 % of the data's; n = 16 384 scalars give
+    standard errors 0.5/√n ≈ 0.004 (mean) and 0.5/√(2n) ≈ 0.0028 (std): we allow 5 of them plus 1 % of σ."""
     mu, s = 0.5, 0.5
     model = LatentDiffusion(
         first_stage_config={"target": "ldm.models.autoencoder.IdentityFirstStage"},
