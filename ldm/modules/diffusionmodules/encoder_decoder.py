@@ -192,7 +192,8 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)  # (B, ch·ch_mult[i], H/2^(i+1), W/2^(i+1))
         h = run_middle(self.mid, h)  # (B, ch·ch_mult[-1], H/f, W/f)
-        h = nonlinearity(self.norm_out(h))  # (B, ch·ch_mult[-1], H/f, W/f)
+        h = self.norm_out(h)  # (B, ch·ch_mult[-1], H/f, W/f); rebinding h frees the block output early
+        h = nonlinearity(h)  # (B, ch·ch_mult[-1], H/f, W/f)
         return self.conv_out(h)  # (B, z, H/f, W/f)
 
 
@@ -257,7 +258,8 @@ class Decoder(nn.Module):
                 h = level.upsample(h)  # (B, ch·ch_mult[i], h·f/2^(i−1), w·f/2^(i−1))
         if self.give_pre_end:
             return h  # (B, ch·ch_mult[0], h·f, w·f)
-        h = nonlinearity(self.norm_out(h))  # (B, ch·ch_mult[0], h·f, w·f)
+        h = self.norm_out(h)  # (B, ch·ch_mult[0], h·f, w·f); rebinding h frees the block output early
+        h = nonlinearity(h)  # (B, ch·ch_mult[0], h·f, w·f)
         h = self.conv_out(h)  # (B, out_ch, h·f, w·f)
         return torch.tanh(h) if self.tanh_out else h
 
