@@ -22,6 +22,7 @@ from ldm.modules.diffusionmodules.autoencoder_blocks import (
     make_attn,
     nonlinearity,
 )
+from ldm.modules.diffusionmodules.encoder_decoder import _attn_type
 
 
 def get_timestep_embedding(timesteps: torch.Tensor, embedding_dim: int) -> torch.Tensor:
@@ -81,7 +82,7 @@ class Model(nn.Module):
         attn_type: str = "vanilla",
     ) -> None:
         super().__init__()
-        attn_type = "linear" if use_linear_attn else attn_type
+        attn_type = _attn_type(attn_type, use_linear_attn)
         self.ch = ch
         self.temb_ch = 4 * ch
         self.num_resolutions = levels = len(ch_mult)

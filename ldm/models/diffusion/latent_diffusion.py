@@ -385,14 +385,12 @@ class LatentDiffusion(DDPM):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x_{t−1} = μ + exp(½ log β̃_t) · temperature · z (no noise at t = 0); with ``return_x0`` also x̂_0."""
-        if return_codebook_ids:
-            raise DeprecationWarning("return_codebook_ids is no longer supported.")
-        step = ancestral.posterior_step(
-            self, x, c, t, clip_denoised, quantize_denoised, score_corrector, corrector_kwargs
+        mean, _, log_variance, x0 = self.p_mean_variance(
+            x, c, t, clip_denoised, return_codebook_ids, quantize_denoised, True, score_corrector, corrector_kwargs
         )
         noise = noise_like(x.shape, x.device, repeat_noise, generator=generator, dtype=x.dtype)
-        x_prev = self.diffusion.draw(step.mean, step.log_variance, t, noise, temperature, noise_dropout)
-        return (x_prev, step.prediction.x0) if return_x0 else x_prev
+        x_prev = self.diffusion.draw(mean, log_variance, t, noise, temperature, noise_dropout)
+        return (x_prev, x0) if return_x0 else x_prev
 
     @torch.no_grad()
     def progressive_denoising(
