@@ -22,6 +22,8 @@ setup(
         "pillow",
         "numpy",
         "tqdm",
+        "scipy",
+        "torchsde>=0.2.5",
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4", "scikit-learn", "tensorboard"],
