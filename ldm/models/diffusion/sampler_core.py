@@ -62,23 +62,44 @@ def unexpected_keyword_error(where: str, name: str, valid: Iterable[str]) -> Typ
     return TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
 
 
+def _declared_keywords(fn: Callable[..., Any]) -> list[str]:
+    """The parameters of ``fn`` that may be passed by keyword, in order."""
+    return [
+        name
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def _reject_unknown(where: str, kwargs: dict[str, Any], accepted: list[str]) -> None:
+    for name in kwargs:
+        if name not in accepted:
+            raise unexpected_keyword_error(where, name, accepted)
+
+
 def checked_keywords(method: F) -> F:
     """Decorate a method so that a keyword it does not declare raises :func:`unexpected_keyword_error`.
 
     The message names the class of the instance (``DDIMSampler.sample()``), not the class defining the method.
     """
-    accepted = [
-        name
-        for name, p in inspect.signature(method).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ][1:]  # drop self
+    accepted = _declared_keywords(method)[1:]  # drop self
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        for name in kwargs:
-            if name not in accepted:
-                raise unexpected_keyword_error(f"{type(self).__name__}.{method.__name__}", name, accepted)
+        _reject_unknown(f"{type(self).__name__}.{method.__name__}", kwargs, accepted)
         return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def checked_function_keywords(function: F) -> F:
+    """:func:`checked_keywords` for a plain function (``sample_euler(..., s_nosie=1)`` names ``s_noise``)."""
+    accepted = _declared_keywords(function)
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _reject_unknown(function.__name__, kwargs, accepted)
+        return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
