@@ -13,8 +13,9 @@ The layers (``ResnetBlock``, ``AttnBlock``, ...) are in ``autoencoder_blocks``; 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,18 +105,25 @@ def build_middle(width: int, dropout: float, attn_type: str) -> nn.Module:
     return mid
 
 
-def run_level(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The level's ResnetBlocks, each followed by its attention layer where the level has them."""
+def level_layers(level: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """The level's ResnetBlocks in order, each followed by its attention layer where the level has them, as
+    one-argument layers.
+
+    The forwards apply them one by one (``for layer in ...: h = layer(h)``) rather than through a helper that
+    takes ``h``: a caller holding the level's input while the helper runs would keep that tensor (the largest of
+    the level at the decoder's top) alive to the level's end.
+    """
     for index, block in enumerate(level.block):
-        h = block(h, None)
+        yield functools.partial(block, temb=None)
         if len(level.attn):
-            h = level.attn[index](h)
-    return h
+            yield level.attn[index]
 
 
-def run_middle(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``block_2(attn_1(block_1(h)))``, shape-preserving."""
-    return mid.block_2(mid.attn_1(mid.block_1(h, None)), None)
+def middle_layers(mid: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """``block_1``, ``attn_1``, ``block_2`` as one-argument layers (shape-preserving)."""
+    yield functools.partial(mid.block_1, temb=None)
+    yield mid.attn_1
+    yield functools.partial(mid.block_2, temb=None)
 
 
 def _attn_type(attn_type: str, use_linear_attn: bool) -> str:
@@ -188,10 +196,12 @@ class Encoder(nn.Module):
         self.check_input(x)
         h = self.conv_in(x)  # (B, ch, H, W)
         for level in self.down:
-            h = run_level(level, h)  # (B, ch·ch_mult[i], H/2^i, W/2^i)
+            for layer in level_layers(level):
+                h = layer(h)  # (B, ch·ch_mult[i], H/2^i, W/2^i)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)  # (B, ch·ch_mult[i], H/2^(i+1), W/2^(i+1))
-        h = run_middle(self.mid, h)  # (B, ch·ch_mult[-1], H/f, W/f)
+        for layer in middle_layers(self.mid):
+            h = layer(h)  # (B, ch·ch_mult[-1], H/f, W/f)
         h = self.norm_out(h)  # (B, ch·ch_mult[-1], H/f, W/f); rebinding h frees the block output early
         h = nonlinearity(h)  # (B, ch·ch_mult[-1], H/f, W/f)
         return self.conv_out(h)  # (B, z, H/f, W/f)
@@ -251,9 +261,11 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         self.last_z_shape = z.shape
         h = self.conv_in(z)  # (B, ch·ch_mult[-1], h, w)
-        h = run_middle(self.mid, h)  # (B, ch·ch_mult[-1], h, w)
+        for layer in middle_layers(self.mid):
+            h = layer(h)  # (B, ch·ch_mult[-1], h, w)
         for level in self.levels_in_flow_order():
-            h = run_level(level, h)  # (B, ch·ch_mult[i], h·f/2^i, w·f/2^i)
+            for layer in level_layers(level):
+                h = layer(h)  # (B, ch·ch_mult[i], h·f/2^i, w·f/2^i)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)  # (B, ch·ch_mult[i], h·f/2^(i−1), w·f/2^(i−1))
         if self.give_pre_end:
@@ -272,6 +284,6 @@ __all__ = [
     "build_middle",
     "decoder_levels",
     "encoder_levels",
-    "run_level",
-    "run_middle",
+    "level_layers",
+    "middle_layers",
 ]
