@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampler_core import Conditioning, checked_keywords, warn_on_batch_mismatch
-from ldm.models.diffusion.sampling_common import DDIMScheduleSampler
+from ldm.models.diffusion.sampler_core import Conditioning
+from ldm.models.diffusion.sampler_frontend import SampleResult, SamplingRequest
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions, Step
 
 logger = logging.getLogger(__name__)
 
@@ -24,134 +25,57 @@ logger = logging.getLogger(__name__)
 class DDIMSampler(DDIMScheduleSampler):
     """DDIM sampler over a model's discrete schedule (see :class:`DDIMScheduleSampler` for the buffers)."""
 
-    @checked_keywords
-    @torch.no_grad()
-    def sample(
-        self,
-        S: int,
-        batch_size: int,
-        shape: tuple[int, ...],
-        conditioning: Conditioning = None,
-        callback: Callable[[int], None] | None = None,
-        normals_sequence: Any = None,
-        img_callback: Callable[[torch.Tensor, int], None] | None = None,
-        quantize_x0: bool = False,
-        eta: float = 0.0,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        verbose: bool = True,
-        x_T: torch.Tensor | None = None,
-        log_every_t: int = 100,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
-        generator: torch.Generator | None = None,
-        disable_progress: bool = False,
-        dynamic_threshold: float | None = None,
-        ucg_schedule: Sequence[float] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Sample ``(batch_size, *shape)`` latents in S DDIM steps.
+    sample_options: ClassVar[dict[str, Any]] = {"dynamic_threshold": None, "ucg_schedule": None}
 
-        ``unconditional_conditioning`` has the conditioning's form (tensor, list or dict); ``ucg_schedule``
-        gives one guidance scale per step instead of ``unconditional_guidance_scale``. ``normals_sequence`` is
-        accepted and unused; ``dynamic_threshold`` must stay None. ``generator`` drives x_T and the per-step noise.
-        A keyword not listed here raises ``TypeError``. Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
-        """
-        warn_on_batch_mismatch(conditioning, batch_size)
-        self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
-        size = (batch_size, *shape)
-        logger.info("Data shape for DDIM sampling is %s, eta %s", size, eta)
+    def run(
+        self, request: SamplingRequest, dynamic_threshold: float | None, ucg_schedule: Sequence[float] | None
+    ) -> SampleResult:
+        """``sample`` for DDIM: S steps at η = ``eta``; ``ucg_schedule`` gives one guidance scale per step instead
+        of ``unconditional_guidance_scale``; ``dynamic_threshold`` must stay None."""
+        self.make_schedule(ddim_num_steps=request.steps, ddim_eta=request.eta, verbose=request.verbose)
+        logger.info("Data shape for DDIM sampling is %s, eta %s", request.size, request.eta)
         return self.ddim_sampling(
-            conditioning,
-            size,
-            callback=callback,
-            img_callback=img_callback,
-            quantize_denoised=quantize_x0,
-            mask=mask,
-            x0=x0,
-            ddim_use_original_steps=False,
-            noise_dropout=noise_dropout,
-            temperature=temperature,
-            score_corrector=score_corrector,
-            corrector_kwargs=corrector_kwargs,
-            x_T=x_T,
-            log_every_t=log_every_t,
-            unconditional_guidance_scale=unconditional_guidance_scale,
-            unconditional_conditioning=unconditional_conditioning,
-            generator=generator,
-            disable_progress=disable_progress,
-            dynamic_threshold=dynamic_threshold,
+            request.conditioning, request.size, **request.loop_keywords(), dynamic_threshold=dynamic_threshold,
             ucg_schedule=ucg_schedule,
-        )
+        )  # fmt: skip
 
     @torch.no_grad()
     def ddim_sampling(
-        self,
-        cond: Conditioning,
-        shape: tuple[int, ...],
-        x_T: torch.Tensor | None = None,
-        ddim_use_original_steps: bool = False,
-        callback: Callable[[int], None] | None = None,
-        timesteps: int | np.ndarray | None = None,
-        quantize_denoised: bool = False,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        img_callback: Callable[[torch.Tensor, int], None] | None = None,
-        log_every_t: int = 100,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
-        generator: torch.Generator | None = None,
-        disable_progress: bool = False,
-        dynamic_threshold: float | None = None,
-        ucg_schedule: Sequence[float] | None = None,
+        self, cond: Conditioning, shape: tuple[int, ...], **options: Any
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """The DDIM loop over ``shape`` = ``(B, ...)``; needs :meth:`make_schedule` first."""
-        steps = len(self._time_range(timesteps, ddim_use_original_steps))
+        """The DDIM loop over ``shape`` = ``(B, ...)``; needs :meth:`make_schedule` first. ``options`` are the
+        original's keywords (:class:`~ldm.models.diffusion.sampling_common.LoopOptions`: ``x_T``,
+        ``ddim_use_original_steps``, ``timesteps``, ``mask``/``x0``, guidance, ``ucg_schedule``, ...)."""
+        opts = LoopOptions.parse(f"{type(self).__name__}.ddim_sampling", options)
+        time_range = self._time_range(opts.timesteps, opts.ddim_use_original_steps)
+        steps, ucg_schedule = len(time_range), opts.ucg_schedule
         if ucg_schedule is not None and len(ucg_schedule) != steps:
             raise ValueError(
                 f"ucg_schedule has {len(ucg_schedule)} guidance scales for {steps} steps; give one per step."
             )
 
-        def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
-            scale = unconditional_guidance_scale if ucg_schedule is None else ucg_schedule[steps - 1 - index]
-            return self.p_sample_ddim(
-                img,
-                cond,
-                ts,
-                index=index,
-                use_original_steps=ddim_use_original_steps,
-                quantize_denoised=quantize_denoised,
-                temperature=temperature,
-                noise_dropout=noise_dropout,
-                score_corrector=score_corrector,
-                corrector_kwargs=corrector_kwargs,
-                unconditional_guidance_scale=scale,
-                unconditional_conditioning=unconditional_conditioning,
-                generator=generator,
-                dynamic_threshold=dynamic_threshold,
-            )
+        def guidance(index: int) -> float:
+            return opts.unconditional_guidance_scale if ucg_schedule is None else ucg_schedule[steps - 1 - index]
 
-        return self._sample_loop(
-            step,
-            shape,
-            "DDIM Sampler",
-            self._time_range(timesteps, ddim_use_original_steps),
-            x_T=x_T,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            img_callback=img_callback,
-            log_every_t=log_every_t,
-            generator=generator,
-            disable_progress=disable_progress,
-        )
+        step = self._guided_step(
+            cond, guidance, opts.unconditional_conditioning, dynamic_threshold=opts.dynamic_threshold,
+            **opts.step_keywords(),
+        )  # fmt: skip
+        return self._sample_loop(step, shape, "DDIM Sampler", time_range, opts)
+
+    def _guided_step(
+        self, cond: Conditioning, guidance: Callable[[int], float], unconditional_conditioning: Conditioning,
+        **step_options: Any,
+    ) -> Step:
+        """A loop step running :meth:`p_sample_ddim` with ``step_options``, guided at scale ``guidance(index)``."""
+
+        def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
+            return self.p_sample_ddim(
+                img, cond, ts, index=index, unconditional_guidance_scale=guidance(index),
+                unconditional_conditioning=unconditional_conditioning, **step_options,
+            )  # fmt: skip
+
+        return step
 
     @torch.no_grad()
     def p_sample_ddim(
@@ -233,13 +157,10 @@ class DDIMSampler(DDIMScheduleSampler):
         position ``t_start`` (the latent of ``stochastic_encode(x0, t_start - 1)``) down to x_0."""
         visited = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
 
-        def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
-            return self.p_sample_ddim(
-                img, cond, ts, index=index, use_original_steps=use_original_steps,
-                unconditional_guidance_scale=unconditional_guidance_scale,
-                unconditional_conditioning=unconditional_conditioning,
-            )  # fmt: skip
-
+        step = self._guided_step(
+            cond, lambda index: unconditional_guidance_scale, unconditional_conditioning,
+            use_original_steps=use_original_steps,
+        )
         time_range = np.flip(visited[:t_start])
-        return self._sample_loop(step, x_latent.shape, "Decoding image", time_range, x_T=x_latent,
-                                 disable_progress=disable_progress)[0]  # fmt: skip
+        options = LoopOptions(x_T=x_latent, disable_progress=disable_progress)
+        return self._sample_loop(step, x_latent.shape, "Decoding image", time_range, options)[0]

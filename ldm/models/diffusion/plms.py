@@ -14,14 +14,13 @@ Only η = 0 is defined. ε(x, t) is the model's ε̂, whatever it predicts (eps,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from ldm.models.diffusion.sampler_core import Conditioning, checked_keywords, warn_on_batch_mismatch
-from ldm.models.diffusion.sampling_common import DDIMScheduleSampler
+from ldm.models.diffusion.sampler_core import Conditioning
+from ldm.models.diffusion.sampler_frontend import SampleResult, SamplingRequest
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions
 
 logger = logging.getLogger(__name__)
 
@@ -46,126 +45,41 @@ class PLMSSampler(DDIMScheduleSampler):
             raise ValueError(f"ddim_eta must be 0 for PLMS (got eta={ddim_eta}); use DDIMSampler for η > 0.")
         super().make_schedule(ddim_num_steps, ddim_discretize=ddim_discretize, ddim_eta=ddim_eta, verbose=verbose)
 
-    @checked_keywords
-    @torch.no_grad()
-    def sample(
-        self,
-        S: int,
-        batch_size: int,
-        shape: tuple[int, ...],
-        conditioning: Conditioning = None,
-        callback: Callable[[int], None] | None = None,
-        normals_sequence: Any = None,
-        img_callback: Callable[[torch.Tensor, int], None] | None = None,
-        quantize_x0: bool = False,
-        eta: float = 0.0,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        verbose: bool = True,
-        x_T: torch.Tensor | None = None,
-        log_every_t: int = 100,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
-        generator: torch.Generator | None = None,
-        disable_progress: bool = False,
-        dynamic_threshold: float | None = None,
-    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Sample ``(batch_size, *shape)`` latents in S PLMS steps (S + 1 model calls); the arguments of
-        ``DDIMSampler.sample`` but ``ucg_schedule``. Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``."""
+    sample_options: ClassVar[dict[str, Any]] = {"dynamic_threshold": None}
+
+    def run(self, request: SamplingRequest, dynamic_threshold: float | None) -> SampleResult:
+        """``sample`` for PLMS: S steps (S + 1 model calls); η must be 0 and ``dynamic_threshold`` None."""
         if dynamic_threshold is not None:
             raise NotImplementedError("dynamic_threshold is not implemented for PLMS sampling; leave it None.")
-        warn_on_batch_mismatch(conditioning, batch_size)
-        self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
-        size = (batch_size, *shape)
-        logger.info("Data shape for PLMS sampling is %s", size)
-        return self.plms_sampling(
-            conditioning,
-            size,
-            callback=callback,
-            img_callback=img_callback,
-            quantize_denoised=quantize_x0,
-            mask=mask,
-            x0=x0,
-            ddim_use_original_steps=False,
-            noise_dropout=noise_dropout,
-            temperature=temperature,
-            score_corrector=score_corrector,
-            corrector_kwargs=corrector_kwargs,
-            x_T=x_T,
-            log_every_t=log_every_t,
-            unconditional_guidance_scale=unconditional_guidance_scale,
-            unconditional_conditioning=unconditional_conditioning,
-            generator=generator,
-            disable_progress=disable_progress,
-        )
+        self.make_schedule(ddim_num_steps=request.steps, ddim_eta=request.eta, verbose=request.verbose)
+        logger.info("Data shape for PLMS sampling is %s", request.size)
+        return self.plms_sampling(request.conditioning, request.size, **request.loop_keywords())
 
     @torch.no_grad()
     def plms_sampling(
-        self,
-        cond: Conditioning,
-        shape: tuple[int, ...],
-        x_T: torch.Tensor | None = None,
-        ddim_use_original_steps: bool = False,
-        callback: Callable[[int], None] | None = None,
-        timesteps: int | np.ndarray | None = None,
-        quantize_denoised: bool = False,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        img_callback: Callable[[torch.Tensor, int], None] | None = None,
-        log_every_t: int = 100,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
-        generator: torch.Generator | None = None,
-        disable_progress: bool = False,
+        self, cond: Conditioning, shape: tuple[int, ...], **options: Any
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """The PLMS loop over ``shape`` = ``(B, ...)``, keeping the last three ε's; needs :meth:`make_schedule`."""
+        """The PLMS loop over ``shape`` = ``(B, ...)``, keeping the last three ε's; needs :meth:`make_schedule`.
+        ``options`` are the original's keywords (those of ``DDIMSampler.ddim_sampling`` but
+        ``dynamic_threshold`` and ``ucg_schedule``)."""
+        opts = LoopOptions.parse(
+            f"{type(self).__name__}.plms_sampling", options, excluded=("dynamic_threshold", "ucg_schedule")
+        )
         old_eps: list[torch.Tensor] = []
 
         def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
             img, pred_x0, e_t = self.p_sample_plms(
-                img,
-                cond,
-                ts,
-                index=index,
-                use_original_steps=ddim_use_original_steps,
-                quantize_denoised=quantize_denoised,
-                temperature=temperature,
-                noise_dropout=noise_dropout,
-                score_corrector=score_corrector,
-                corrector_kwargs=corrector_kwargs,
-                unconditional_guidance_scale=unconditional_guidance_scale,
-                unconditional_conditioning=unconditional_conditioning,
-                old_eps=old_eps,
-                t_next=ts_next,
-                generator=generator,
-            )
+                img, cond, ts, index=index, old_eps=old_eps, t_next=ts_next,
+                unconditional_guidance_scale=opts.unconditional_guidance_scale,
+                unconditional_conditioning=opts.unconditional_conditioning, **opts.step_keywords(),
+            )  # fmt: skip
             old_eps.append(e_t)
             if len(old_eps) >= 4:
                 old_eps.pop(0)
             return img, pred_x0
 
-        return self._sample_loop(
-            step,
-            shape,
-            "PLMS Sampler",
-            self._time_range(timesteps, ddim_use_original_steps),
-            x_T=x_T,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            img_callback=img_callback,
-            log_every_t=log_every_t,
-            generator=generator,
-            disable_progress=disable_progress,
-        )
+        time_range = self._time_range(opts.timesteps, opts.ddim_use_original_steps)
+        return self._sample_loop(step, shape, "PLMS Sampler", time_range, opts)
 
     @torch.no_grad()
     def p_sample_plms(

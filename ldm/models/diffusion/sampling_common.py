@@ -14,7 +14,8 @@ from the model's :class:`~ldm.models.diffusion.schedule.DiscreteSchedule`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,9 @@ from ldm.models.diffusion.sampler_core import (
     checked_keywords,
     denoise,
     progress,
+    unexpected_keyword_error,
 )
+from ldm.models.diffusion.sampler_frontend import SamplerFrontEnd
 from ldm.models.diffusion.schedule import DiscreteSchedule, ddim_sigma
 from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps, noise_like
 from ldm.util import SettingError
@@ -40,12 +43,57 @@ logger = logging.getLogger(__name__)
 Step = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The keyword options of the DDIM-family loops (``ddim_sampling``, ``plms_sampling``, with the original
+    names and defaults); ``dynamic_threshold`` and ``ucg_schedule`` are DDIM's alone."""
+
+    x_T: torch.Tensor | None = None
+    ddim_use_original_steps: bool = False
+    callback: Callable[[int], None] | None = None
+    timesteps: int | np.ndarray | None = None
+    quantize_denoised: bool = False
+    mask: torch.Tensor | None = None
+    x0: torch.Tensor | None = None
+    img_callback: Callable[[torch.Tensor, int], None] | None = None
+    log_every_t: int = 100
+    temperature: float = 1.0
+    noise_dropout: float = 0.0
+    score_corrector: Any = None
+    corrector_kwargs: dict | None = None
+    unconditional_guidance_scale: float = 1.0
+    unconditional_conditioning: Conditioning = None
+    generator: torch.Generator | None = None
+    disable_progress: bool = False
+    dynamic_threshold: float | None = None
+    ucg_schedule: Sequence[float] | None = None
+
+    @classmethod
+    def parse(cls, where: str, options: dict[str, Any], excluded: tuple[str, ...] = ()) -> LoopOptions:
+        """The options given by keyword to ``where``; an unknown one (or one in ``excluded``) raises the
+        ``TypeError`` of :func:`unexpected_keyword_error`."""
+        valid = [f.name for f in fields(cls) if f.name not in excluded]
+        for name in options:
+            if name not in valid:
+                raise unexpected_keyword_error(where, name, valid)
+        return cls(**options)
+
+    def step_keywords(self) -> dict[str, Any]:
+        """The keyword arguments of ``p_sample_ddim`` / ``p_sample_plms`` that come from these options."""
+        return {
+            "use_original_steps": self.ddim_use_original_steps, "quantize_denoised": self.quantize_denoised,
+            "temperature": self.temperature, "noise_dropout": self.noise_dropout,
+            "score_corrector": self.score_corrector, "corrector_kwargs": self.corrector_kwargs,
+            "generator": self.generator,
+        }  # fmt: skip
+
 # --------------------------------------------------------------------------------------------------------
 # The DDIM schedule, update and loop shared by DDIM and PLMS
 # --------------------------------------------------------------------------------------------------------
 
 
-class DDIMScheduleSampler:
+class DDIMScheduleSampler(SamplerFrontEnd):
     """Holds a model's DDIM sub-schedule and runs eq. (2) from an ε.
 
     Tensors stored with :meth:`register_buffer` live on ``device`` (default: the model's, ``model.betas.device``).
@@ -53,20 +101,9 @@ class DDIMScheduleSampler:
 
     @checked_keywords
     def __init__(self, model: DiffusionModel, schedule: str = "linear", device: torch.device | str | None = None):
-        self.model = model
+        super().__init__(model, device=device)
         self.ddpm_num_timesteps = model.num_timesteps
         self.schedule = schedule
-        self._device = None if device is None else torch.device(device)
-
-    @property
-    def device(self) -> torch.device:
-        return self._device if self._device is not None else self.model.betas.device
-
-    def register_buffer(self, name: str, attr: Any) -> None:
-        """Store ``attr`` as ``self.<name>``, moving tensors to :attr:`device`."""
-        if isinstance(attr, torch.Tensor):
-            attr = attr.to(self.device)
-        setattr(self, name, attr)
 
     def make_schedule(
         self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0, verbose: bool = True
@@ -177,43 +214,25 @@ class DDIMScheduleSampler:
         subset_end = int(min(timesteps / n, 1) * n) - 1
         return np.flip(self.ddim_timesteps[:subset_end])
 
-    def _initial_noise(
-        self, shape: tuple[int, ...], x_T: torch.Tensor | None, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """``x_T`` if given, else N(0, I) of ``shape`` on the model's device (float32)."""
-        if x_T is not None:
-            return x_T
-        return torch.randn(shape, device=self.device, generator=generator)
-
     def _sample_loop(
-        self,
-        step: Step,
-        shape: tuple[int, ...],
-        desc: str,
-        time_range: np.ndarray,
-        x_T: torch.Tensor | None = None,
-        callback: Callable[[int], None] | None = None,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        img_callback: Callable[[torch.Tensor, int], None] | None = None,
-        log_every_t: int = 100,
-        generator: torch.Generator | None = None,
-        disable_progress: bool = False,
+        self, step: Step, shape: tuple[int, ...], desc: str, time_range: np.ndarray, options: LoopOptions
     ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        """Run ``step`` over the descending DDPM timesteps ``time_range`` from ``x_T`` ``(B, ...)``.
+        """Run ``step`` over the descending DDPM timesteps ``time_range`` from ``options.x_T`` ``(B, ...)``
+        (default: N(0, I) from ``options.generator``).
 
-        With ``mask`` (1 = keep), the kept region is replaced by ``q_sample(x0, t)`` before each step.
-        Intermediates ``x_inter``/``pred_x0`` start with ``x_T`` and log every ``log_every_t`` indices and the
-        first step. Returns ``(x_0, intermediates)``.
+        With ``options.mask`` (1 = keep), the kept region is replaced by ``q_sample(x0, t)`` before each step.
+        Intermediates ``x_inter``/``pred_x0`` start with x_T and log every ``log_every_t`` indices and the
+        first step; ``callback(i)`` and ``img_callback(x̂_0, i)`` run after each. Returns ``(x_0, intermediates)``.
         """
+        mask, x0, x_T, log_every_t = options.mask, options.x0, options.x_T, options.log_every_t
         if mask is not None and x0 is None:
             raise SettingError("sampling with a mask needs x0, the latent whose masked region is kept.")
-        img = self._initial_noise(shape, x_T, generator)
+        img = x_T if x_T is not None else torch.randn(shape, device=self.device, generator=options.generator)
         total_steps = len(time_range)
         logger.info("Running %s with %d timesteps", desc, total_steps)
         intermediates = {"x_inter": [img], "pred_x0": [img]}
         b = shape[0]
-        for i, step_t in enumerate(progress(time_range, desc, total_steps, disable_progress)):
+        for i, step_t in enumerate(progress(time_range, desc, total_steps, options.disable_progress)):
             index = total_steps - i - 1
             ts = torch.full((b,), int(step_t), device=self.device, dtype=torch.long)
             ts_next = torch.full(
@@ -222,10 +241,10 @@ class DDIMScheduleSampler:
             if mask is not None:
                 img = self.model.q_sample(x0, ts) * mask + (1.0 - mask) * img
             img, pred_x0 = step(img, ts, index, ts_next)
-            if callback:
-                callback(i)
-            if img_callback:
-                img_callback(pred_x0, i)
+            if options.callback:
+                options.callback(i)
+            if options.img_callback:
+                options.img_callback(pred_x0, i)
             if index % log_every_t == 0 or index == total_steps - 1:
                 intermediates["x_inter"].append(img)
                 intermediates["pred_x0"].append(pred_x0)
