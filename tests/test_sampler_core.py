@@ -55,6 +55,47 @@ def test_guided_output_without_uc_or_with_scale_one_runs_the_plain_batch():
     assert model.calls == [2, 2]
 
 
+def test_guidance_rescale_matches_the_conditional_spread_and_interpolates():
+    """φ = 1 gives each sample the conditional output's standard deviation with the guided direction kept;
+    φ = ½ is the mean of the rescaled and the plain guided output (Lin et al. 2024, §3.4)."""
+    model = GaussianModel(mu=0.3, sigma=0.7)
+    x, t = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([10, 500, 900])
+    c, uc = torch.randn(3, 1, 8), torch.zeros(3, 1, 8)
+    out_c = model.apply_model(x, t, c)
+    plain = guided_model_output(model, x, t, c, uc, 7.5)
+    full = guided_model_output(model, x, t, c, uc, 7.5, guidance_rescale=1.0)
+    half = guided_model_output(model, x, t, c, uc, 7.5, guidance_rescale=0.5)
+    torch.testing.assert_close(full.flatten(1).std(1), out_c.flatten(1).std(1), rtol=1e-5, atol=1e-6)
+    cosine = torch.nn.functional.cosine_similarity(full.flatten(1), plain.flatten(1))
+    torch.testing.assert_close(cosine, torch.ones(3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(half, (full + plain) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="guidance_rescale must lie in"):
+        guided_model_output(model, x, t, c, uc, 7.5, guidance_rescale=1.5)
+
+
+class SpreadByConditioning(GaussianModel):
+    """The Gaussian model's output scaled by 1 + mean(cond) per sample, so guidance changes its spread."""
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        out = super().apply_model(x, t, cond)
+        return out * (1 + cond.flatten(1).mean(1)).view(-1, *[1] * (x.ndim - 1))
+
+
+@pytest.mark.parametrize("cls", SAMPLER_CLASSES)
+def test_guidance_rescale_reaches_every_sampler(cls):
+    """φ > 0 changes a guided run; φ = 0 is the plain run, bit for bit."""
+    model = SpreadByConditioning(mu=0.3, sigma=0.7)
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    c, uc = torch.randn(2, 1, 8), torch.zeros(2, 1, 8)
+
+    def run(**kwargs):
+        return cls(model).sample(4, 2, (1, 4, 4), conditioning=c, unconditional_conditioning=uc,
+                                 unconditional_guidance_scale=5.0, x_T=x_T, **QUIET, **kwargs)[0]
+
+    assert torch.equal(run(), run(guidance_rescale=0.0))
+    assert not torch.allclose(run(), run(guidance_rescale=0.7))
+
+
 @pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
 def test_denoise_reads_the_models_parameterization(parameterization):
     """The exact predictor in any encoding gives the same (x̂_0, ε̂), consistent with x_t = a x̂_0 + s ε̂."""

@@ -95,6 +95,7 @@ class DDIMSampler(DDIMScheduleSampler):
         unconditional_conditioning: Conditioning = None,
         generator: torch.Generator | None = None,
         dynamic_threshold: float | None = None,
+        guidance_rescale: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One guided DDIM step from x_t ``(B, ...)`` at DDPM times ``t`` ``(B,)``, schedule position ``index``.
 
@@ -104,7 +105,7 @@ class DDIMSampler(DDIMScheduleSampler):
             raise NotImplementedError("dynamic_threshold is not implemented for DDIM sampling; leave it None.")
         prediction = self._denoise(
             x, c, t, self._marginal(x, index, use_original_steps), unconditional_conditioning,
-            unconditional_guidance_scale, score_corrector, corrector_kwargs,
+            unconditional_guidance_scale, score_corrector, corrector_kwargs, guidance_rescale,
         )  # fmt: skip
         return self._ddim_update(
             x,

@@ -100,6 +100,7 @@ class PLMSSampler(DDIMScheduleSampler):
         old_eps: list[torch.Tensor] | None = None,
         t_next: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        guidance_rescale: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One PLMS step from x_t ``(B, ...)``; ``old_eps`` holds up to three previous ε's (oldest first) and
         ``t_next`` ``(B,)`` is the next timestep (used by the first, Heun-like step).
@@ -111,7 +112,7 @@ class PLMSSampler(DDIMScheduleSampler):
         def eps(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
             return self._denoise(
                 x_in, c, t_in, self._marginal_at(x_in, t_in), unconditional_conditioning,
-                unconditional_guidance_scale, score_corrector, corrector_kwargs,
+                unconditional_guidance_scale, score_corrector, corrector_kwargs, guidance_rescale,
             ).eps  # fmt: skip
 
         def update(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,17 +135,35 @@ def guided_model_output(
     cond: Conditioning,
     unconditional_conditioning: Conditioning = None,
     unconditional_guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
 ) -> torch.Tensor:
     """Eq. (1): the raw output ``(B, ...)`` at x_t ``(B, ...)``, t ``(B,)``, guided when there is a c_u and w ≠ 1.
 
     Without ``unconditional_conditioning`` or with w = 1 the model runs once on ``(x, t, cond)``; otherwise once
-    on the batch ``[x, x]`` with conditioning ``[c_u, c]`` (see :func:`concat_conditionings`).
+    on the batch ``[x, x]`` with conditioning ``[c_u, c]`` (see :func:`concat_conditionings`). A
+    ``guidance_rescale`` φ > 0 then applies :func:`rescale_guidance`.
     """
     if unconditional_conditioning is None or unconditional_guidance_scale == 1.0:
         return model.apply_model(x, t, cond)
     cond_in = concat_conditionings(unconditional_conditioning, cond)
     out_u, out_c = model.apply_model(torch.cat([x, x]), torch.cat([t, t]), cond_in).chunk(2)
-    return out_u + unconditional_guidance_scale * (out_c - out_u)
+    guided = out_u + unconditional_guidance_scale * (out_c - out_u)
+    return rescale_guidance(guided, out_c, guidance_rescale) if guidance_rescale else guided
+
+
+def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", §3.4).
+
+    With per-sample standard deviations over all but the batch dimension,
+    o ← φ · o · std(o_c)/std(o) + (1 − φ) · o: the guided output ``guided`` (B, ...) brought back towards the
+    spread of the conditional output ``conditional``, which large w inflates (over-exposed images). Applied to
+    the raw output, as diffusers' ``guidance_rescale`` is.
+    """
+    if not 0.0 <= phi <= 1.0:
+        raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = off, 0.7 as in the paper), got {phi}.")
+    dims = tuple(range(1, guided.ndim))
+    ratio = conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return guided * (phi * ratio + (1.0 - phi))
 
 
 def parameterization_of(model: Any) -> str:
@@ -164,6 +182,7 @@ def denoise(
     unconditional_guidance_scale: float = 1.0,
     score_corrector: Any = None,
     corrector_kwargs: dict | None = None,
+    guidance_rescale: float = 0.0,
 ) -> Prediction:
     """Eqs. (1)–(2): (x̂_0, ε̂) at x_t ``(B, ...)``, model time ``t`` ``(B,)`` (integer or fractional).
 
@@ -171,7 +190,9 @@ def denoise(
     ``score_corrector.modify_score(model, ε, x, t, cond, **corrector_kwargs)`` replaces the guided output of an
     ε-predicting model before the conversion.
     """
-    out = guided_model_output(model, x, t, cond, unconditional_conditioning, unconditional_guidance_scale)
+    out = guided_model_output(
+        model, x, t, cond, unconditional_conditioning, unconditional_guidance_scale, guidance_rescale
+    )
     kind = parameterization_of(model)
     if score_corrector is not None:
         if kind != "eps":

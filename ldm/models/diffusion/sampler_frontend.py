@@ -56,6 +56,7 @@ class SamplingRequest:
     unconditional_conditioning: Conditioning
     generator: torch.Generator | None
     disable_progress: bool
+    guidance_rescale: float = 0.0
 
     def loop_keywords(self) -> dict[str, Any]:
         """The keyword arguments of the original ``ddim_sampling`` / ``plms_sampling`` loops for this request."""
@@ -66,7 +67,7 @@ class SamplingRequest:
             "score_corrector": self.score_corrector, "corrector_kwargs": self.corrector_kwargs,
             "unconditional_guidance_scale": self.unconditional_guidance_scale,
             "unconditional_conditioning": self.unconditional_conditioning, "generator": self.generator,
-            "disable_progress": self.disable_progress,
+            "disable_progress": self.disable_progress, "guidance_rescale": self.guidance_rescale,
         }  # fmt: skip
 
     def ddim_only_options(self) -> list[str]:
@@ -106,7 +107,7 @@ class SamplingRequest:
             alpha, sigma = float(schedule.alpha(tau)), float(schedule.sigma(tau))
             return denoise(
                 model, x, t_in, self.conditioning, alpha, sigma, self.unconditional_conditioning,
-                self.unconditional_guidance_scale,
+                self.unconditional_guidance_scale, guidance_rescale=self.guidance_rescale,
             ).x0  # fmt: skip
 
         return predict
@@ -179,12 +180,14 @@ class SamplerFrontEnd:
         unconditional_conditioning: Conditioning = None,
         generator: torch.Generator | None = None,
         disable_progress: bool = False,
+        guidance_rescale: float = 0.0,
         **options: Any,
     ) -> SampleResult:
         """Sample ``(batch_size, *shape)`` in S steps from x_T (default: N(0, I) drawn from ``generator``).
 
         ``conditioning`` and ``unconditional_conditioning`` (tensor, list or dict) with
-        ``unconditional_guidance_scale`` w give classifier-free guidance; ``callback(i)`` and
+        ``unconditional_guidance_scale`` w give classifier-free guidance (``guidance_rescale`` φ: see
+        :func:`~ldm.models.diffusion.sampler_core.rescale_guidance`); ``callback(i)`` and
         ``img_callback(x̂_0, i)`` run after step i; ``normals_sequence`` is accepted and unused. The DDIM loop's
         options (η, mask/x0, quantize_x0, temperature, noise_dropout, score_corrector) are honoured where the
         sampler defines them and raise ``ValueError`` elsewhere; ``options`` are the sampler's own
@@ -198,7 +201,7 @@ class SamplerFrontEnd:
         request = SamplingRequest(
             S, (batch_size, *shape), conditioning, callback, img_callback, quantize_x0, eta, mask, x0, temperature,
             noise_dropout, score_corrector, corrector_kwargs, verbose, x_T, log_every_t, unconditional_guidance_scale,
-            unconditional_conditioning, generator, disable_progress,
+            unconditional_conditioning, generator, disable_progress, guidance_rescale,
         )  # fmt: skip
         return self.run(request, **{**self.sample_options, **options})
 

@@ -68,6 +68,7 @@ class LoopOptions:
     disable_progress: bool = False
     dynamic_threshold: float | None = None
     ucg_schedule: Sequence[float] | None = None
+    guidance_rescale: float = 0.0
 
     @classmethod
     def parse(cls, where: str, options: dict[str, Any], excluded: tuple[str, ...] = ()) -> LoopOptions:
@@ -85,7 +86,7 @@ class LoopOptions:
             "use_original_steps": self.ddim_use_original_steps, "quantize_denoised": self.quantize_denoised,
             "temperature": self.temperature, "noise_dropout": self.noise_dropout,
             "score_corrector": self.score_corrector, "corrector_kwargs": self.corrector_kwargs,
-            "generator": self.generator,
+            "generator": self.generator, "guidance_rescale": self.guidance_rescale,
         }  # fmt: skip
 
 # --------------------------------------------------------------------------------------------------------
@@ -164,11 +165,12 @@ class DDIMScheduleSampler(SamplerFrontEnd):
         unconditional_guidance_scale: float = 1.0,
         score_corrector: Any = None,
         corrector_kwargs: dict | None = None,
+        guidance_rescale: float = 0.0,
     ) -> Prediction:
         """The guided (x̂_0, ε̂) of the model at x_t ``(B, ...)``, t ``(B,)`` with (√ᾱ_t, √(1 − ᾱ_t)) ``marginal``."""
         return denoise(
             self.model, x, t, c, *marginal, unconditional_conditioning, unconditional_guidance_scale,
-            score_corrector, corrector_kwargs,
+            score_corrector, corrector_kwargs, guidance_rescale,
         )  # fmt: skip
 
     def _ddim_update(
