@@ -16,9 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoint import apply_state_dict, global_step_of, load_checkpoint, state_dict_of
-from ldm.models.diffusion.ddim import DDIMSampler
-from ldm.models.diffusion.dpm_solver import DPMSolverSampler
-from ldm.models.diffusion.plms import PLMSSampler
+from ldm.models.diffusion.named_samplers import SAMPLERS as SAMPLERS  # the sampler table, by display name
+from ldm.models.diffusion.named_samplers import NamedSampler, resolve_sampler
 from ldm.models.vae_tiling import set_vae_tiling
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.attention_slicing import set_attention_slicing
@@ -27,8 +26,6 @@ from ldm.modules.fast.packed_conv import pack_convolutions
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
-
-SAMPLERS = {"ddim": DDIMSampler, "plms": PLMSSampler, "dpm_solver": DPMSolverSampler}
 
 
 def choose_device(name: str = "auto") -> torch.device:
@@ -195,11 +192,14 @@ def check_latent_geometry(model: Any, factor: int, channels: int) -> None:
         )
 
 
-def make_sampler(name: str, model: Any) -> DDIMSampler | PLMSSampler | DPMSolverSampler:
-    """The sampler named ``ddim``, ``plms`` or ``dpm_solver`` over ``model``."""
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](model)
+def make_sampler(name: str, model: Any, schedule: str | None = None) -> NamedSampler:
+    """The sampler called ``name`` over ``model``: a name of :data:`SAMPLERS` (``"DPM++ 2M"``, ``"Euler a"``,
+    ``"DDIM"``, ...) or its alias (``dpmpp_2m``, ``euler_a``, ``ddim``, ``plms``, ``dpm_solver``), case-insensitive,
+    optionally with a schedule suffix (``"DPM++ 2M Karras"``) or ``schedule``. Every one answers the DDIM sampler's
+    ``sample(S, batch_size, shape, ...)`` and ``img2img(x0, strength, S, ...)``; an unknown name raises
+    ``ValueError`` naming the closest."""
+    resolve_sampler(name)
+    return NamedSampler(model, name, schedule=schedule)
 
 
 #: The ``torch.compile`` backend of ``--compile``.

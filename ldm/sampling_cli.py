@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ldm.checkpoint import CheckpointError
+from ldm.models.diffusion.named_samplers import SCHEDULE_ALIASES, SCHEDULES, describe_samplers
 from ldm.util import ConfigError
 
 SD_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
@@ -24,7 +25,7 @@ NO_SAFETY_CHECKER = (
 def add_sampling_arguments(
     parser: argparse.ArgumentParser, *, outdir: str, n_iter: int, n_samples: int, scale: float, seed: int | None
 ) -> None:
-    """Flags for prompts, output, the DDIM/PLMS sampler, latent geometry, model files and device."""
+    """Flags for prompts, output, the sampler, latent geometry, model files and device."""
     arg = parser.add_argument
     arg("--prompt", type=str, nargs="?", default="a painting of a virus monster playing guitar",
         help="the prompt to render")
@@ -34,10 +35,12 @@ def add_sampling_arguments(
     arg("--skip_grid", action="store_true",
         help="do not save a grid, only individual samples. Helpful when evaluating lots of samples")
     arg("--skip_save", action="store_true", help="do not save individual samples. For speed measurements.")
-    arg("--ddim_steps", type=int, default=50, help="number of ddim sampling steps")
-    arg("--plms", action="store_true", help="use plms sampling")
+    arg("--ddim_steps", type=int, default=50, help="number of sampling steps (of every sampler)")
+    add_sampler_arguments(parser)
     arg("--fixed_code", action="store_true", help="if enabled, uses the same starting code across samples")
-    arg("--ddim_eta", type=float, default=0.0, help="ddim eta (eta=0.0 corresponds to deterministic sampling)")
+    arg("--ddim_eta", type=float, default=None,
+        help="eta, the amount of fresh noise per step: DDIM (default 0.0, deterministic) and the ancestral and SDE "
+        "samplers (default 1.0); a non-zero eta for a deterministic sampler is an error")
     arg("--n_iter", type=int, default=n_iter, help="sample this often")
     arg("--C", type=int, default=4, help="latent channels")
     arg("--f", type=int, default=8, help="downsampling factor (must match the model's first stage)")
@@ -61,6 +64,33 @@ def add_sampling_arguments(
         "autocast on CUDA/MPS. The autoencoder always runs in float32 (no black images from half-precision overflow)")
     arg("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU), or a torch device name")
     add_speed_arguments(parser)
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--sampler NAME`` and ``--schedule NAME``, with the original ``--plms`` / ``--dpm_solver`` switches."""
+    arg = parser.add_argument
+    arg("--sampler", type=str, default=None, metavar="NAME",
+        help="the sampler, by its AUTOMATIC1111/ComfyUI name or snake-case alias (case-insensitive; default DDIM): "
+        f"{describe_samplers()}. A schedule may follow the name, e.g. \"DPM++ 2M Karras\", \"Euler a Exponential\"")
+    arg("--schedule", type=str.lower, default=None, choices=[*SCHEDULES, *SCHEDULE_ALIASES],
+        help="the noise levels of the k-diffusion samplers (default normal: the model's own timesteps; uniform is "
+        "normal); DDIM, PLMS and the DPM-Solvers space their steps themselves")
+    arg("--plms", action="store_true", help="use plms sampling (the same as --sampler plms)")
+    arg("--dpm_solver", action="store_true", help="use DPM-Solver++(2M) sampling (the same as --sampler dpm_solver)")
+
+
+def chosen_sampler(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> str:
+    """The sampler name the flags ask for (``--sampler``, else ``plms``/``dpm_solver`` for the original switches,
+    else ``ddim``); two sampler flags at once end the parser with an error."""
+    switches = [flag for flag, on in (("--plms", opt.plms), ("--dpm_solver", opt.dpm_solver)) if on]
+    if len(switches) > 1:
+        parser.error("--plms and --dpm_solver exclude each other; pick one sampler (DDIM without either)")
+    if switches and opt.sampler is not None:
+        parser.error(f"{switches[0]} and --sampler {opt.sampler!r} both choose a sampler; keep only --sampler "
+                     f"(--sampler {switches[0][2:]} is the same as {switches[0]})")
+    if opt.sampler is not None:
+        return opt.sampler
+    return switches[0][2:] if switches else "ddim"
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:

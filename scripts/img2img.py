@@ -1,10 +1,11 @@
-"""Image-to-image: make variations of an input image guided by a prompt (SDEdit with DDIM).
+"""Image-to-image: make variations of an input image guided by a prompt (SDEdit), with any sampler.
 
 The init image is resized down to a multiple of what the model needs (the first stage's factor times the UNet's
-downsampling, 64 for Stable Diffusion), encoded, noised to
-``t_enc = int(strength * ddim_steps)`` DDIM steps (``stochastic_encode``) and denoised back (``decode``).
+downsampling, 64 for Stable Diffusion), encoded, noised to the start of the last ``int(strength * ddim_steps)``
+steps of the sampler's schedule and denoised back over those steps (DDIM: ``stochastic_encode`` + ``decode``).
 
     python scripts/img2img.py --init-img sketch.png --prompt "a fantasy landscape" --strength 0.8
+    python scripts/img2img.py --init-img sketch.png --prompt "a fantasy landscape" --sampler "Euler a"
 
 Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``.
 Helpers that other code imports from this script: ``chunk``, ``load_model_from_config(config, ckpt,
@@ -39,7 +40,8 @@ from ldm.inference import (
 )
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.inference import load_model_from_config as load_model_and_step
-from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, run_script, speed_options
+from ldm.models.diffusion.named_samplers import sampler_choice
+from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, chosen_sampler, run_script, speed_options
 
 __all__ = ["chunk", "load_img", "load_model_from_config", "main", "parse_args"]
 
@@ -60,8 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="strength for noising/unnoising. 1.0 corresponds to full destruction of information "
                         "in init image")
     opt = parser.parse_args(argv)
-    if opt.plms:
-        parser.error("--plms is not supported for img2img (it needs DDIM's stochastic_encode/decode); drop --plms")
+    opt.sampler = chosen_sampler(parser, opt)
     if not 0.0 <= opt.strength <= 1.0:
         parser.error(f"--strength {opt.strength} is outside [0.0, 1.0]")
     return opt
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
+    sampler_choice(opt.sampler, opt.schedule)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     init_image = read_rgb_image(opt.init_img)
     device = choose_device(opt.device)
@@ -79,17 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     check_latent_geometry(model, opt.f, opt.C)
     optimize_for_inference(model, **speed)
     seed_everything(opt.seed)
-    sampler = make_sampler("ddim", model)
+    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
+    logger.info("sampler: %r; the last %d of %d steps", sampler, int(opt.strength * opt.ddim_steps), opt.ddim_steps)
 
     outdir = Path(opt.outdir)
     sample_dir = outdir / "samples"
     sample_dir.mkdir(parents=True, exist_ok=True)
-
-    sampler.make_schedule(ddim_num_steps=opt.ddim_steps, ddim_eta=opt.ddim_eta, verbose=False)
-    t_enc = int(opt.strength * opt.ddim_steps)
-    logger.info("target t_enc is %d steps", t_enc)
-    # DDIM index t_enc is one past the schedule at strength 1.0: the noisiest level is used then.
-    t_noise = min(t_enc, opt.ddim_steps - 1)
 
     all_samples = []
     with torch.no_grad(), precision, model.ema_scope():
@@ -101,13 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             for prompts in tqdm(batches, desc="data"):
                 batch = len(prompts)
                 c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
-                z_enc = sampler.stochastic_encode(
-                    init_latent[:batch],
-                    torch.full((batch,), t_noise, device=device, dtype=torch.long),
+                samples = sampler.img2img(
+                    init_latent[:batch], opt.strength, opt.ddim_steps, c, unconditional_guidance_scale=opt.scale,
+                    unconditional_conditioning=uc, eta=opt.ddim_eta,
                     noise=None if fixed_noise is None else fixed_noise[:batch],
-                )
-                samples = sampler.decode(
-                    z_enc, c, t_enc, unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc
                 )
                 images = to_unit_range(decode_latents(model, samples)).cpu()
                 if not opt.skip_save:

@@ -1,6 +1,8 @@
 """Text-to-image sampling with a latent diffusion model (Stable Diffusion v1, or the LDM text-to-image model).
 
     python scripts/txt2img.py --prompt "a photograph of an astronaut riding a horse" --plms
+    python scripts/txt2img.py --prompt "a photograph of an astronaut riding a horse" --sampler "DPM++ 2M Karras" \
+        --ddim_steps 20
 
 Writes ``outdir/samples/00000.png, ...`` (numbered after the files already there) and ``outdir/grid-0000.png``,
 invisibly watermarked ("StableDiffusionV1") when the `invisible-watermark` package is installed. No NSFW filter
@@ -46,12 +48,14 @@ from ldm.inference import (
 )
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.inference import load_model_from_config as load_model_and_step
+from ldm.models.diffusion.named_samplers import sampler_choice
 from ldm.safety import check_safety
 from ldm.sampling_cli import (
     NO_SAFETY_CHECKER,
     SD_CKPT,
     SD_CONFIG,
     add_sampling_arguments,
+    chosen_sampler,
     run_script,
     speed_options,
 )
@@ -79,15 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, epilog=NO_SAFETY_CHECKER,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_arguments(parser, outdir=OUTDIR, n_iter=2, n_samples=3, scale=7.5, seed=None)
-    parser.add_argument("--dpm_solver", action="store_true", help="use DPM-Solver++(2M) sampling")
     parser.add_argument("--laion400m", action="store_true",
                         help=f"use the LDM text-to-image model trained on LAION-400M: --config {LAION_CONFIG}, "
                         f"--ckpt {LAION_CKPT}, --outdir {LAION_OUTDIR} instead of the Stable Diffusion defaults")
     parser.add_argument("--H", type=int, default=512, help="image height, in pixel space")
     parser.add_argument("--W", type=int, default=512, help="image width, in pixel space")
     opt = parser.parse_args(argv)
-    if opt.plms and opt.dpm_solver:
-        parser.error("--plms and --dpm_solver exclude each other; pick one sampler (DDIM without either)")
+    opt.sampler = chosen_sampler(parser, opt)
     if opt.laion400m:
         logger.info("Falling back to the LAION 400M model...")
         for name, sd_default, laion_default in (
@@ -101,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
+    sampler_choice(opt.sampler, opt.schedule)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     check_image_size(opt.H, opt.W, opt.f)
     device = choose_device(opt.device)
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     check_image_size(opt.H, opt.W, pixel_multiple(model), why="--f times the UNet's downsampling")
     optimize_for_inference(model, **speed)
     seed_everything(opt.seed)
-    sampler = make_sampler("dpm_solver" if opt.dpm_solver else "plms" if opt.plms else "ddim", model)
+    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
+    logger.info("sampler: %r, %d steps", sampler, opt.ddim_steps)
 
     outdir = Path(opt.outdir)
     sample_dir = outdir / "samples"

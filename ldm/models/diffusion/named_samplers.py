@@ -1,0 +1,483 @@
+"""Samplers by the names AUTOMATIC1111's web UI and ComfyUI made standard, behind the DDIM sampler's call.
+
+    sampler = NamedSampler(model, "DPM++ 2M Karras")
+    samples, _ = sampler.sample(S=20, batch_size=4, shape=(4, 64, 64), conditioning=c,
+                                unconditional_guidance_scale=7.5, unconditional_conditioning=uc)
+    edited = sampler.img2img(z_0, strength=0.6, S=20, conditioning=c, unconditional_guidance_scale=7.5,
+                             unconditional_conditioning=uc)
+
+:data:`SAMPLERS` is the one table: display name, snake-case aliases, the function that runs it and how it is fed.
+Names are looked up case-insensitively and may end in a schedule (``"DPM++ 2M Karras"``, ``"euler_a_exponential"``).
+
+The k-diffusion samplers integrate z = x_0 + σ ε (the variance-exploding view of x_t = z / √(1 + σ²)) over the
+decreasing list σ_0 > ... > σ_{S−1} > σ_S = 0 of a schedule (:data:`SCHEDULES`):
+
+(1) txt2img starts at z = σ_0 x_T, x_T ~ N(0, I) the draw DDIM would start from (AUTOMATIC1111's convention);
+(2) img2img at strength s keeps the last k = ⌊s S⌋ steps: z = x_0 + σ_{S−k} ε, then σ_{S−k} > ... > 0;
+    s = 0 returns x_0 untouched, s = 1 starts at σ_0 = σ_max.
+
+DDIM, PLMS and DPM-Solver++ run through their own classes; their img2img noises x_0 to the DDIM step of index
+min(k, S − 1) (``stochastic_encode``, as the original img2img script does) and takes k steps from index k − 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.models.diffusion.dpm_solver import DPMSolverSampler
+from ldm.models.diffusion.dpm_solver.solver import sample_dpmpp_2m, time_steps
+from ldm.models.diffusion.plms import PLMSSampler
+from ldm.models.diffusion.sampler_core import (
+    Conditioning,
+    DiffusionModel,
+    checked_keywords,
+    unexpected_keyword_error,
+    warn_on_batch_mismatch,
+)
+from ldm.models.diffusion.sampler_frontend import SampleResult, SamplerFrontEnd, SamplingRequest, StepRecorder
+
+K_SAMPLERS = "ldm.models.diffusion.k_samplers"
+UNI_PC = "ldm.models.diffusion.uni_pc"
+
+#: Noise-level schedules (``schedule_sigmas`` of :mod:`ldm.models.diffusion.k_samplers`); "uniform" = "normal".
+SCHEDULES = ("normal", "karras", "exponential", "polyexponential", "simple", "ddim_uniform")
+SCHEDULE_ALIASES = {"uniform": "normal"}
+
+
+class Family(Enum):
+    """How a sampler is fed: its noise, its step list, or its own class."""
+
+    ODE = "deterministic, over the σ list"
+    ANCESTRAL = "fresh Gaussian noise each step (drawn from the generator)"
+    SDE = "Brownian-tree noise (seeded from the generator)"
+    DPM_SOLVER = "k-diffusion's DPM-Solver: its own steps between σ_min and σ_max"
+    LEGACY = "the DDIM / PLMS / DPM-Solver++ classes on the model's discrete timesteps"
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """One row of :data:`SAMPLERS`. ``function`` names ``sample_<x>`` in ``module`` (or the legacy class);
+    ``options`` are fixed keyword arguments of it; ``discard_penultimate_sigma`` takes S + 1 noise levels and
+    drops σ_min, so the last step jumps from the second smallest level to 0 (AUTOMATIC1111 does so for these)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    function: str
+    family: Family
+    options: dict[str, Any] = field(default_factory=dict)
+    discard_penultimate_sigma: bool = False
+    module: str = K_SAMPLERS
+
+    def load(self) -> Callable[..., torch.Tensor]:
+        """The sampler function, looked up by name when first used."""
+        function = getattr(importlib.import_module(self.module), self.function, None)
+        if function is None:
+            raise NotImplementedError(f"{self.module}.{self.function} (sampler {self.name!r}) is not available.")
+        return function
+
+
+_ROWS = (
+    SamplerEntry("Euler", ("euler",), "sample_euler", Family.ODE),
+    SamplerEntry("Euler a", ("euler_a", "euler_ancestral"), "sample_euler_ancestral", Family.ANCESTRAL),
+    SamplerEntry("Heun", ("heun",), "sample_heun", Family.ODE),
+    SamplerEntry("DPM2", ("dpm_2",), "sample_dpm_2", Family.ODE, discard_penultimate_sigma=True),
+    SamplerEntry("DPM2 a", ("dpm_2_a", "dpm_2_ancestral"), "sample_dpm_2_ancestral", Family.ANCESTRAL,
+                 discard_penultimate_sigma=True),
+    SamplerEntry("LMS", ("lms",), "sample_lms", Family.ODE),
+    SamplerEntry("DPM++ 2S a", ("dpmpp_2s_a", "dpmpp_2s_ancestral"), "sample_dpmpp_2s_ancestral", Family.ANCESTRAL),
+    SamplerEntry("DPM++ 2M", ("dpmpp_2m",), "sample_dpmpp_2m", Family.ODE),
+    SamplerEntry("DPM++ SDE", ("dpmpp_sde",), "sample_dpmpp_sde", Family.SDE),
+    SamplerEntry("DPM++ 2M SDE", ("dpmpp_2m_sde",), "sample_dpmpp_2m_sde", Family.SDE),
+    SamplerEntry("DPM++ 2M SDE Heun", ("dpmpp_2m_sde_heun",), "sample_dpmpp_2m_sde", Family.SDE,
+                 {"solver_type": "heun"}),
+    SamplerEntry("DPM++ 3M SDE", ("dpmpp_3m_sde",), "sample_dpmpp_3m_sde", Family.SDE, discard_penultimate_sigma=True),
+    SamplerEntry("DPM fast", ("dpm_fast",), "sample_dpm_fast", Family.DPM_SOLVER),
+    SamplerEntry("DPM adaptive", ("dpm_adaptive",), "sample_dpm_adaptive", Family.DPM_SOLVER),
+    SamplerEntry("UniPC", ("unipc", "uni_pc"), "sample_unipc", Family.ODE, module=UNI_PC),
+    SamplerEntry("DDIM", ("ddim",), "DDIMSampler", Family.LEGACY),
+    SamplerEntry("PLMS", ("plms",), "PLMSSampler", Family.LEGACY),
+    SamplerEntry("DPM-Solver++", ("dpm_solver", "dpm_solver_pp"), "DPMSolverSampler", Family.LEGACY),
+)  # fmt: skip
+#: Every sampler by its display name.
+SAMPLERS: dict[str, SamplerEntry] = {row.name: row for row in _ROWS}
+_LEGACY_CLASSES = {"DDIMSampler": DDIMSampler, "PLMSSampler": PLMSSampler, "DPMSolverSampler": DPMSolverSampler}
+
+
+def _key(name: str) -> str:
+    return " ".join(name.casefold().split())
+
+
+_BY_KEY = {_key(spelling): row for row in _ROWS for spelling in (row.name, *row.aliases)}
+
+
+def schedule_name(name: str) -> str:
+    """The canonical schedule for ``name`` (case-insensitive; "uniform" is "normal"); ``ValueError`` otherwise."""
+    key = _key(name).replace(" ", "_")
+    key = SCHEDULE_ALIASES.get(key, key)
+    if key not in SCHEDULES:
+        guesses = difflib.get_close_matches(key, [*SCHEDULES, *SCHEDULE_ALIASES], n=1)
+        hint = f"did you mean {guesses[0]!r}? " if guesses else ""
+        raise ValueError(f"unknown schedule {name!r}; {hint}choose one of {', '.join(SCHEDULES)}")
+    return key
+
+
+def resolve_sampler(name: str) -> tuple[SamplerEntry, str | None]:
+    """``(entry, schedule)`` for a sampler name, its alias, or either followed by a schedule (``"DPM++ 2M Karras"``,
+    ``"dpmpp_2m_karras"``); ``schedule`` is None without a suffix. Unknown names raise ``ValueError`` naming the
+    closest valid ones."""
+    key = _key(name)
+    if key in _BY_KEY:
+        return _BY_KEY[key], None
+    for schedule in (*SCHEDULES, *SCHEDULE_ALIASES):
+        for suffix in {f" {schedule}", f"_{schedule}", " " + schedule.replace("_", " ")}:
+            if key.endswith(suffix) and key[: -len(suffix)] in _BY_KEY:
+                return _BY_KEY[key[: -len(suffix)]], schedule_name(schedule)
+    close = difflib.get_close_matches(key, list(_BY_KEY), n=6, cutoff=0.5)
+    suggestions = list(dict.fromkeys(_BY_KEY[guess].name for guess in close))[:3]
+    hint = f"did you mean {' or '.join(repr(s) for s in suggestions)}? " if suggestions else ""
+    raise ValueError(f"unknown sampler {name!r}; {hint}valid names: {', '.join(SAMPLERS)} (case-insensitive, "
+                     "or their snake-case aliases, optionally followed by a schedule such as ' Karras')")
+
+
+def sampler_choice(name: str, schedule: str | None = None) -> tuple[SamplerEntry, str | None]:
+    """``(entry, schedule)`` for a sampler name and an optional schedule, checked together: the schedule given
+    once (by a suffix of ``name`` or by ``schedule``), and none but "normal" for the samplers that space their steps
+    themselves. ``ValueError`` naming the fix otherwise; ``schedule`` is None when neither gives one."""
+    entry, suffix = resolve_sampler(name)
+    given = None if schedule is None else schedule_name(schedule)
+    if suffix is not None and given is not None and suffix != given:
+        raise ValueError(f"sampler {name!r} selects the {suffix!r} schedule but schedule {schedule!r} was given; "
+                         "give the schedule once")
+    chosen = suffix or given
+    if chosen not in (None, "normal") and entry.family in (Family.LEGACY, Family.DPM_SOLVER):
+        raise ValueError(f"{entry.name} spaces its steps itself and takes no schedule ({chosen!r} given); drop the "
+                         "schedule or choose a k-diffusion sampler such as 'DPM++ 2M'")
+    return entry, chosen
+
+
+def describe_samplers() -> str:
+    """One line per sampler, ``"DPM++ 2M (dpmpp_2m)"``, for help texts."""
+    return ", ".join(f"{row.name} ({'/'.join(row.aliases)})" for row in _ROWS)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The front-end
+# --------------------------------------------------------------------------------------------------------
+
+
+def _keywords_of(function: Callable[..., Any]) -> list[str]:
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+
+
+def _seed_from(generator: torch.Generator | None) -> int:
+    """A 63-bit seed drawn from ``generator`` (the global RNG when None)."""
+    device = None if generator is None else generator.device
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+
+
+def _variance_preserving(z: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """x_t = z / √(1 + σ²) for z ``(B, ...)`` at σ (a number, a 0-d or a ``(B,)`` tensor)."""
+    sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device)
+    sigma = sigma.reshape(sigma.shape + (1,) * (z.ndim - sigma.ndim)) if sigma.ndim else sigma
+    return z * torch.rsqrt(1 + sigma**2)
+
+
+def _guidance_request(steps: int, size: tuple[int, ...], conditioning: Conditioning, scale: float,
+                      unconditional: Conditioning, rescale: float, generator: torch.Generator | None,
+                      disable_progress: bool) -> SamplingRequest:
+    """A :class:`SamplingRequest` carrying guidance and the generator (every other option at its neutral value)."""
+    return SamplingRequest(
+        steps=steps, size=size, conditioning=conditioning, callback=None, img_callback=None, quantize_x0=False,
+        eta=0.0, mask=None, x0=None, temperature=1.0, noise_dropout=0.0, score_corrector=None, corrector_kwargs=None,
+        verbose=False, x_T=None, log_every_t=100, unconditional_guidance_scale=scale,
+        unconditional_conditioning=unconditional, generator=generator, disable_progress=disable_progress,
+        guidance_rescale=rescale,
+    )  # fmt: skip
+
+
+class NamedSampler(SamplerFrontEnd):
+    """The sampler called ``name`` (see :func:`resolve_sampler`) over ``model``, with the DDIM sampler's ``sample``.
+
+    ``schedule`` (or a suffix of ``name``) picks the noise levels of the k-diffusion samplers; DDIM, PLMS,
+    DPM-Solver++, DPM fast and DPM adaptive space their steps themselves and take "normal" only.
+    """
+
+    @checked_keywords
+    def __init__(self, model: DiffusionModel, name: str, schedule: str | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__(model, device=device)
+        self.entry, self.schedule = sampler_choice(name, schedule)
+        legacy = _LEGACY_CLASSES.get(self.entry.function) if self.entry.family is Family.LEGACY else None
+        self.legacy = None if legacy is None else legacy(model, device=device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.entry.name!r}, schedule={self.schedule or 'normal'!r})"
+
+    # -- the two entry points -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @checked_keywords
+    def sample(
+        self,
+        S: int,
+        batch_size: int,
+        shape: tuple[int, ...],
+        conditioning: Conditioning = None,
+        callback: Callable[[int], None] | None = None,
+        normals_sequence: Any = None,
+        img_callback: Callable[[torch.Tensor, int], None] | None = None,
+        quantize_x0: bool = False,
+        eta: float | None = None,
+        mask: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        noise_dropout: float = 0.0,
+        score_corrector: Any = None,
+        corrector_kwargs: dict | None = None,
+        verbose: bool = True,
+        x_T: torch.Tensor | None = None,
+        log_every_t: int = 100,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Conditioning = None,
+        generator: torch.Generator | None = None,
+        disable_progress: bool = False,
+        guidance_rescale: float = 0.0,
+        schedule: str | None = None,
+        s_noise: float = 1.0,
+        noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        sampler_options: dict[str, Any] | None = None,
+    ) -> SampleResult:
+        """Sample ``(batch_size, *shape)`` in S steps from x_T ``(batch_size, *shape)`` (default N(0, I) from
+        ``generator``), the DDIM sampler's arguments meaning what they mean there.
+
+        ``eta`` None takes the sampler's own default (0 for DDIM and the DPM-Solvers, 1 for the ancestral and SDE
+        samplers); a non-zero η for a deterministic sampler raises ``ValueError``. ``s_noise`` scales the added
+        noise; ``noise_sampler(σ, σ_next)`` replaces the generator's noise; ``sampler_options`` go to the sampler
+        function (``order=3`` for UniPC, ``s_churn`` for Euler, ``skip_type`` for DPM-Solver++, ...). The DDIM-loop
+        options (mask/x0, temperature, noise_dropout, score_corrector) work with DDIM only. The k-diffusion
+        samplers log ``x_inter`` as x_t = z / √(1 + σ²) and ``pred_x0`` as their denoised x̂_0.
+        """
+        schedule = self._schedule(schedule)
+        options = dict(sampler_options or {})
+        if self.legacy is not None:
+            self._reject_k_options(s_noise, noise_sampler)
+            return self.legacy.sample(
+                S, batch_size, shape, conditioning, callback=callback, normals_sequence=normals_sequence,
+                img_callback=img_callback, quantize_x0=quantize_x0, eta=0.0 if eta is None else eta, mask=mask,
+                x0=x0, temperature=temperature, noise_dropout=noise_dropout, score_corrector=score_corrector,
+                corrector_kwargs=corrector_kwargs, verbose=verbose, x_T=x_T, log_every_t=log_every_t,
+                unconditional_guidance_scale=unconditional_guidance_scale,
+                unconditional_conditioning=unconditional_conditioning, generator=generator,
+                disable_progress=disable_progress, guidance_rescale=guidance_rescale, **options,
+            )  # fmt: skip
+        request = SamplingRequest(
+            S, (batch_size, *shape), conditioning, callback, img_callback, quantize_x0, 0.0 if eta is None else eta,
+            mask, x0, temperature, noise_dropout, score_corrector, corrector_kwargs, verbose, x_T, log_every_t,
+            unconditional_guidance_scale, unconditional_conditioning, generator, disable_progress, guidance_rescale,
+        )  # fmt: skip
+        request.reject_ddim_only_options(f"{self.entry.name} (a k-diffusion sampler)", allowed=("eta", "quantize_x0"))
+        warn_on_batch_mismatch(conditioning, batch_size)
+        denoiser = self._denoiser(quantize_x0)
+        sigmas = self.sigmas(S, schedule, denoiser)
+        x_T = request.initial_noise(self.device)
+        intermediates, on_step = request.recorder(x_T)
+        samples = self._integrate(
+            denoiser, x_T * sigmas[0], sigmas, request, eta, s_noise, noise_sampler, options, on_step
+        )
+        return samples, intermediates
+
+    @torch.no_grad()
+    @checked_keywords
+    def img2img(
+        self,
+        x0_latent: torch.Tensor,
+        strength: float,
+        S: int,
+        conditioning: Conditioning = None,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Conditioning = None,
+        eta: float | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        schedule: str | None = None,
+        s_noise: float = 1.0,
+        noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        disable_progress: bool = False,
+        guidance_rescale: float = 0.0,
+        sampler_options: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """SDEdit: noise the latent ``x0_latent`` ``(B, ...)`` to the start of the last k = ⌊strength · S⌋ steps of
+        the S-step schedule and sample back from there (eq. 2 of the module docstring); returns ``(B, ...)``.
+
+        ``noise`` ε defaults to N(0, I) from ``generator``; strength 0 returns ``x0_latent`` itself. The other
+        arguments mean what they mean in :meth:`sample`.
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength {strength} is outside [0, 1] (the fraction of the schedule to run again)")
+        if S < 1:
+            raise ValueError(f"img2img needs at least one step of schedule, got S={S}")
+        steps = int(strength * S)
+        if steps == 0:
+            return x0_latent
+        if noise is None:
+            noise = torch.randn(x0_latent.shape, generator=generator, device=x0_latent.device, dtype=x0_latent.dtype)
+        schedule = self._schedule(schedule)
+        options = dict(sampler_options or {})
+        request = _guidance_request(S, tuple(x0_latent.shape), conditioning, unconditional_guidance_scale,
+                                    unconditional_conditioning, guidance_rescale, generator, disable_progress)
+        if self.legacy is not None:
+            self._reject_k_options(s_noise, noise_sampler)
+            return self._legacy_img2img(x0_latent, noise, steps, request, 0.0 if eta is None else eta, options)
+        denoiser = self._denoiser(False)
+        sigmas = self.sigmas(S, schedule, denoiser)[S - steps:]
+        z = x0_latent + sigmas[0] * noise
+        return self._integrate(denoiser, z, sigmas, request, eta, s_noise, noise_sampler, options, None)
+
+    # -- the noise levels ---------------------------------------------------------------------------------------
+
+    def sigmas(self, S: int, schedule: str | None = None, denoiser: Any = None) -> torch.Tensor:
+        """The S + 1 noise levels σ_0 > ... > σ_S = 0 this sampler walks in S steps (float32, on :attr:`device`);
+        with ``discard_penultimate_sigma`` the levels of S + 1 steps without their smallest non-zero one."""
+        if S < 1:
+            raise ValueError(f"sampling needs at least one step, got S={S}")
+        from ldm.models.diffusion.k_samplers import schedule_sigmas
+
+        denoiser = self._denoiser(False) if denoiser is None else denoiser
+        discard = self.entry.discard_penultimate_sigma
+        levels = schedule_sigmas(self._schedule(schedule), S + 1 if discard else S, denoiser)
+        if discard:
+            levels = torch.cat([levels[:-2], levels[-1:]])
+        return levels.to(self.device, torch.float32)
+
+    def _schedule(self, schedule: str | None) -> str:
+        """The schedule of a call: ``schedule`` (if given, it must agree with the name's suffix), else the name's,
+        else "normal"; the samplers that space their own steps take "normal" only."""
+        if schedule is None:
+            return self.schedule or "normal"
+        chosen = sampler_choice(self.entry.name, schedule)[1]
+        if self.schedule is not None and chosen != self.schedule:
+            raise ValueError(f"sampler {self.entry.name!r} was built with the {self.schedule!r} schedule; "
+                             f"schedule={schedule!r} disagrees")
+        return chosen or "normal"
+
+    # -- the k-diffusion path -----------------------------------------------------------------------------------
+
+    def _denoiser(self, quantize: bool) -> Any:
+        from ldm.models.diffusion.k_samplers import CompVisDenoiser
+
+        return CompVisDenoiser(self.model, quantize=quantize)
+
+    def _integrate(
+        self, denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, request: SamplingRequest, eta: float | None,
+        s_noise: float, noise_sampler: Any, options: dict[str, Any], on_step: StepRecorder | None,
+    ) -> torch.Tensor:
+        """Run the sampler function from z ``(B, ...)`` at σ_0 down ``sigmas`` with ``request``'s guidance."""
+        function = self.entry.load()
+        accepted = _keywords_of(function)
+        for name in options:
+            if name not in accepted:
+                raise unexpected_keyword_error(function.__name__, name, accepted)
+        keywords = {**self.entry.options, **options}
+        self._noise_keywords(keywords, accepted, z, sigmas, eta, s_noise, noise_sampler, request.generator)
+        extra_args = self._extra_args(denoiser, request)
+
+        def report(info: dict[str, Any]) -> None:
+            if on_step is not None:
+                on_step(info["i"], _variance_preserving(info["x"], info["sigma_hat"]), info["denoised"])
+
+        common = {"extra_args": extra_args, "callback": report, "disable": request.disable_progress}
+        if self.entry.family is Family.DPM_SOLVER:
+            keywords.update(sigma_min=float(sigmas[-2]), sigma_max=float(sigmas[0]))
+            if "n" in accepted:
+                keywords["n"] = len(sigmas) - 1
+            return function(denoiser, z, **common, **keywords)
+        return function(denoiser, z, sigmas, **common, **keywords)
+
+    def _noise_keywords(
+        self, keywords: dict[str, Any], accepted: list[str], z: torch.Tensor, sigmas: torch.Tensor,
+        eta: float | None, s_noise: float, noise_sampler: Any, generator: torch.Generator | None,
+    ) -> None:
+        """Add η, s_noise and the noise sampler to ``keywords`` where the function takes them; a deterministic
+        sampler given noise settings raises ``ValueError``."""
+        given = {"eta": eta not in (None, 0.0), "s_noise": s_noise != 1.0, "noise_sampler": noise_sampler is not None}
+        for name, is_set in given.items():
+            if is_set and name not in accepted:
+                raise ValueError(f"{self.entry.name} is deterministic and takes no {name}; drop it or choose a "
+                                 "sampler that adds noise ('Euler a', 'DPM++ 2M SDE', DDIM for η)")
+        if eta is not None and "eta" in accepted:
+            keywords["eta"] = eta
+        if "s_noise" in accepted:
+            keywords["s_noise"] = s_noise
+        if "noise_sampler" in accepted:
+            keywords["noise_sampler"] = noise_sampler or self._noise_sampler(z, sigmas, generator)
+
+    def _noise_sampler(self, z: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None) -> Any:
+        """Gaussian draws from ``generator``, or for the SDE samplers a Brownian tree seeded from it."""
+        from ldm.models.diffusion import k_samplers
+
+        if self.entry.family is Family.SDE:
+            positive = sigmas[sigmas > 0]
+            return k_samplers.BrownianTreeNoiseSampler(z, positive.min(), positive.max(), seed=_seed_from(generator))
+        return k_samplers.default_noise_sampler(z, generator=generator)
+
+    @staticmethod
+    def _extra_args(denoiser: Any, request: SamplingRequest) -> dict[str, Any]:
+        """The denoiser's guidance keywords; ``ValueError`` for a guidance rescale it cannot apply."""
+        extra = {"cond": request.conditioning, "uncond": request.unconditional_conditioning,
+                 "cond_scale": request.unconditional_guidance_scale}  # fmt: skip
+        if request.guidance_rescale:
+            if "guidance_rescale" not in _keywords_of(denoiser.forward):
+                raise ValueError(f"{type(denoiser).__name__} does not apply guidance_rescale; leave it at 0")
+            extra["guidance_rescale"] = request.guidance_rescale
+        return extra
+
+    # -- DDIM, PLMS and DPM-Solver++ ---------------------------------------------------------------------------
+
+    def _reject_k_options(self, s_noise: float, noise_sampler: Any) -> None:
+        if s_noise != 1.0 or noise_sampler is not None:
+            raise ValueError(f"{self.entry.name} takes no s_noise or noise_sampler; those are for the k-diffusion "
+                             "samplers ('Euler a', 'DPM++ SDE', ...)")
+
+    def _legacy_img2img(self, x0: torch.Tensor, noise: torch.Tensor, steps: int, request: SamplingRequest,
+                        eta: float, options: dict[str, Any]) -> torch.Tensor:
+        """img2img through the DDIM-schedule classes (``stochastic_encode`` at index min(k, S − 1), then k steps),
+        or DPM-Solver++ over the last k of its S + 1 model times, from α_τ x_0 + σ_τ ε at the first of them."""
+        total, guidance = request.steps, (request.unconditional_guidance_scale, request.unconditional_conditioning)
+        if isinstance(self.legacy, DPMSolverSampler):
+            schedule = self.legacy.discrete_schedule
+            times = time_steps(schedule, total, options.pop("skip_type", "time_uniform"))[total - steps:]
+            self._reject_unknown_options(options)
+            z = float(schedule.alpha(times[0])) * x0 + float(schedule.sigma(times[0])) * noise
+            return sample_dpmpp_2m(request.data_prediction(self.model, schedule), z, times, schedule,
+                                   disable=request.disable_progress)
+        self._reject_unknown_options(options)
+        encoder = self.legacy if isinstance(self.legacy, DDIMSampler) else DDIMSampler(self.model, device=self.device)
+        encoder.make_schedule(ddim_num_steps=total, ddim_eta=eta, verbose=False)
+        index = torch.full((x0.shape[0],), min(steps, total - 1), device=x0.device, dtype=torch.long)
+        z = encoder.stochastic_encode(x0, index, noise=noise)
+        if isinstance(self.legacy, DDIMSampler):
+            if request.guidance_rescale:
+                raise ValueError("DDIM img2img (decode) does not apply guidance_rescale; leave it at 0")
+            return self.legacy.decode(z, request.conditioning, steps, *guidance,
+                                      disable_progress=request.disable_progress)
+        self.legacy.make_schedule(ddim_num_steps=total, ddim_eta=eta, verbose=False)
+        self.legacy.ddim_timesteps = self.legacy.ddim_timesteps[:steps]  # the k least noisy steps, as decode walks
+        return self.legacy.plms_sampling(
+            request.conditioning, tuple(z.shape), x_T=z, unconditional_guidance_scale=guidance[0],
+            unconditional_conditioning=guidance[1], disable_progress=request.disable_progress,
+            guidance_rescale=request.guidance_rescale,
+        )[0]  # fmt: skip
+
+    def _reject_unknown_options(self, options: dict[str, Any]) -> None:
+        if options:
+            raise ValueError(f"{self.entry.name} img2img takes no sampler_options {sorted(options)}")
