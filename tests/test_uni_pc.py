@@ -139,6 +139,24 @@ def test_k_style_reproduces_the_diffusers_flow(order, steps, scale):
     torch.testing.assert_close(torch.tensor(denoiser.times, dtype=torch.float64), timesteps.double(), rtol=0, atol=1e-3)
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_diffusers_flow_through_the_compvis_denoiser(order):
+    """The scripts' path: ``CompVisDenoiser`` (σ → model time) under A1111's CFG on the denoised output, which at
+    fixed σ is the same guidance as on ε."""
+    denoisers = pytest.importorskip("ldm.models.diffusion.k_samplers.denoisers")
+    if not hasattr(denoisers, "CompVisDenoiser"):
+        pytest.skip("CompVisDenoiser is not written yet")
+    from tests.ksampler_refmodels import CFG
+
+    reference, _, sigmas = diffusers_run(order, 10, 5.0)
+    common = load_refdata()["common"]
+    model = CFG(denoisers.CompVisDenoiser(make_model("gmm-eps")))
+    extra_args = {"cond": common["cond"], "uncond": common["uncond"], "cond_scale": 5.0}
+    z_T = common["noise_unit"] * math.sqrt(1 + float(sigmas[0]) ** 2)
+    out = sample_unipc(model, z_T, sigmas, extra_args=extra_args, disable=True, order=order)
+    assert_matches_case(out, reference, 0.0)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Invariants
 # --------------------------------------------------------------------------------------------------------
