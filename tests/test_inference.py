@@ -42,3 +42,19 @@ def test_device_and_precision_on_cpu():
     assert choose_device().type == expected
     with precision_scope("autocast", torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_make_sampler_builds_named_samplers():
+    from ldm.inference import SAMPLERS, make_sampler
+    from ldm.models.diffusion.ddim import DDIMSampler
+    from tests.sampler_fakes import GaussianModel
+
+    model = GaussianModel()
+    assert {"DDIM", "PLMS", "DPM-Solver++", "Euler a", "DPM++ 2M"} <= set(SAMPLERS)
+    sampler = make_sampler("ddim", model)
+    assert sampler.entry.name == "DDIM" and isinstance(sampler.legacy, DDIMSampler)
+    karras = make_sampler("DPM++ 2M Karras", model)
+    assert (karras.entry.name, karras.schedule) == ("DPM++ 2M", "karras")
+    assert make_sampler("dpmpp_2m", model, schedule="exponential").schedule == "exponential"
+    with pytest.raises(ValueError, match=r"unknown sampler 'plm'; did you mean 'PLMS'"):
+        make_sampler("plm", model)

@@ -7,6 +7,7 @@ offline BERTEmbedder with the CLIP BPE tokenizer or a ClassEmbedder), saved in t
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -388,3 +389,89 @@ def test_sample_diffusion_original_parser_and_array_helpers():
     assert array.shape == (1, 2, 3, 3) and array.dtype == torch.uint8
     assert array[0, :, :, 0].flatten().tolist() == [0, 0, 127, 254, 255, 255]
     assert np.asarray(custom_to_pil(x[0]))[:, :, 0].flatten().tolist() == [0, 0, 127, 254, 255, 255]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --sampler / --schedule (ldm.models.diffusion.named_samplers)
+
+_K_READY = all(hasattr(importlib.import_module("ldm.models.diffusion.k_samplers"), name)
+               for name in ("CompVisDenoiser", "schedule_sigmas", "sample_dpmpp_2m", "sample_euler_ancestral"))
+_needs_k = pytest.mark.skipif(not _K_READY, reason="the k_samplers functions are not in this checkout yet")
+
+
+@_needs_k
+def test_txt2img_named_k_samplers_run_end_to_end(text_model, tmp_path):
+    _txt2img(text_model, tmp_path / "ddim", "--seed", "5", "--skip_grid")
+    _txt2img(text_model, tmp_path / "karras", "--seed", "5", "--skip_grid", "--sampler", "DPM++ 2M",
+             "--schedule", "karras")
+    _txt2img(text_model, tmp_path / "suffix", "--seed", "5", "--skip_grid", "--sampler", "dpmpp_2m_karras")
+    for run in ("a", "b", "c"):
+        _txt2img(text_model, tmp_path / run, "--seed", "5" if run != "c" else "6", "--skip_grid",
+                 "--sampler", "euler_a")
+    first = {n: (tmp_path / n / "samples" / "00000.png").read_bytes() for n in ("ddim", "karras", "suffix", "a",
+                                                                                  "b", "c")}
+    assert first["karras"] == first["suffix"] and first["karras"] != first["ddim"]
+    assert first["a"] == first["b"] and first["a"] != first["c"] and first["a"] != first["ddim"]
+    assert _pixels(tmp_path / "a" / "samples" / "00000.png").std() > 0
+
+
+@_needs_k
+def test_img2img_with_a_k_sampler(text_model, tmp_path):
+    config, ckpt = text_model
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(init)
+    args = ["--config", str(config), "--ckpt", str(ckpt), "--init-img", str(init), "--f", str(F), *FAST,
+            "--strength", "0.6", "--seed", "4", "--skip_grid"]
+    for name, sampler in (("euler", ["--sampler", "Euler a"]), ("again", ["--sampler", "euler_a"]),
+                          ("ddim", []), ("plms", ["--plms"])):
+        img2img([*args, *sampler, "--outdir", str(tmp_path / name)])
+    euler, again, ddim, plms = ((tmp_path / n / "samples" / "00000.png").read_bytes()
+                                for n in ("euler", "again", "ddim", "plms"))
+    assert euler == again and len({euler, ddim, plms}) == 3
+
+
+def test_help_lists_the_sampler_names_and_schedules(capsys):
+    from scripts.img2img import parse_args as img2img_args
+    from scripts.txt2img import parse_args as txt2img_args
+
+    for parse in (txt2img_args, img2img_args):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for name in ("--sampler NAME", "Euler a (euler_a/euler_ancestral)", "DPM++ 2M (dpmpp_2m)", "DPM++ 3M SDE",
+                     "UniPC", "DDIM (ddim)", "PLMS (plms)", "DPM-Solver++ (dpm_solver", '"DPM++ 2M Karras"',
+                     "{normal,karras,exponential,polyexponential,simple,ddim_uniform,uniform}"):
+            assert name in text, name
+
+
+def test_sampler_flags(text_model):
+    from scripts.txt2img import parse_args
+
+    assert parse_args([]).sampler == "ddim" and parse_args(["--plms"]).sampler == "plms"
+    assert parse_args(["--dpm_solver"]).sampler == "dpm_solver"
+    assert parse_args(["--sampler", "DPM++ 2M Karras"]).sampler == "DPM++ 2M Karras"
+    assert parse_args(["--schedule", "Karras"]).schedule == "karras"
+    for argv in (["--plms", "--sampler", "euler"], ["--dpm_solver", "--sampler", "dpm_solver"],
+                 ["--schedule", "cosine"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+
+
+def test_bad_sampler_choices_are_one_line_errors(text_model, tmp_path, monkeypatch, capsys):
+    from ldm.sampling_cli import run_script
+
+    config, ckpt = text_model
+    common = ["--config", str(config), "--ckpt", str(ckpt), *SIZE, "--outdir", str(tmp_path / "out")]
+    cases = [
+        (["--sampler", "Eular a"], "unknown sampler 'Eular a'; did you mean 'Euler a'"),
+        (["--sampler", "DDIM", "--schedule", "karras"], "DDIM spaces its steps itself"),
+        (["--sampler", "DPM++ 2M Karras", "--schedule", "exponential"], "selects the 'karras' schedule"),
+        (["--sampler", "DPM++ 2M", "--ddim_eta", "1"], "is deterministic and takes no eta"),
+    ]
+    monkeypatch.delenv("LDM_TRACEBACK", raising=False)
+    for extra, message in cases if _K_READY else cases[:3]:
+        with pytest.raises(SystemExit) as exit_info:
+            run_script(lambda extra=extra: txt2img([*common, *extra]))
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
