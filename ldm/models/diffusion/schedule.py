@@ -137,6 +137,28 @@ def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Te
     return f_lo + weight * (f_hi - f_lo)
 
 
+def loglinear_timestep(sigma: torch.Tensor, log_grid: torch.Tensor, quantize: bool = False) -> torch.Tensor:
+    """Model time t of noise level σ on a grid with log σ linear in t between the integer steps.
+
+    ``log_grid`` ``(N,)`` is log σ_0 < ... < log σ_{N−1}; ``sigma`` has any shape. Returns t of ``sigma``'s shape:
+    t = n + (log σ − log σ_n)/(log σ_{n+1} − log σ_n) on [σ_n, σ_{n+1}], clamped to [0, N − 1] (float, in
+    ``log_grid``'s dtype); with ``quantize`` the n minimising |log σ − log σ_n| instead (int64).
+    """
+    log_sigma = sigma.to(log_grid.dtype).log()
+    if not quantize:
+        steps = torch.arange(len(log_grid), dtype=log_grid.dtype, device=log_grid.device)
+        return interpolate(log_sigma, log_grid, steps)
+    lower = (torch.searchsorted(log_grid, log_sigma.contiguous(), right=True) - 1).clamp(0, len(log_grid) - 2)
+    closer_above = (log_grid[lower + 1] - log_sigma).abs() < (log_sigma - log_grid[lower]).abs()
+    return lower + closer_above.long()
+
+
+def loglinear_noise_level(t: torch.Tensor, log_grid: torch.Tensor) -> torch.Tensor:
+    """σ at model time t ∈ [0, N − 1] (any shape, fractional allowed): exp of log σ linear between grid points."""
+    steps = torch.arange(len(log_grid), dtype=log_grid.dtype, device=log_grid.device)
+    return interpolate(t.to(log_grid.dtype), steps, log_grid).exp()
+
+
 class DiscreteSchedule:
     """A model's discrete variance-preserving schedule ᾱ_0..ᾱ_{N−1}, read at any model time τ ∈ [0, N − 1].
 
@@ -216,3 +238,27 @@ class DiscreteSchedule:
     def timestep_from_noise_level(self, noise_level: torch.Tensor | float) -> torch.Tensor:
         """τ with s_τ = ``noise_level`` (eq. 3 inverted)."""
         return self.timestep_from_lambda(-torch.as_tensor(noise_level, dtype=torch.float64).log())
+
+    # -- the noise-level grid of the variance-exploding view (k-diffusion's discrete convention) -------------
+
+    @property
+    def noise_level_grid(self) -> torch.Tensor:
+        """Eq. (3) at the integer steps in float32: σ_n = √((1 − ᾱ_n)/ᾱ_n), ascending ``(N,)``."""
+        ac = self.alphas_cumprod32
+        return ((1 - ac) / ac).sqrt()
+
+    @property
+    def log_noise_level_grid(self) -> torch.Tensor:
+        """log σ_n of :attr:`noise_level_grid`, float32 ``(N,)``."""
+        return self.noise_level_grid.log()
+
+    def grid_timestep(self, noise_level: torch.Tensor, quantize: bool = False) -> torch.Tensor:
+        """Model time of a noise level with log σ linear between grid points (:func:`loglinear_timestep`).
+
+        Unlike :meth:`timestep_from_noise_level` (log ᾱ linear, float64) this is k-diffusion's ``sigma_to_t``.
+        """
+        return loglinear_timestep(noise_level, self.log_noise_level_grid, quantize)
+
+    def grid_noise_level(self, tau: torch.Tensor) -> torch.Tensor:
+        """σ at model time τ with log σ linear between grid points (:func:`loglinear_noise_level`), float32."""
+        return loglinear_noise_level(tau, self.log_noise_level_grid)
