@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_args(argv)
-    sampler_choice(opt.sampler, opt.schedule)
+    sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     init_image = read_rgb_image(opt.init_img)
     device = choose_device(opt.device)

@@ -394,28 +394,34 @@ def test_sample_diffusion_original_parser_and_array_helpers():
 # ----------------------------------------------------------------------------------------------------------------
 # --sampler / --schedule (ldm.models.diffusion.named_samplers)
 
-_K_READY = all(hasattr(importlib.import_module("ldm.models.diffusion.k_samplers"), name)
-               for name in ("CompVisDenoiser", "schedule_sigmas", "sample_dpmpp_2m", "sample_euler_ancestral"))
+_K = importlib.import_module("ldm.models.diffusion.k_samplers")
+_K_READY = all(hasattr(_K, name) for name in ("CompVisDenoiser", "schedule_sigmas", "sample_dpmpp_2m"))
+_NOISE_READY = all(hasattr(_K, name) for name in ("default_noise_sampler", "sample_euler_ancestral"))
 _needs_k = pytest.mark.skipif(not _K_READY, reason="the k_samplers functions are not in this checkout yet")
+_needs_noise = pytest.mark.skipif(not _NOISE_READY, reason="the ancestral k-samplers are not in this checkout yet")
 
 
 @_needs_k
-def test_txt2img_named_k_samplers_run_end_to_end(text_model, tmp_path):
+def test_txt2img_dpmpp_2m_karras_end_to_end(text_model, tmp_path):
     _txt2img(text_model, tmp_path / "ddim", "--seed", "5", "--skip_grid")
     _txt2img(text_model, tmp_path / "karras", "--seed", "5", "--skip_grid", "--sampler", "DPM++ 2M",
              "--schedule", "karras")
     _txt2img(text_model, tmp_path / "suffix", "--seed", "5", "--skip_grid", "--sampler", "dpmpp_2m_karras")
-    for run in ("a", "b", "c"):
-        _txt2img(text_model, tmp_path / run, "--seed", "5" if run != "c" else "6", "--skip_grid",
-                 "--sampler", "euler_a")
-    first = {n: (tmp_path / n / "samples" / "00000.png").read_bytes() for n in ("ddim", "karras", "suffix", "a",
-                                                                                  "b", "c")}
-    assert first["karras"] == first["suffix"] and first["karras"] != first["ddim"]
-    assert first["a"] == first["b"] and first["a"] != first["c"] and first["a"] != first["ddim"]
-    assert _pixels(tmp_path / "a" / "samples" / "00000.png").std() > 0
+    ddim, karras, suffix = ((tmp_path / n / "samples" / "00000.png").read_bytes() for n in ("ddim", "karras",
+                                                                                           "suffix"))
+    assert karras == suffix and karras != ddim
+    assert _pixels(tmp_path / "karras" / "samples" / "00000.png").std() > 0
 
 
-@_needs_k
+@_needs_noise
+def test_txt2img_euler_a_is_seeded(text_model, tmp_path):
+    for run, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        _txt2img(text_model, tmp_path / run, "--seed", seed, "--skip_grid", "--sampler", "euler_a")
+    a, b, c = ((tmp_path / n / "samples" / "00000.png").read_bytes() for n in "abc")
+    assert a == b and a != c
+
+
+@_needs_noise
 def test_img2img_with_a_k_sampler(text_model, tmp_path):
     config, ckpt = text_model
     init = tmp_path / "init.png"
@@ -469,7 +475,7 @@ def test_bad_sampler_choices_are_one_line_errors(text_model, tmp_path, monkeypat
         (["--sampler", "DPM++ 2M", "--ddim_eta", "1"], "is deterministic and takes no eta"),
     ]
     monkeypatch.delenv("LDM_TRACEBACK", raising=False)
-    for extra, message in cases if _K_READY else cases[:3]:
+    for extra, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             run_script(lambda extra=extra: txt2img([*common, *extra]))
         assert exit_info.value.code == 2

@@ -53,6 +53,11 @@ SCHEDULES = ("normal", "karras", "exponential", "polyexponential", "simple", "dd
 SCHEDULE_ALIASES = {"uniform": "normal"}
 
 
+def _keywords_of(function: Callable[..., Any]) -> list[str]:
+    return [name for name, p in inspect.signature(function).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+
+
 class Family(Enum):
     """How a sampler is fed: its noise, its step list, or its own class."""
 
@@ -76,6 +81,12 @@ class SamplerEntry:
     options: dict[str, Any] = field(default_factory=dict)
     discard_penultimate_sigma: bool = False
     module: str = K_SAMPLERS
+
+    def takes_eta(self) -> bool:
+        """Whether η means something to this sampler (DDIM, and the functions with an ``eta`` argument)."""
+        if self.family is Family.LEGACY:
+            return self.function == "DDIMSampler"
+        return "eta" in _keywords_of(self.load())
 
     def load(self) -> Callable[..., torch.Tensor]:
         """The sampler function, looked up by name when first used."""
@@ -148,11 +159,15 @@ def resolve_sampler(name: str) -> tuple[SamplerEntry, str | None]:
                      "or their snake-case aliases, optionally followed by a schedule such as ' Karras')")
 
 
-def sampler_choice(name: str, schedule: str | None = None) -> tuple[SamplerEntry, str | None]:
-    """``(entry, schedule)`` for a sampler name and an optional schedule, checked together: the schedule given
-    once (by a suffix of ``name`` or by ``schedule``), and none but "normal" for the samplers that space their steps
-    themselves. ``ValueError`` naming the fix otherwise; ``schedule`` is None when neither gives one."""
+def sampler_choice(name: str, schedule: str | None = None, eta: float | None = None) -> tuple[SamplerEntry, str | None]:
+    """``(entry, schedule)`` for a sampler name, an optional schedule and η, checked together: the schedule given
+    once (by a suffix of ``name`` or by ``schedule``), none but "normal" for the samplers that space their steps
+    themselves, and no non-zero η for a deterministic sampler. ``ValueError`` naming the fix otherwise;
+    ``schedule`` is None when neither gives one."""
     entry, suffix = resolve_sampler(name)
+    if eta not in (None, 0.0) and not entry.takes_eta():
+        raise ValueError(f"{entry.name} is deterministic and takes no eta (got {eta}); drop it or choose a sampler "
+                         "that adds noise ('Euler a', 'DPM++ 2M SDE', DDIM)")
     given = None if schedule is None else schedule_name(schedule)
     if suffix is not None and given is not None and suffix != given:
         raise ValueError(f"sampler {name!r} selects the {suffix!r} schedule but schedule {schedule!r} was given; "
@@ -172,11 +187,6 @@ def describe_samplers() -> str:
 # --------------------------------------------------------------------------------------------------------
 # The front-end
 # --------------------------------------------------------------------------------------------------------
-
-
-def _keywords_of(function: Callable[..., Any]) -> list[str]:
-    return [name for name, p in inspect.signature(function).parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
 
 
 def _seed_from(generator: torch.Generator | None) -> int:
@@ -409,16 +419,17 @@ class NamedSampler(SamplerFrontEnd):
     ) -> None:
         """Add η, s_noise and the noise sampler to ``keywords`` where the function takes them; a deterministic
         sampler given noise settings raises ``ValueError``."""
-        given = {"eta": eta not in (None, 0.0), "s_noise": s_noise != 1.0, "noise_sampler": noise_sampler is not None}
-        for name, is_set in given.items():
+        sampler_choice(self.entry.name, eta=eta)
+        for name, is_set in (("s_noise", s_noise != 1.0), ("noise_sampler", noise_sampler is not None)):
             if is_set and name not in accepted:
                 raise ValueError(f"{self.entry.name} is deterministic and takes no {name}; drop it or choose a "
-                                 "sampler that adds noise ('Euler a', 'DPM++ 2M SDE', DDIM for η)")
+                                 "sampler that adds noise ('Euler a', 'DPM++ 2M SDE')")
         if eta is not None and "eta" in accepted:
             keywords["eta"] = eta
         if "s_noise" in accepted:
             keywords["s_noise"] = s_noise
-        if "noise_sampler" in accepted:
+        noisy = self.entry.family in (Family.ANCESTRAL, Family.SDE) or eta not in (None, 0.0)
+        if "noise_sampler" in accepted and (noisy or noise_sampler is not None):
             keywords["noise_sampler"] = noise_sampler or self._noise_sampler(z, sigmas, generator)
 
     def _noise_sampler(self, z: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None) -> Any:
