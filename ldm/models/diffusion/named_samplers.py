@@ -274,7 +274,7 @@ class NamedSampler(SamplerFrontEnd):
         samplers); a non-zero η for a deterministic sampler raises ``ValueError``. ``s_noise`` scales the added
         noise; ``noise_sampler(σ, σ_next)`` replaces the generator's noise; ``sampler_options`` go to the sampler
         function (``order=3`` for UniPC, ``s_churn`` for Euler, ``skip_type`` for DPM-Solver++, ...). The DDIM-loop
-        options (mask/x0, temperature, noise_dropout, score_corrector) work with DDIM only. The k-diffusion
+        options (mask/x0, quantize_x0, temperature, noise_dropout, score_corrector) work with DDIM only. The k-diffusion
         samplers log ``x_inter`` as x_t = z / √(1 + σ²) and ``pred_x0`` as their denoised x̂_0.
         """
         schedule = self._schedule(schedule)
@@ -295,9 +295,9 @@ class NamedSampler(SamplerFrontEnd):
             mask, x0, temperature, noise_dropout, score_corrector, corrector_kwargs, verbose, x_T, log_every_t,
             unconditional_guidance_scale, unconditional_conditioning, generator, disable_progress, guidance_rescale,
         )  # fmt: skip
-        request.reject_ddim_only_options(f"{self.entry.name} (a k-diffusion sampler)", allowed=("eta", "quantize_x0"))
+        request.reject_ddim_only_options(f"{self.entry.name} (a k-diffusion sampler)", allowed=("eta",))
         warn_on_batch_mismatch(conditioning, batch_size)
-        denoiser = self._denoiser(quantize_x0)
+        denoiser = self._denoiser()
         sigmas = self.sigmas(S, schedule, denoiser)
         x_T = request.initial_noise(self.device)
         intermediates, on_step = request.recorder(x_T)
@@ -348,7 +348,7 @@ class NamedSampler(SamplerFrontEnd):
         if self.legacy is not None:
             self._reject_k_options(s_noise, noise_sampler)
             return self._legacy_img2img(x0_latent, noise, steps, request, 0.0 if eta is None else eta, options)
-        denoiser = self._denoiser(False)
+        denoiser = self._denoiser()
         sigmas = self.sigmas(S, schedule, denoiser)[S - steps:]
         z = x0_latent + sigmas[0] * noise
         return self._integrate(denoiser, z, sigmas, request, eta, s_noise, noise_sampler, options, None)
@@ -362,7 +362,7 @@ class NamedSampler(SamplerFrontEnd):
             raise ValueError(f"sampling needs at least one step, got S={S}")
         from ldm.models.diffusion.k_samplers import schedule_sigmas
 
-        denoiser = self._denoiser(False) if denoiser is None else denoiser
+        denoiser = self._denoiser() if denoiser is None else denoiser
         discard = self.entry.discard_penultimate_sigma
         levels = schedule_sigmas(self._schedule(schedule), S + 1 if discard else S, denoiser)
         if discard:
@@ -382,10 +382,11 @@ class NamedSampler(SamplerFrontEnd):
 
     # -- the k-diffusion path -----------------------------------------------------------------------------------
 
-    def _denoiser(self, quantize: bool) -> Any:
+    def _denoiser(self) -> Any:
+        """The model as a denoiser D(z, σ) at fractional model times (k-diffusion's default, no quantized t)."""
         from ldm.models.diffusion.k_samplers import CompVisDenoiser
 
-        return CompVisDenoiser(self.model, quantize=quantize)
+        return CompVisDenoiser(self.model)
 
     def _integrate(
         self, denoiser: Any, z: torch.Tensor, sigmas: torch.Tensor, request: SamplingRequest, eta: float | None,
