@@ -61,7 +61,7 @@ def test_sigma_to_t_interpolates_log_sigma() -> None:
     w = wrap("gmm-eps")
     t = w.sigma_to_t(WRAPPER["sigma_in"])
     assert t.dtype == torch.float32
-    torch.testing.assert_close(t, WRAPPER["sigma_to_t"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(t, WRAPPER["sigma_to_t"], rtol=0, atol=0)
 
 
 def test_sigma_to_t_quantized() -> None:
@@ -73,7 +73,7 @@ def test_sigma_to_t_quantized() -> None:
 
 def test_t_to_sigma() -> None:
     sigma = wrap("gmm-eps").t_to_sigma(WRAPPER["t_in"])
-    torch.testing.assert_close(sigma, WRAPPER["t_to_sigma"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(sigma, WRAPPER["t_to_sigma"], rtol=0, atol=0)
 
 
 def test_round_trip_on_the_grid() -> None:

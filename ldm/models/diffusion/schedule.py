@@ -141,22 +141,26 @@ def loglinear_timestep(sigma: torch.Tensor, log_grid: torch.Tensor, quantize: bo
     """Model time t of noise level σ on a grid with log σ linear in t between the integer steps.
 
     ``log_grid`` ``(N,)`` is log σ_0 < ... < log σ_{N−1}; ``sigma`` has any shape. Returns t of ``sigma``'s shape:
-    t = n + (log σ − log σ_n)/(log σ_{n+1} − log σ_n) on [σ_n, σ_{n+1}], clamped to [0, N − 1] (float, in
-    ``log_grid``'s dtype); with ``quantize`` the n minimising |log σ − log σ_n| instead (int64).
+    t = (1 − w) n + w (n + 1), w = (log σ_n − log σ)/(log σ_n − log σ_{n+1}) ∈ [0, 1] on [σ_n, σ_{n+1}] (so t is
+    clamped to [0, N − 1]; float, in ``log_grid``'s dtype); with ``quantize`` the n minimising |log σ − log σ_n|
+    (int64).
     """
     log_sigma = sigma.to(log_grid.dtype).log()
-    if not quantize:
-        steps = torch.arange(len(log_grid), dtype=log_grid.dtype, device=log_grid.device)
-        return interpolate(log_sigma, log_grid, steps)
     lower = (torch.searchsorted(log_grid, log_sigma.contiguous(), right=True) - 1).clamp(0, len(log_grid) - 2)
-    closer_above = (log_grid[lower + 1] - log_sigma).abs() < (log_sigma - log_grid[lower]).abs()
-    return lower + closer_above.long()
+    below, above = log_grid[lower], log_grid[lower + 1]
+    if quantize:
+        return lower + ((above - log_sigma).abs() < (log_sigma - below).abs()).long()
+    weight = ((below - log_sigma) / (below - above)).clamp(0, 1)
+    return (1 - weight) * lower + weight * (lower + 1)
 
 
 def loglinear_noise_level(t: torch.Tensor, log_grid: torch.Tensor) -> torch.Tensor:
-    """σ at model time t ∈ [0, N − 1] (any shape, fractional allowed): exp of log σ linear between grid points."""
-    steps = torch.arange(len(log_grid), dtype=log_grid.dtype, device=log_grid.device)
-    return interpolate(t.to(log_grid.dtype), steps, log_grid).exp()
+    """σ at model time t (any shape, fractional allowed, clamped to [0, N − 1]):
+    log σ = (1 − w) log σ_⌊t⌋ + w log σ_⌈t⌉ with w = t − ⌊t⌋."""
+    t = t.to(log_grid.dtype).clamp(0, len(log_grid) - 1)
+    floor = t.floor()
+    weight = t - floor
+    return ((1 - weight) * log_grid[floor.long()] + weight * log_grid[t.ceil().long()]).exp()
 
 
 class DiscreteSchedule:

@@ -5,8 +5,8 @@ The model was trained on x_t = a x_0 + s ε with a = √ᾱ_t, s = √(1 − ᾱ
 
 (1) x_t = z / √(σ² + 1)   (a = 1/√(σ² + 1), s = σ a),
 (2) t = the model time of σ, log σ linear in t between the grid points σ_n (fractional unless ``quantize``),
-(3) x̂_0 = the core's conversion of the (guided) model output at (x_t, t): for ε, x̂_0 = z − σ ε̂;
-    for v, x̂_0 = z / (σ² + 1) − σ v̂ / √(σ² + 1).
+(3) x̂_0 = z − σ ε̂, ε̂ the core's conversion of the (guided) model output at (x_t, t) (for a v-model
+    this is x̂_0 = z / (σ² + 1) − σ v̂ / √(σ² + 1)). Written in z, it rounds as k-diffusion does for an ε-model.
 
 Classifier-free guidance runs in the same call (one doubled batch) when ``uncond`` is given: guidance on the raw
 output equals guidance on x̂_0 at fixed σ, because (3) is affine in the output.
@@ -110,11 +110,12 @@ class CompVisDenoiser(nn.Module):
         keyword arguments go on to ``apply_model``.
         """
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
-        scale_in = (sigma**2 + 1).rsqrt().reshape((-1,) + (1,) * (x.ndim - 1))  # eq. (1): a
+        scale_in = (1 / (sigma**2 + 1).sqrt()).reshape((-1,) + (1,) * (x.ndim - 1))  # eq. (1): a
         noise_in = sigma.reshape(scale_in.shape) * scale_in  # s = σ a
         model = _ModelCall(self.inner_model, self.parameterization, kwargs)
         x_t = x * scale_in.to(x.dtype)
-        return denoise(model, x_t, self.sigma_to_t(sigma), cond, scale_in, noise_in, uncond, cond_scale).x0
+        prediction = denoise(model, x_t, self.sigma_to_t(sigma), cond, scale_in, noise_in, uncond, cond_scale)
+        return x - sigma.reshape(scale_in.shape).to(x.dtype) * prediction.eps  # eq. (3): x̂_0 = z − σ ε̂
 
 
 class CompVisVDenoiser(CompVisDenoiser):

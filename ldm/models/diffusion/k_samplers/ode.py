@@ -28,6 +28,7 @@ __all__ = [
     "call_denoiser",
     "churn_gamma",
     "churn_step",
+    "dpmpp_first_order",
     "lms_coefficients",
     "sample_dpm_2",
     "sample_dpmpp_2m",
