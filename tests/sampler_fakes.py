@@ -41,10 +41,19 @@ class GaussianModel(nn.Module):
     for guidance). Fractional ``t`` interpolates log ᾱ linearly in t. Records the batch size of every call."""
 
     def __init__(
-        self, mu: float = 0.5, sigma: float = 0.5, timesteps: int = 1000, parameterization: str = "eps", **schedule
+        self,
+        mu: float = 0.5,
+        sigma: float = 0.5,
+        timesteps: int = 1000,
+        parameterization: str = "eps",
+        declared: str | None = None,
+        **schedule,
     ) -> None:
         super().__init__()
-        self.parameterization = parameterization
+        #: what ``apply_model`` returns, and what the model says it returns (``declared`` differs: a mislabelled
+        #: model, for checks that a wrong conversion would be caught).
+        self.output_kind = parameterization
+        self.parameterization = declared or parameterization
         betas = make_beta_schedule("linear", timesteps, **(schedule or SD_LINEAR))
         alphas_cumprod = np.cumprod(1.0 - betas)
         self.num_timesteps = timesteps
@@ -85,7 +94,7 @@ class GaussianModel(nn.Module):
         residual = (x.double() - a * mu) / (ab * self.sigma**2 + 1 - ab)
         eps, x0 = s * residual, mu + a * self.sigma**2 * residual
         outputs = {"eps": eps, "x0": x0, "v": a * eps - s * x0}
-        return outputs[self.parameterization].to(x.dtype)
+        return outputs[self.output_kind].to(x.dtype)
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         noise = torch.randn_like(x_start) if noise is None else noise
@@ -139,3 +148,40 @@ def ddim_chain_statistics(model: GaussianModel, alphas, alphas_prev, sigmas) -> 
         offset = math.sqrt(a_prev) * x0_offset + direction * eps_offset
         mean, var = slope * mean + offset, slope**2 * var + sigma**2
     return mean, math.sqrt(var)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The variance-exploding view of the k-samplers: z = x_0 + σ ε, data N(μ, s²), z_T = σ_max · N(0, 1)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _denoised(mu: float, s: float, sigma: float, mean: float, var: float) -> tuple[float, float]:
+    """Mean and std of D(z, σ) = μ + s²/(s² + σ²)(z − μ), the exact denoiser, for z of the given mean and var."""
+    gain = s**2 / (s**2 + sigma**2)
+    return mu + gain * (mean - mu), gain * math.sqrt(var)
+
+
+def ve_flow_statistics(mu: float, s: float, sigma_max: float, sigma_end: float, denoise: bool) -> tuple[float, float]:
+    """Mean and std of the exact probability-flow map of z_T ~ N(0, σ_max²) down to ``sigma_end`` > 0 for data
+    N(μ, s²), then (``denoise``) of D at ``sigma_end``, the last step of a k-sampler that ends at σ = 0.
+
+    The flow keeps (z − μ)/√(s² + σ²) constant: z(σ) − μ = r (z_T − μ), r = √(s² + σ²)/√(s² + σ_max²).
+    """
+    r = math.sqrt(s**2 + sigma_end**2) / math.sqrt(s**2 + sigma_max**2)
+    mean, var = mu - r * mu, (r * sigma_max) ** 2
+    return _denoised(mu, s, sigma_end, mean, var) if denoise else (mean, math.sqrt(var))
+
+
+def ve_reverse_sde_statistics(
+    mu: float, s: float, sigma_max: float, sigma_end: float, denoise: bool
+) -> tuple[float, float]:
+    """As :func:`ve_flow_statistics` for the reverse-time SDE dz = −2σ ∇log p_σ(z) dσ + √(2σ) dW̄ (Karras et al.
+    2022, eq. 6 with β = 1: the limit of the ancestral and SDE samplers at η = 1).
+
+    With u = s² + σ² the moments solve d(mean − μ)/du = (mean − μ)/u and dvar/du = 2 var/u − 1, so
+    mean − μ = −μ u/u_T and var = u − s² u²/u_T² (from var = σ_max² at u_T = s² + σ_max²): the prior mismatch
+    decays as s²/u_T, where the flow keeps it as √(u/u_T).
+    """
+    u, u_max = s**2 + sigma_end**2, s**2 + sigma_max**2
+    mean, var = mu - mu * u / u_max, u - s**2 * u**2 / u_max**2
+    return _denoised(mu, s, sigma_end, mean, var) if denoise else (mean, math.sqrt(var))
