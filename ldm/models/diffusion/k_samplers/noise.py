@@ -44,8 +44,8 @@ def get_ancestral_step(sigma_from: Level, sigma_to: Level, eta: float = 1.0) -> 
     """
     if not eta:
         return sigma_to, 0.0
-    kept = 1 - (sigma_to / sigma_from) ** 2  # fraction of σ_to² that the posterior renews
-    sigma_up = eta * sigma_to * kept**0.5
+    renewed_variance = sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2
+    sigma_up = eta * renewed_variance**0.5
     if isinstance(sigma_up, torch.Tensor) or isinstance(sigma_to, torch.Tensor):
         sigma_up = torch.minimum(torch.as_tensor(sigma_up), torch.as_tensor(sigma_to))
     else:
@@ -162,4 +162,3 @@ class NoiseRecorder:
         self.tensors.append(drawn.detach().clone())
         self.calls.append((float(sigma), float(sigma_next)))
         return drawn
-

@@ -126,7 +126,10 @@ def _phi(h_hat: torch.Tensor) -> torch.Tensor:
 
 
 def _multistep_correction(
-    denoised: torch.Tensor, history: list[tuple[torch.Tensor, torch.Tensor]], h: torch.Tensor, h_hat: torch.Tensor,
+    denoised: torch.Tensor,
+    history: list[tuple[torch.Tensor, torch.Tensor]],
+    h: torch.Tensor,
+    h_hat: torch.Tensor,
     solver_type: str,
 ) -> torch.Tensor | float:
     """The higher-order terms through the earlier x̂_0 values ``history`` = [(x̂_0, h) of step i−1, of i−2, ...].
