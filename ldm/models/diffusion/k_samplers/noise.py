@@ -14,6 +14,7 @@ sampler's z for the step σ → σ_next. Three sources:
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -68,7 +69,8 @@ class BrownianTreeNoiseSampler:
     """Normalised Brownian increments ξ = ±(W(u') − W(u)) / √|u' − u|, u = ``transform``(σ), u' = ``transform``(σ').
 
     ``x``: ``(B, ...)``, gives shape, dtype and device. ``sigma_min``/``sigma_max``: the range the path covers
-    (queries outside it are clamped by torchsde, with a warning). ``seed``: an int for one path over the whole of
+    (torchsde clamps queries outside it; it warns unless they are off by no more than rounding, as the round
+    trips σ → λ → σ of the SDE samplers are). ``seed``: an int for one path over the whole of
     ``x``, or a sequence of B ints for one path per batch element (each ``x[0]``-shaped, so a sample's noise does
     not depend on its batch); None draws one with ``torch.randint`` from the global generator. The sign is + when
     ``transform`` increases and − when it decreases, k-diffusion's convention, so a seed gives its exact noise.
@@ -99,14 +101,23 @@ class BrownianTreeNoiseSampler:
             start = torch.zeros_like(x[0])
         else:
             seeds, start = [int(seed)], torch.zeros_like(x)  # type: ignore[arg-type]
+        self.ends = (ends[0], ends[1])
         self.paths = [torchsde.BrownianTree(ends[0], start, ends[1], entropy=s) for s in seeds]
 
     def _increment(self, u: float, u_next: float) -> torch.Tensor:
         """W(u_next) − W(u) of every path (stacked over the batch when there is one path per sample)."""
         lo, hi = min(u, u_next), max(u, u_next)
-        parts = [path(lo, hi) for path in self.paths]
+        with warnings.catch_warnings():
+            if self._within_rounding(lo, hi):  # torchsde rounds its ends to 1e-6 and warns about round trips
+                warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            parts = [path(lo, hi) for path in self.paths]
         rise = torch.stack(parts) if self.per_sample else parts[0]
         return rise if u_next >= u else -rise
+
+    def _within_rounding(self, lo: float, hi: float) -> bool:
+        """Whether [lo, hi] lies in the path's range up to torchsde's rounding (1e-6) and float32's (≈ 6e-8 rel.)."""
+        start, end = self.ends
+        return lo >= start - 1e-6 - 1e-6 * abs(start) and hi <= end + 1e-6 + 1e-6 * abs(end)
 
     def __call__(self, sigma: Level, sigma_next: Level) -> torch.Tensor:
         u, u_next = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
