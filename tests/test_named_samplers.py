@@ -328,3 +328,28 @@ def test_every_sampler_takes_a_point_mass_to_its_guided_mean(name):
     ends_at_zero = SAMPLERS[name].family not in (Family.LEGACY, Family.DPM_SOLVER)
     expected = torch.full_like(samples, 0.5 + 3.0 * 0.3)
     torch.testing.assert_close(samples, expected, rtol=0, atol=1e-3 if ends_at_zero else 0.15)
+
+
+class SpreadByConditioning(GaussianModel):
+    """The Gaussian model's output scaled by 1 + mean(cond) per sample, so guidance changes its spread."""
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        out = super().apply_model(x, t, cond)
+        return out * (1 + cond.flatten(1).mean(1)).view(-1, *[1] * (x.ndim - 1))
+
+
+@pytest.mark.parametrize("name", ["Euler", "DPM++ 2M", "UniPC", "DDIM"])
+def test_guidance_rescale_reaches_the_named_samplers(name):
+    """φ = 0 is the plain guided run bit for bit; φ > 0 changes it (k path: through CompVisDenoiser)."""
+    model = SpreadByConditioning(mu=0.3, sigma=0.7)
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    c, uc = torch.randn(2, 1, 8), torch.zeros(2, 1, 8)
+
+    def run(**kwargs):
+        return NamedSampler(model, name).sample(
+            4, 2, (1, 4, 4), conditioning=c, unconditional_conditioning=uc, unconditional_guidance_scale=5.0,
+            x_T=x_T, verbose=False, disable_progress=True, **kwargs,
+        )[0]  # fmt: skip
+
+    assert torch.equal(run(), run(guidance_rescale=0.0))
+    assert not torch.allclose(run(), run(guidance_rescale=0.7))

@@ -102,19 +102,24 @@ class CompVisDenoiser(nn.Module):
         cond: Conditioning = None,
         uncond: Conditioning = None,
         cond_scale: float = 1.0,
+        guidance_rescale: float = 0.0,
         **kwargs: Any,
     ) -> torch.Tensor:
         """x̂_0 ``(B, ...)`` at z = ``x`` ``(B, ...)`` and noise levels ``sigma`` ``(B,)`` (or one for all).
 
-        ``uncond``/``cond_scale``: classifier-free guidance o_u + s (o_c − o_u) in one doubled batch; other
-        keyword arguments go on to ``apply_model``.
+        ``uncond``/``cond_scale``: classifier-free guidance o_u + s (o_c − o_u) in one doubled batch, with
+        ``guidance_rescale`` φ as in :func:`~ldm.models.diffusion.sampler_core.rescale_guidance`; other keyword
+        arguments go on to ``apply_model``.
         """
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
         scale_in = (1 / (sigma**2 + 1).sqrt()).reshape((-1,) + (1,) * (x.ndim - 1))  # eq. (1): a
         noise_in = sigma.reshape(scale_in.shape) * scale_in  # s = σ a
         model = _ModelCall(self.inner_model, self.parameterization, kwargs)
         x_t = x * scale_in.to(x.dtype)
-        prediction = denoise(model, x_t, self.sigma_to_t(sigma), cond, scale_in, noise_in, uncond, cond_scale)
+        prediction = denoise(
+            model, x_t, self.sigma_to_t(sigma), cond, scale_in, noise_in, uncond, cond_scale,
+            guidance_rescale=guidance_rescale,
+        )  # fmt: skip
         return x - sigma.reshape(scale_in.shape).to(x.dtype) * prediction.eps  # eq. (3): x̂_0 = z − σ ε̂
 
 
