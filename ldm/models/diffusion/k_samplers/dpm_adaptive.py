@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ldm.models.diffusion.k_samplers.common import Denoiser, StepCallback, extra_arguments
+from ldm.models.diffusion.k_samplers.noise import default_noise_sampler, get_ancestral_step
 from ldm.models.diffusion.sampler_core import checked_function_keywords
 
 __all__ = ["StepSizeController", "sample_dpm_adaptive", "sample_dpm_fast"]
@@ -107,14 +108,10 @@ def _ancestral_target(
     """
     if not eta:
         return lam_next, 0.0
-    sigma, sigma_next = _sigma(lam), _sigma(lam_next)
-    sigma_up = torch.minimum(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt())
-    target = torch.minimum(lam_end, _lambda((sigma_next**2 - sigma_up**2).sqrt()))
+    sigma_next = _sigma(lam_next)
+    sigma_down, _ = get_ancestral_step(_sigma(lam), sigma_next, eta)
+    target = torch.minimum(lam_end, _lambda(sigma_down))
     return target, (sigma_next**2 - _sigma(target) ** 2).sqrt()
-
-
-def _fresh_noise(x: torch.Tensor) -> NoiseSampler:
-    return lambda sigma, sigma_next: torch.randn_like(x)
 
 
 def _check_range(sigma_min: float, sigma_max: float) -> None:
@@ -162,7 +159,7 @@ def sample_dpm_fast(
     σ_max to σ_min (no final denoising). ``x``: z at σ_max ``(B, ...)``. The noise sampler is called after every
     interval (its sample is multiplied by σ_up = 0 when η = 0)."""
     _check_range(sigma_min, sigma_max)
-    noise_sampler = _fresh_noise(x) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     lam_end = _lambda(torch.tensor(sigma_min))
     orders = fast_orders(n)
     grid = torch.linspace(float(_lambda(torch.tensor(sigma_max))), float(lam_end), len(orders) + 1, device=x.device)
@@ -245,7 +242,7 @@ def sample_dpm_adaptive(
     _check_range(sigma_min, sigma_max)
     if order not in (2, 3):
         raise ValueError(f"sample_dpm_adaptive supports order 2 or 3, got order={order}.")
-    noise_sampler = _fresh_noise(x) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     lam, lam_end = _lambda(torch.tensor(sigma_max)), _lambda(torch.tensor(sigma_min))
     control = StepSizeController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
