@@ -24,6 +24,7 @@ setup(
         "tqdm",
         "scipy",
         "torchsde>=0.2.5",
+        "open_clip_torch>=2.20",
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4", "scikit-learn", "tensorboard"],
