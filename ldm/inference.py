@@ -23,6 +23,7 @@ from ldm.modules.attention import SpatialTransformer
 from ldm.modules.attention_slicing import set_attention_slicing
 from ldm.modules.fast.blocks import swap_fast_blocks
 from ldm.modules.fast.packed_conv import pack_convolutions
+from ldm.prediction_check import warn_on_parameterization_mismatch
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,22 @@ def load_model_from_config(
                 "check that --config belongs to the checkpoint", len(report.missing), ckpt, report.missing[0]
             )
     return model.to(device).eval(), global_step
+
+
+def load_sampling_model(opt: Any, device: torch.device) -> torch.nn.Module:
+    """The model of the sampling scripts' ``--config`` / ``--ckpt`` / ``--use_ema`` / ``--parameterization`` on
+    ``device``. ``--parameterization`` replaces the config's; without it, an SD 2.x checkpoint whose outputs
+    contradict the config (768-v under ``v2-inference.yaml``, or the reverse) gets a warning naming the right config
+    (:mod:`ldm.prediction_check`)."""
+    config = load_config(opt.config)
+    forced = getattr(opt, "parameterization", None)
+    if forced is not None:
+        OmegaConf.update(config, "model.params.parameterization", forced, force_add=True)
+    model, _ = load_model_from_config(config, opt.ckpt, device, use_ema=opt.use_ema)
+    if forced is None and opt.ckpt is not None:
+        with model.ema_scope():
+            warn_on_parameterization_mismatch(model, opt.ckpt, opt.config)
+    return model
 
 
 def load_eval_model(config: DictConfig, ckpt: str | Path, verbose: bool = False) -> torch.nn.Module:

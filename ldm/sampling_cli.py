@@ -53,6 +53,9 @@ def add_sampling_arguments(
     arg("--config", type=str, default=SD_CONFIG, help=f"path to config which constructs model (default: {SD_CONFIG})")
     arg("--ckpt", type=str, default=SD_CKPT,
         help=f"path to checkpoint of model, .ckpt or .safetensors (default: {SD_CKPT})")
+    arg("--parameterization", type=str, choices=["eps", "x0", "v"], default=None,
+        help="what the model predicts, replacing the config's model.params.parameterization (default: the "
+        "config's; an SD 2.x checkpoint that looks like the other kind gets a warning naming the right config)")
     arg("--use_ema", action="store_true",
         help="use the checkpoint's EMA UNet weights (model_ema.*, in full-EMA checkpoints) instead of the raw ones")
     arg("--seed", type=int, default=seed,

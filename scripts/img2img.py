@@ -29,7 +29,7 @@ from ldm.inference import (
     chunk,
     decode_latents,
     encode_latents,
-    load_config,
+    load_sampling_model,
     make_sampler,
     optimize_for_inference,
     pixel_multiple,
@@ -39,7 +39,6 @@ from ldm.inference import (
     text_conditioning,
 )
 from ldm.inference import load_eval_model as load_model_from_config
-from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.models.diffusion.named_samplers import sampler_choice
 from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, chosen_sampler, run_script, speed_options
 
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     device = choose_device(opt.device)
     precision = precision_scope(opt.precision, device)
     speed = speed_options(opt)
-    model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
+    model = load_sampling_model(opt, device)
     check_latent_geometry(model, opt.f, opt.C)
     optimize_for_inference(model, **speed)
     seed_everything(opt.seed)

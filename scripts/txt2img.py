@@ -37,7 +37,7 @@ from ldm.inference import (
     choose_device,
     chunk,
     decode_latents,
-    load_config,
+    load_sampling_model,
     make_sampler,
     optimize_for_inference,
     pixel_multiple,
@@ -47,7 +47,6 @@ from ldm.inference import (
     text_conditioning,
 )
 from ldm.inference import load_eval_model as load_model_from_config
-from ldm.inference import load_model_from_config as load_model_and_step
 from ldm.models.diffusion.named_samplers import sampler_choice
 from ldm.safety import check_safety
 from ldm.sampling_cli import (
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     device = choose_device(opt.device)
     precision = precision_scope(opt.precision, device)
     speed = speed_options(opt)
-    model, _ = load_model_and_step(load_config(opt.config), opt.ckpt, device, use_ema=opt.use_ema)
+    model = load_sampling_model(opt, device)
     check_latent_geometry(model, opt.f, opt.C)
     check_image_size(opt.H, opt.W, pixel_multiple(model), why="--f times the UNet's downsampling")
     optimize_for_inference(model, **speed)
