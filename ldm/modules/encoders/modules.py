@@ -20,10 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ldm.modules.encoders.clip_image import ClipImageEmbedder as ClipImageEmbedder
 from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
 from ldm.modules.encoders.clip_tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
 from ldm.modules.encoders.clip_tokenizer import offline_clip_tokenizer
 from ldm.modules.encoders.hub import has_vocabulary, load_pretrained
+from ldm.modules.encoders.openclip_embedders import FrozenOpenCLIPEmbedder as FrozenOpenCLIPEmbedder
+from ldm.modules.encoders.openclip_embedders import FrozenOpenCLIPImageEmbedder as FrozenOpenCLIPImageEmbedder
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
 from ldm.util import ConfigError
 
