@@ -1,0 +1,6 @@
+"""MiDaS monocular depth (DPT) — the depth stage of the SD 2.x depth-to-image model.
+
+``api.MiDaSInference`` is what ``configs/stable-diffusion/v2-midas-inference.yaml`` names; the architecture is
+split by job: ``backbone`` (ViT / hybrid-ViT feature taps), ``reassemble`` (tokens → feature maps), ``fusion``
+(the refine-net decoder), ``head`` (the depth head) and ``dpt`` (the whole network).
+"""
