@@ -42,14 +42,20 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Te
 
 def read_rgb_image(path: str | Path) -> Image.Image:
     """The image file as RGB; a missing or unreadable file raises an error naming it."""
+    return read_image(path, "--init-img", "init image")
+
+
+def read_image(path: str | Path, flag: str, what: str = "image", mode: str = "RGB") -> Image.Image:
+    """The image file converted to ``mode`` (``"RGB"``, ``"L"``, ...); a missing or unreadable file raises an error
+    naming it as ``what`` and the ``flag`` it came from."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"init image not found: {path} (from --init-img)")
+        raise FileNotFoundError(f"{what} not found: {path} (from {flag})")
     try:
         with Image.open(path) as file:
-            return file.convert("RGB")
+            return file.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"cannot read init image {path}: not a readable image file ({error})") from error
+        raise ValueError(f"cannot read {what} {path}: not a readable image file ({error})") from error
 
 
 def image_to_tensor(image: Image.Image, factor: int) -> torch.Tensor:

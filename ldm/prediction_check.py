@@ -60,9 +60,11 @@ def probe_parameterization(model: Any, seed: int = 0) -> str | None:
 
 
 def is_sd2_text_model(model: Any) -> bool:
-    """An ε- or v-model conditioned by the SD 2.x text encoder (where both kinds of checkpoint exist)."""
+    """An ε- or v-model conditioned by the SD 2.x text encoder alone (where both kinds of checkpoint exist); the
+    inpainting, depth and upscaling models also take an image conditioning, which the probe cannot give."""
     encoder = type(getattr(model, "cond_stage_model", None)).__name__
-    return encoder in SD2_TEXT_ENCODERS and getattr(model, "parameterization", None) in ("eps", "v")
+    text_only = getattr(getattr(model, "model", None), "conditioning_key", "crossattn") == "crossattn"
+    return encoder in SD2_TEXT_ENCODERS and text_only and getattr(model, "parameterization", None) in ("eps", "v")
 
 
 def warn_on_parameterization_mismatch(model: Any, ckpt: str, config: str) -> str | None:

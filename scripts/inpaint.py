@@ -1,0 +1,257 @@
+"""Inpainting: repaint the white region of a mask, with the LDM inpainting model or an SD 2.x inpainting model.
+
+Two modes, chosen by the flags:
+
+- ``--indir DIR`` (latent-diffusion's ``scripts/inpaint.py``, the LDM inpainting model, default
+  ``--config models/ldm/inpainting_big/config.yaml --ckpt models/ldm/inpainting_big/last.ckpt``): every
+  ``DIR/<name>_mask.png`` with its ``DIR/<name>.png`` is inpainted and saved as ``outdir/<name>.png``; the pixels
+  outside the mask are the input's own.
+
+      python scripts/inpaint.py --indir data/inpainting_examples --outdir outputs/inpainting_results --steps 50
+
+- ``--image FILE --mask FILE`` (an SD 2.x inpainting model, default
+  ``--config configs/stable-diffusion/v2-inpainting-inference.yaml``): the whole image is sampled anew with the
+  prompt, conditioned on the mask and the masked image; the image is resized down to a multiple of 64 (the model's
+  multiple). Writes ``outdir/samples/00000.png, ...`` and ``outdir/grid-0000.png``.
+
+      python scripts/inpaint.py --image dog.png --mask dog_mask.png --prompt "a cat on a bench" \\
+          --sampler "DPM++ 2M Karras" --ddim_steps 25
+
+Masks are grey-scale images, white (≥ 50 %) = repaint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+from PIL import Image
+from tqdm import tqdm, trange
+
+from ldm.conditioned_sampling import (
+    hybrid_conditioning,
+    inpainting_concat,
+    ldm_inpainting_batch,
+    ldm_inpainting_conditioning,
+    paste_prediction,
+    pil_to_mask,
+    pil_to_pixels,
+)
+from ldm.image_io import make_watermarker, read_image, save_grid, save_samples, to_pil, to_unit_range
+from ldm.inference import (
+    check_latent_geometry,
+    choose_device,
+    decode_latents,
+    latent_factor,
+    load_sampling_model,
+    make_sampler,
+    optimize_for_inference,
+    pixel_multiple,
+    precision_scope,
+    prompt_batches,
+    seed_everything,
+    text_conditioning,
+)
+from ldm.models.diffusion.named_samplers import sampler_choice
+from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, chosen_sampler, run_script, speed_options
+
+__all__ = ["find_pairs", "main", "parse_args"]
+
+logger = logging.getLogger("inpaint")
+
+LDM_CONFIG = "models/ldm/inpainting_big/config.yaml"
+LDM_CKPT = "models/ldm/inpainting_big/last.ckpt"
+SD2_CONFIG = "configs/stable-diffusion/v2-inpainting-inference.yaml"
+SD2_CKPT = "models/ldm/stable-diffusion-v2/512-inpainting-ema.ckpt"
+OUTDIR = "outputs/inpainting-samples"
+MODES = (
+    "pass either --indir DIR (the LDM inpainting model: DIR/<name>.png with DIR/<name>_mask.png) or "
+    "--image FILE --mask FILE (an SD 2.x inpainting model)"
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=NO_SAFETY_CHECKER,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_arguments(parser, outdir=OUTDIR, n_iter=1, n_samples=1, scale=10.0, seed=None)
+    parser.set_defaults(prompt=None, config=None, ckpt=None, f=None, C=None)
+    arg = parser.add_argument
+    arg("--indir", type=str, nargs="?", default=None,
+        help="LDM mode: dir containing image-mask pairs (`example.png` and `example_mask.png`)")
+    arg("--steps", dest="ddim_steps", type=int, default=argparse.SUPPRESS,
+        help="number of sampling steps (the same as --ddim_steps)")
+    arg("--image", type=str, default=None, help="SD 2.x mode: the image to inpaint")
+    arg("--mask", type=str, default=None,
+        help="SD 2.x mode: the mask, a grey-scale image of the same size (white = repaint)")
+    opt = parser.parse_args(argv)
+    opt.sampler = chosen_sampler(parser, opt)
+    return opt
+
+
+def choose_mode(opt: argparse.Namespace) -> str:
+    """``"ldm"`` (``--indir``) or ``"sd2"`` (``--image`` + ``--mask``); fills in the mode's default --config,
+    --ckpt and --prompt. A mixture, or neither, raises ``ValueError`` naming the fix."""
+    sd2_flags = [flag for flag, value in (("--image", opt.image), ("--mask", opt.mask)) if value is not None]
+    if opt.indir is not None and sd2_flags:
+        raise ValueError(f"--indir and {' / '.join(sd2_flags)} choose different modes; {MODES}")
+    if opt.indir is not None:
+        if opt.prompt is not None or opt.negative_prompt:
+            raise ValueError("the LDM inpainting model (--indir) takes no prompt; drop --prompt/--negative_prompt, "
+                             "or use --image FILE --mask FILE with an SD 2.x inpainting model")
+        opt.config = opt.config or LDM_CONFIG
+        opt.ckpt = opt.ckpt or LDM_CKPT
+        return "ldm"
+    if len(sd2_flags) == 1:
+        missing = "--mask" if opt.image is not None else "--image"
+        raise ValueError(f"{sd2_flags[0]} needs {missing} too; pass --image FILE --mask FILE")
+    if not sd2_flags:
+        raise ValueError(f"nothing to inpaint: {MODES}")
+    opt.config = opt.config or SD2_CONFIG
+    opt.ckpt = opt.ckpt or SD2_CKPT
+    opt.prompt = "" if opt.prompt is None else opt.prompt
+    return "sd2"
+
+
+def find_pairs(indir: str | Path) -> list[tuple[Path, Path]]:
+    """``(DIR/<name>.png, DIR/<name>_mask.png)`` for every mask in ``indir``, sorted by the mask's name."""
+    folder = Path(indir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"input folder not found: {folder} (from --indir)")
+    masks = sorted(folder.glob("*_mask.png"))
+    if not masks:
+        raise ValueError(f"no <name>_mask.png files in {folder} (from --indir); put each mask beside its <name>.png")
+    pairs = [(mask.with_name(mask.name[: -len("_mask.png")] + ".png"), mask) for mask in masks]
+    for image, mask in pairs:
+        if not image.is_file():
+            raise FileNotFoundError(f"{mask.name} in {folder} has no image {image.name} beside it")
+    return pairs
+
+
+def check_model(model: torch.nn.Module, mode: str, config: str) -> None:
+    """``ValueError`` naming the fix when the loaded model does not belong to the chosen mode."""
+    is_sd2 = hasattr(model, "masked_image_key") and hasattr(model, "concat_keys")
+    if mode == "sd2" and not is_sd2:
+        raise ValueError(f"--config {config} builds a {type(model).__name__}, not an SD 2.x inpainting model "
+                         f"(LatentInpaintDiffusion, e.g. --config {SD2_CONFIG}); for the LDM inpainting model use "
+                         "--indir DIR")
+    if mode == "ldm" and (is_sd2 or getattr(model.model, "conditioning_key", None) != "concat"):
+        raise ValueError(f"--config {config} builds a {type(model).__name__} that is not the LDM inpainting model "
+                         f"(conditioning_key concat, the first stage as conditioner, e.g. {LDM_CONFIG}); for an "
+                         "SD 2.x inpainting model use --image FILE --mask FILE --prompt TEXT")
+
+
+def read_pair(image_path: Path, mask_path: Path, multiple: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The 8-bit RGB image ``(H, W, 3)``, the same as ``(1, 3, H, W)`` in [0, 1] and its binary mask
+    ``(1, 1, H, W)``; sizes must agree and be multiples of ``multiple``."""
+    image = np.asarray(read_image(image_path, "--indir"))
+    mask = read_image(mask_path, "--indir", "mask", mode="L")
+    height, width = image.shape[:2]
+    if mask.size != (width, height):
+        raise ValueError(f"{mask_path.name} is {mask.size[0]}x{mask.size[1]} but {image_path.name} is "
+                         f"{width}x{height}; make the mask the image's size")
+    if height % multiple or width % multiple:
+        raise ValueError(f"{image_path.name} is {width}x{height}; the model needs sides that are multiples of "
+                         f"{multiple}: crop or pad it to {width - width % multiple or multiple}x"
+                         f"{height - height % multiple or multiple}")
+    unit = rearrange(torch.from_numpy(image.astype(np.float32) / 255.0), "h w c -> 1 c h w")
+    return image, unit, pil_to_mask(mask, (width, height))
+
+
+def inpaint_folder(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> list[Path]:
+    """latent-diffusion's inpainting loop: for each pair, c = cat[τ(masked image), mask on τ's grid], sample a
+    latent of ``(C_c − 1, h, w)``, decode, and paste the prediction into the masked region."""
+    pairs = find_pairs(opt.indir)
+    logger.info("Found %d inputs.", len(pairs))
+    outdir = Path(opt.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
+    precision = precision_scope(opt.precision, device)
+    written = []
+    with torch.no_grad(), model.ema_scope():
+        for image_path, mask_path in tqdm(pairs, desc="inpainting"):
+            image_u8, image, mask = read_pair(image_path, mask_path, pixel_multiple(model))
+            batch = {key: value.to(device) for key, value in ldm_inpainting_batch(image, mask).items()}
+            c = ldm_inpainting_conditioning(model, batch)
+            with precision:
+                latents, _ = sampler.sample(S=opt.ddim_steps, conditioning=c, batch_size=c.shape[0],
+                                            shape=(c.shape[1] - 1, *c.shape[2:]), verbose=False, eta=opt.ddim_eta)
+            predicted = np.asarray(to_pil(to_unit_range(decode_latents(model, latents))[0]))
+            inpainted = paste_prediction(image_u8, predicted, mask[0, 0].numpy())
+            written.append(outdir / image_path.name)
+            Image.fromarray(inpainted).save(written[-1])
+    return written
+
+
+def inpaint_image(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> Path:
+    """SD 2.x inpainting: c = {c_concat: [mask on the latent grid, z(masked image)], c_crossattn: [text]},
+    guided by the negative prompt's; samples and a grid under ``outdir``."""
+    image = read_image(opt.image, "--image")
+    mask_image = read_image(opt.mask, "--mask", "mask", mode="L")
+    if mask_image.size != image.size:
+        raise ValueError(f"the mask is {mask_image.size[0]}x{mask_image.size[1]} but the image is "
+                         f"{image.size[0]}x{image.size[1]}; make the mask (--mask) the image's size")
+    multiple = pixel_multiple(model)
+    width, height = (side - side % multiple for side in image.size)
+    if min(width, height) == 0:
+        raise ValueError(f"the image is {image.size[0]}x{image.size[1]}; it needs at least {multiple} pixels per side")
+    logger.info("image of size %s resized to (%d, %d)", image.size, width, height)
+    pixels = pil_to_pixels(image, (width, height)).to(device)
+    mask = pil_to_mask(mask_image, (width, height)).to(device)
+    batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
+    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
+    shape = (model.channels, height // latent_factor(model), width // latent_factor(model))
+    start_code = torch.randn((opt.n_samples, *shape), device=device) if opt.fixed_code else None
+
+    outdir = Path(opt.outdir)
+    sample_dir = outdir / "samples"
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    watermark = make_watermarker("SDV2")
+    all_samples = []
+    with torch.no_grad(), precision_scope(opt.precision, device), model.ema_scope():
+        c_concat = inpainting_concat(model, pixels, mask)
+        for _ in trange(opt.n_iter, desc="Sampling"):
+            for prompts in tqdm(batches, desc="data"):
+                c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
+                cond, uncond = hybrid_conditioning(repeat(c_concat, "1 ... -> b ...", b=len(prompts)), c, uc)
+                latents, _ = sampler.sample(
+                    S=opt.ddim_steps, conditioning=cond, batch_size=len(prompts), shape=shape, verbose=False,
+                    unconditional_guidance_scale=opt.scale, unconditional_conditioning=uncond, eta=opt.ddim_eta,
+                    x_T=None if start_code is None else start_code[: len(prompts)],
+                )
+                images = to_unit_range(decode_latents(model, latents)).cpu()
+                if not opt.skip_save:
+                    save_samples(images, sample_dir, watermark)
+                all_samples.append(images)
+    if not opt.skip_grid:
+        save_grid(all_samples, outdir, opt.n_rows or opt.n_samples, watermark)
+    return outdir
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = parse_args(argv)
+    mode = choose_mode(opt)
+    sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
+    if mode == "ldm":
+        find_pairs(opt.indir)
+    device = choose_device(opt.device)
+    precision_scope(opt.precision, device)
+    speed = speed_options(opt)
+    model = load_sampling_model(opt, device)
+    check_model(model, mode, opt.config)
+    check_latent_geometry(model, opt.f or latent_factor(model), opt.C or model.channels)
+    optimize_for_inference(model, **speed)
+    seed_everything(opt.seed)
+    if mode == "ldm":
+        inpaint_folder(opt, model, device)
+    else:
+        inpaint_image(opt, model, device)
+    logger.info("Your samples are ready and waiting for you here: %s", opt.outdir)
+
+
+if __name__ == "__main__":
+    run_script(main)
