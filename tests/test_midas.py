@@ -23,6 +23,7 @@ from ldm.modules.midas.api import MiDaSInference
 from ldm.modules.midas.backbone import ViTFeatureEncoder, resize_pos_embed
 from ldm.modules.midas.dpt import FusionDecoder
 from ldm.modules.midas.fusion import FeatureFusionBlock, ResidualConvUnit
+from ldm.modules.midas.transforms import midas_input_size, prepare_midas_input
 from ldm.util import instantiate_from_config
 from tests.helpers import REFDATA, state_dict_manifest
 
@@ -230,3 +231,29 @@ def test_full_size_random_build_runs_at_384() -> None:
     depth = model(torch.rand(1, 3, 384, 384) * 2 - 1)
     assert depth.shape == (1, 1, 384, 384)
     assert torch.isfinite(depth).all() and depth.min() >= 0
+
+
+# ---------------------------------------------------------------- input transform
+
+
+@pytest.mark.parametrize(("hw", "expected"), [
+    ((512, 512), (384, 384)),  # scale 0.75
+    ((512, 768), (384, 576)),  # 384/512 is closer to 1 than 384/768: fit the height
+    ((768, 512), (576, 384)),
+    ((480, 640), (384, 512)),
+    ((384, 400), (384, 384)),  # 400 / 32 = 12.5 rounds to the even 12
+    ((384, 432), (384, 448)),  # 13.5 rounds to the even 14
+    ((300, 200), (384, 256)),  # 384/300 (1.28) is closer to 1 than 384/200 (1.92): upscale
+])
+def test_midas_input_size_follows_the_minimal_keep_aspect_rule(hw: tuple[int, int],
+                                                               expected: tuple[int, int]) -> None:
+    assert midas_input_size(*hw) == expected
+
+
+def test_prepare_midas_input_resizes_and_keeps_constant_images() -> None:
+    image = torch.full((2, 3, 512, 768), -0.25)
+    out = prepare_midas_input(image)
+    assert out.shape == (2, 3, 384, 576)
+    torch.testing.assert_close(out, torch.full_like(out, -0.25))  # bicubic weights sum to one
+    ready = torch.rand(1, 3, 384, 384)
+    assert prepare_midas_input(ready) is ready
