@@ -138,16 +138,14 @@ def test_legacy_decides_decoder_attention_heads():
 
 
 def reference_qkv_attention(qkv: torch.Tensor, n_heads: int, new_order: bool) -> torch.Tensor:
-    """Attention by two einsums, the scale split between q and k: ``(B, 3·H·C, T) -> (B, H·C, T)``."""
-    bs, width, length = qkv.shape
-    ch = width // (3 * n_heads)
-    if new_order:
-        q, k, v = (t.reshape(bs * n_heads, ch, length) for t in qkv.chunk(3, dim=1))
-    else:
-        q, k, v = qkv.reshape(bs * n_heads, ch * 3, length).split(ch, dim=1)
-    scale = 1 / math.sqrt(math.sqrt(ch))
-    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale).softmax(dim=-1)
-    return torch.einsum("bts,bcs->bct", weight, v).reshape(bs, -1, length)
+    """``softmax(QᵀK / √C) Vᵀ`` per head, by explicit matmuls: ``(B, 3·H·C, T) -> (B, H·C, T)``; the packing is
+    ``(3, H, C)`` (new order) or ``(H, 3, C)`` (legacy) along the channel axis."""
+    layout = (3, n_heads, -1) if new_order else (n_heads, 3, -1)
+    packed = qkv.unflatten(1, layout)  # (B, 3, H, C, T) or (B, H, 3, C, T)
+    parts = packed.unbind(1 if new_order else 2)  # q, k, v: (B, H, C, T) each
+    q, k, v = (p.transpose(-1, -2) for p in parts)  # (B, H, T, C)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, H, T, T)
+    return (probs @ v).transpose(-1, -2).flatten(1, 2)  # (B, H·C, T)
 
 
 @pytest.mark.parametrize("new_order", [False, True], ids=["legacy", "new-order"])
@@ -287,6 +285,8 @@ def test_fp16_torso_close_to_fp32(cls_tiny):
     params = OmegaConf.to_container(OmegaConf.load(REFDATA / "configs" / "unet_cls_tiny.yaml").model.params)
     model = UNetModel(**params, use_fp16=True).eval()
     model.load_state_dict(reference.state_dict())
+    assert model.dtype == torch.float16 and {p.dtype for p in model.parameters()} == {torch.float32}
+    model.convert_to_fp16()  # use_fp16 alone keeps float32 weights (the checkpoints' dtype)
     assert model.input_blocks[0][0].weight.dtype == torch.float16
     assert model.input_blocks[1][0].in_layers[0].weight.dtype == torch.float32  # group norms stay fp32
     assert model.time_embed[0].weight.dtype == model.out[2].weight.dtype == torch.float32

@@ -9,7 +9,7 @@ never builds the ``(tokens × tokens)`` weight matrix itself. Inference-only var
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, KeysView
+from collections.abc import Iterable, KeysView, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,7 +18,7 @@ from einops import rearrange
 
 from ldm.legacy.attention import LinearAttention, SpatialSelfAttention
 from ldm.modules.diffusionmodules.util import checkpoint, zero_module
-from ldm.util import default, exists
+from ldm.util import SettingError, default, exists
 
 __all__ = [
     "GEGLU",
@@ -193,11 +193,13 @@ class CrossAttention(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-norm transformer block on ``(B, N, dim)``: self-attention, cross-attention to ``context``, then the
+    """Pre-norm transformer block on ``(B, N, dim)``: a first attention, cross-attention to ``context``, then the
     feed-forward, each added to its input:
-    ``x += attn1(norm1(x))``; ``x += attn2(norm2(x), context)``; ``x += ff(norm3(x))``.
+    ``x += attn1(norm1(x)[, context])``; ``x += attn2(norm2(x), context)``; ``x += ff(norm3(x))``.
 
-    With ``checkpoint`` the activations are recomputed in the backward pass instead of stored.
+    ``attn1`` is self-attention, or with ``disable_self_attn`` a second cross-attention to ``context`` (its keys and
+    values then take ``context_dim`` features). With ``checkpoint`` the activations are recomputed in the backward
+    pass instead of stored.
     """
 
     def __init__(
@@ -209,14 +211,16 @@ class BasicTransformerBlock(nn.Module):
         context_dim: int | None = None,
         gated_ff: bool = True,
         checkpoint: bool = True,
+        disable_self_attn: bool = False,
     ) -> None:
         super().__init__()
 
         def attending_to(source_dim: int | None) -> CrossAttention:
             return CrossAttention(dim, source_dim, heads=n_heads, dim_head=d_head, dropout=dropout)
 
+        self.disable_self_attn = disable_self_attn
         # construction order = parameter-initialisation order (seeded models depend on it)
-        self.attn1 = attending_to(None)
+        self.attn1 = attending_to(context_dim if disable_self_attn else None)
         self.ff = FeedForward(dim, glu=gated_ff, dropout=dropout)
         self.attn2 = attending_to(context_dim)
         for index in (1, 2, 3):
@@ -224,10 +228,12 @@ class BasicTransformerBlock(nn.Module):
         self.checkpoint = checkpoint
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, N, dim)``, ``context (B, M, context_dim)`` -> ``(B, N, dim)``."""
         return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))  # (B, N, dim)
+        first_source = context if self.disable_self_attn else None  # None: attend to x itself
+        x = x + self.attn1(self.norm1(x), context=first_source)  # (B, N, dim)
         x = x + self.attn2(self.norm2(x), context=context)  # (B, N, dim)
         return x + self.ff(self.norm3(x))  # (B, N, dim)
 
@@ -237,19 +243,41 @@ def _pointwise_conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=1)
 
 
-def _per_token(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv applied to the token view: ``(B, HW, c_in) -> (B, HW, c_out)``, ``tokens · Wᵀ + b`` with the conv's
-    ``(c_out, c_in, 1, 1)`` weight as a matrix (the conv's numbers within float rounding, without re-laying the
-    activations out between the image and token views)."""
-    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+def _per_token(projection: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv or a linear layer applied to the token view: ``(B, HW, c_in) -> (B, HW, c_out)``,
+    ``tokens · Wᵀ + b``. A conv's ``(c_out, c_in, 1, 1)`` weight is read as a matrix (the conv's numbers within
+    float rounding, without re-laying the activations out between the image and token views)."""
+    if isinstance(projection, nn.Conv2d):
+        return F.linear(tokens, projection.weight.flatten(1), projection.bias)
+    return projection(tokens)
+
+
+ContextDim = int | Sequence[int] | None
+Context = torch.Tensor | Sequence[torch.Tensor | None] | None
+
+
+def _one_per_block(value: Sequence, depth: int, name: str) -> list:
+    """A per-block list: a single entry serves every block, otherwise one entry per block."""
+    items = list(value)
+    if len(items) == 1:
+        return items * depth
+    if len(items) != depth:
+        raise SettingError(
+            f"SpatialTransformer: {name} lists {len(items)} entries for {depth} transformer blocks; give one entry "
+            "(shared by every block) or one per block (transformer_depth)."
+        )
+    return items
 
 
 class SpatialTransformer(nn.Module):
     """Transformer over the pixels of an image ``(B, C, H, W)``, cross-attending to ``context (B, M, D)``:
     ``x + proj_out(blocks(proj_in(GroupNorm(x))))`` with the blocks on the ``(B, HW, heads·d_head)`` tokens;
-    ``proj_in``/``proj_out`` are 1x1 convs (applied per token), ``proj_out`` zero-initialised (the layer starts as
-    the identity).
+    ``proj_out`` is zero-initialised (the layer starts as the identity).
 
+    ``proj_in``/``proj_out`` are 1x1 convs (applied per token), or with ``use_linear`` ``nn.Linear`` layers on the
+    tokens (the same map, stored as a matrix). ``depth`` blocks run one after the other; ``context_dim`` and the
+    forward's ``context`` are one value for every block or a list with one entry per block (a one-entry list is
+    shared). ``disable_self_attn``: each block's first attention also attends to ``context``.
     ``use_checkpoint``: recompute the blocks' activations in the backward pass instead of storing them.
     """
 
@@ -260,32 +288,43 @@ class SpatialTransformer(nn.Module):
         d_head: int,
         depth: int = 1,
         dropout: float = 0.0,
-        context_dim: int | None = None,
+        context_dim: ContextDim = None,
+        disable_self_attn: bool = False,
+        use_linear: bool = False,
         use_checkpoint: bool = True,
     ) -> None:
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels, self.use_linear = in_channels, use_linear
         width = n_heads * d_head
-        block_options = {"dropout": dropout, "context_dim": context_dim, "checkpoint": use_checkpoint}
+        widths = [context_dim] if context_dim is None or isinstance(context_dim, int) else context_dim
+        block_options = {"dropout": dropout, "disable_self_attn": disable_self_attn, "checkpoint": use_checkpoint}
+        blocks = [
+            BasicTransformerBlock(width, n_heads, d_head, context_dim=source, **block_options)
+            for source in _one_per_block(widths, depth, "context_dim")
+        ]
+        projection = nn.Linear if use_linear else _pointwise_conv
         # built in this order: the order the parameters draw their initial values in
         layers = {
             "norm": Normalize(in_channels),
-            "proj_in": _pointwise_conv(in_channels, width),
-            "transformer_blocks": nn.ModuleList(
-                [BasicTransformerBlock(width, n_heads, d_head, **block_options) for _ in range(depth)]
-            ),
-            "proj_out": zero_module(_pointwise_conv(width, in_channels)),
+            "proj_in": projection(in_channels, width),
+            "transformer_blocks": nn.ModuleList(blocks),
+            "proj_out": zero_module(projection(width, in_channels)),
         }
         for name, layer in layers.items():
             self.add_module(name, layer)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (B, C, H, W)``, ``context (B, M, D)`` -> ``(B, C, H, W)`` in the memory format of ``x`` (the residual
-        sum takes the layout of its first operand)."""
+    def _contexts(self, context: Context) -> list[torch.Tensor | None]:
+        if context is None or isinstance(context, torch.Tensor):
+            return [context] * len(self.transformer_blocks)
+        return _one_per_block(context, len(self.transformer_blocks), "context")
+
+    def forward(self, x: torch.Tensor, context: Context = None) -> torch.Tensor:
+        """``x (B, C, H, W)``, ``context (B, M, D)`` (or a list of them, see the class) -> ``(B, C, H, W)`` in the
+        memory format of ``x`` (the residual sum takes the layout of its first operand)."""
         height, width = x.shape[-2:]
         tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")  # (B, HW, C)
         tokens = _per_token(self.proj_in, tokens)  # (B, HW, inner)
-        for block in self.transformer_blocks:
-            tokens = block(tokens, context=context)  # (B, HW, inner)
+        for block, source in zip(self.transformer_blocks, self._contexts(context), strict=True):
+            tokens = block(tokens, context=source)  # (B, HW, inner)
         tokens = _per_token(self.proj_out, tokens)  # (B, HW, C)
         return x + rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)  # (B, C, H, W)

@@ -329,18 +329,19 @@ class AttentionPool2d(nn.Module):
 # float16 torso
 # --------------------------------------------------------------------------------------------------------
 
-_FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LayerNorm)
+#: The layers ``convert_module_to_f16`` casts (and whose weights set the torso's compute dtype).
+FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LayerNorm)
 
 
 def convert_module_to_f16(module: nn.Module) -> None:
     """Cast the parameters of a conv / linear / layer-norm layer to float16 (group norms stay float32)."""
-    if isinstance(module, _FP16_LAYERS):
+    if isinstance(module, FP16_LAYERS):
         module.to(torch.float16)
 
 
 def convert_module_to_f32(module: nn.Module) -> None:
     """Undo :func:`convert_module_to_f16`."""
-    if isinstance(module, _FP16_LAYERS):
+    if isinstance(module, FP16_LAYERS):
         module.to(torch.float32)
 
 
