@@ -34,6 +34,11 @@ class LitEma(nn.Module):
             self.register_buffer(shadow_name, trainable[name].detach().clone())
         self.collected_params: list[torch.Tensor] = []
 
+    @torch.no_grad()
+    def reset_num_updates(self) -> None:
+        """Restart the decay warm-up: ``num_updates`` becomes 0 (also when it was -1, i.e. warm-up disabled)."""
+        self.num_updates.fill_(0)
+
     def _trainable(self, model: nn.Module) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """``(model parameter, shadow buffer)`` pairs of the trainable parameters."""
         shadow = dict(self.named_buffers())

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from omegaconf import ListConfig
 
 #: ``DiffusionWrapper`` keyword for each conditioning kind (also ``ldm.models.diffusion.ddpm.__conditioning_keys__``).
 CONDITIONING_KEYS = {"concat": "c_concat", "crossattn": "c_crossattn", "adm": "y"}
@@ -22,6 +23,36 @@ def as_wrapper_kwargs(cond: Any, conditioning_key: str | None) -> dict[str, Any]
     if not isinstance(cond, list):
         cond = [cond]
     return {"c_concat" if conditioning_key == "concat" else "c_crossattn": cond}
+
+
+def unconditional_conditioning(model: Any, batch_size: int, null_label: Any = None) -> Any:
+    """The conditioning of ``null_label`` (e.g. ``[""]``, the empty caption) repeated to ``batch_size``.
+
+    τ(null_label) has batch 1 and becomes ``(batch_size, ...)`` (each entry of a list output likewise), on the
+    model's device. Without ``null_label``, class-conditional models (``cond_stage_key`` ``class_label``/``cls``)
+    ask their conditioner's ``get_unconditional_conditioning(batch_size, device=...)``.
+    """
+    if null_label is None:
+        if model.cond_stage_key in ("class_label", "cls") and hasattr(model.cond_stage_model,
+                                                                      "get_unconditional_conditioning"):
+            labels = model.cond_stage_model.get_unconditional_conditioning(batch_size, device=model.device)
+            return model.get_learned_conditioning(labels)
+        raise ValueError(
+            f"get_unconditional_conditioning: give a null_label for cond_stage_key {model.cond_stage_key!r} "
+            '(e.g. [""] for text models).'
+        )
+    if isinstance(null_label, (ListConfig, tuple)):
+        null_label = list(null_label)
+    if isinstance(null_label, torch.Tensor):
+        null_label = null_label.to(model.device)
+    c = model.get_learned_conditioning(null_label)
+
+    def widen(one: torch.Tensor) -> torch.Tensor:
+        if one.shape[0] != 1:
+            raise ValueError(f"null_label must give one conditioning (batch 1), got batch {one.shape[0]}.")
+        return one.repeat(batch_size, *([1] * (one.ndim - 1))).to(model.device)
+
+    return [widen(one) for one in c] if isinstance(c, list) else widen(c)
 
 
 def take_batch(cond: Any, batch_size: int) -> Any:

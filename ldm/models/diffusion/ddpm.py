@@ -6,6 +6,10 @@ The classes live beside it, each in its own file:
 - :class:`LatentDiffusion` — diffusion on autoencoder latents (:mod:`~ldm.models.diffusion.latent_diffusion`);
 - :class:`DiffusionWrapper` — the UNet with its conditioning plumbing (:mod:`~ldm.models.diffusion.diffusion_wrapper`);
 - :class:`Layout2ImgDiffusion` — bounding-box conditioning, kept for its config path (:mod:`ldm.legacy`);
+- SD 2.x: :class:`LatentInpaintDiffusion`, :class:`LatentDepth2ImageDiffusion` and their base
+  :class:`LatentFinetuneDiffusion` (:mod:`~ldm.models.diffusion.finetune_diffusion`), :class:`LatentUpscaleDiffusion`
+  (:mod:`~ldm.models.diffusion.upscale_diffusion`), :class:`ImageEmbeddingConditionedLatentDiffusion` (unCLIP,
+  :mod:`~ldm.models.diffusion.unclip_diffusion`);
 - the equations themselves: :class:`~ldm.models.diffusion.gaussian_diffusion.GaussianDiffusion`.
 """
 
@@ -19,7 +23,14 @@ from ldm.legacy.layout_diffusion import Layout2ImgDiffusion
 from ldm.models.diffusion.conditioning import CONDITIONING_KEYS
 from ldm.models.diffusion.denoising_diffusion import DDPM
 from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper, disabled_train
+from ldm.models.diffusion.finetune_diffusion import (
+    LatentDepth2ImageDiffusion,
+    LatentFinetuneDiffusion,
+    LatentInpaintDiffusion,
+)
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
+from ldm.models.diffusion.unclip_diffusion import ImageEmbeddingConditionedLatentDiffusion
+from ldm.models.diffusion.upscale_diffusion import LatentUpscaleDiffusion
 
 #: ``DiffusionWrapper`` keyword for each conditioning kind, under the original's module-level name.
 __conditioning_keys__ = CONDITIONING_KEYS
@@ -27,7 +38,12 @@ __conditioning_keys__ = CONDITIONING_KEYS
 __all__ = [
     "DDPM",
     "DiffusionWrapper",
+    "ImageEmbeddingConditionedLatentDiffusion",
+    "LatentDepth2ImageDiffusion",
     "LatentDiffusion",
+    "LatentFinetuneDiffusion",
+    "LatentInpaintDiffusion",
+    "LatentUpscaleDiffusion",
     "Layout2ImgDiffusion",
     "disabled_train",
     "uniform_on_device",

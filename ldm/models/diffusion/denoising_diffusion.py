@@ -22,10 +22,12 @@ from torch.optim.lr_scheduler import LambdaLR
 from ldm.checkpoint import apply_state_dict, load_state_dict_file
 from ldm.models.diffusion.conditioning import drop_conditioning
 from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper
+from ldm.models.diffusion.ema_resets import apply_ema_resets
 from ldm.models.diffusion.gaussian_diffusion import LOSS_TYPES, GaussianDiffusion
 from ldm.models.diffusion.image_logging import logged_timesteps, rows_to_grid, select_keys
 from ldm.models.diffusion.prediction import parse_parameterization
 from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, make_betas, schedule_buffers
+from ldm.models.diffusion.weight_fitting import make_it_fit
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.ema import LitEma, ema_weights
 from ldm.optim import adam
@@ -43,7 +45,9 @@ class DDPM(pl.LightningModule):
     """Gaussian diffusion with a fixed variance schedule, trained on the simple (ε or x0) objective.
 
     ``ucg_training`` drops conditionings for classifier-free guidance training, see
-    :func:`~ldm.models.diffusion.conditioning.drop_conditioning`.
+    :func:`~ldm.models.diffusion.conditioning.drop_conditioning`. ``make_it_fit`` lets ``ckpt_path`` hold tensors
+    of other shapes (:func:`~ldm.models.diffusion.weight_fitting.make_it_fit`); ``reset_ema`` and
+    ``reset_num_ema_updates``: :func:`~ldm.models.diffusion.ema_resets.apply_ema_resets`.
     """
 
     def __init__(
@@ -76,6 +80,9 @@ class DDPM(pl.LightningModule):
         learn_logvar: bool = False,
         logvar_init: float = 0.0,
         ucg_training: Mapping[str, Mapping[str, Any]] | None = None,
+        make_it_fit: bool = False,
+        reset_ema: bool = False,
+        reset_num_ema_updates: bool = False,
     ):
         super().__init__()
         parse_parameterization(parameterization)
@@ -109,8 +116,10 @@ class DDPM(pl.LightningModule):
             logger.info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
 
         # The checkpoint is read before the schedule exists, so the schedule always follows the config.
+        self.make_it_fit = make_it_fit
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
+        apply_ema_resets(self, ckpt_path, reset_ema, reset_num_ema_updates)
         self.register_schedule(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
 
         self.learn_logvar = learn_logvar
@@ -195,11 +204,18 @@ class DDPM(pl.LightningModule):
         """Load a .ckpt / .safetensors state dict (non-strict; keys starting with ``ignore_keys`` dropped).
 
         ``only_model`` loads it into the ``DiffusionWrapper`` (keys ``diffusion_model.*``) instead of ``self``.
+        With ``self.make_it_fit`` tensors of other shapes are tiled to the model's first.
         """
         state_dict = load_state_dict_file(path, config_key="model.params.ckpt_path")
         target = self.model if only_model else self
+        self._fit_checkpoint(state_dict, target)
         where = f"{type(self).__name__}{'.model' if only_model else ''} from {path}"
         apply_state_dict(target, state_dict, ignore_keys=tuple(ignore_keys), strict=False, what=where)
+
+    def _fit_checkpoint(self, state_dict: dict[str, torch.Tensor], target: nn.Module) -> None:
+        """Adapt checkpoint tensors to ``target``'s shapes before loading (in place): tiling by ``make_it_fit``."""
+        if getattr(self, "make_it_fit", False):
+            make_it_fit(state_dict, {**dict(target.named_parameters()), **dict(target.named_buffers())})
 
     # ---- sampling ------------------------------------------------------------------------------------------
 

@@ -19,9 +19,15 @@ from einops import rearrange
 from ldm.models.autoencoder import VQModelInterface
 from ldm.models.diffusion import image_logging, patch_folding
 from ldm.models.diffusion import latent_sampling as ancestral
-from ldm.models.diffusion.conditioning import as_wrapper_kwargs, rescale_bboxes, take_batch
+from ldm.models.diffusion.conditioning import (
+    as_wrapper_kwargs,
+    rescale_bboxes,
+    take_batch,
+    unconditional_conditioning,
+)
 from ldm.models.diffusion.denoising_diffusion import DDPM, images_channels_first, random_timesteps
 from ldm.models.diffusion.diffusion_wrapper import freeze_module, require_checkpoint_file
+from ldm.models.diffusion.ema_resets import apply_ema_resets
 from ldm.models.diffusion.schedule import cond_schedule_ids
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
@@ -36,7 +42,13 @@ from ldm.util import (
 logger = logging.getLogger(__name__)
 
 #: Keywords LatentDiffusion handles after its parts are built instead of passing them on to DDPM, with defaults.
-LATE_KEYWORDS = {"ckpt_path": None, "ignore_keys": (), "split_input_params": None}
+LATE_KEYWORDS = {
+    "ckpt_path": None,
+    "ignore_keys": (),
+    "split_input_params": None,
+    "reset_ema": False,
+    "reset_num_ema_updates": False,
+}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -51,6 +63,8 @@ class LatentDiffusion(DDPM):
     Other keyword arguments go to :class:`DDPM`. Patch-wise processing of large inputs follows
     ``self.split_input_params`` (:mod:`~ldm.models.diffusion.patch_folding`; it may also be passed as a keyword).
     ``get_input`` reads ``caption``, ``txt`` and ``coordinates_bbox`` conditionings as they are (lists).
+    ``force_null_conditioning`` keeps the wrapper's ``conditioning_key`` for an ``"__is_unconditional__"`` model and
+    makes ``get_input`` give c = None; ``reset_ema`` / ``reset_num_ema_updates`` apply after ``ckpt_path`` is read.
     """
 
     def __init__(
@@ -65,6 +79,7 @@ class LatentDiffusion(DDPM):
         conditioning_key: str | None = None,
         scale_factor: float = 1.0,
         scale_by_std: bool = False,
+        force_null_conditioning: bool = False,
         *args,
         **kwargs,
     ):
@@ -80,7 +95,10 @@ class LatentDiffusion(DDPM):
         # Read by register_schedule, which DDPM.__init__ calls.
         self.num_timesteps_cond, self.scale_by_std = cond_steps, scale_by_std
         late = {key: kwargs.pop(key, default) for key, default in LATE_KEYWORDS.items()}
-        wrapper_key = _wrapper_conditioning_key(conditioning_key, concat_mode, cond_stage_config)
+        self.force_null_conditioning = force_null_conditioning
+        wrapper_key = _wrapper_conditioning_key(
+            conditioning_key, concat_mode, cond_stage_config, force_null_conditioning
+        )
         super().__init__(*args, conditioning_key=wrapper_key, **kwargs)
 
         self.concat_mode, self.cond_stage_trainable = concat_mode, cond_stage_trainable
@@ -100,6 +118,7 @@ class LatentDiffusion(DDPM):
         self.restarted_from_ckpt = late["ckpt_path"] is not None
         if self.restarted_from_ckpt:
             self.init_from_ckpt(late["ckpt_path"], late["ignore_keys"])
+        apply_ema_resets(self, late["ckpt_path"], late["reset_ema"], late["reset_num_ema_updates"])
 
     # ---- construction --------------------------------------------------------------------------------------
 
@@ -248,7 +267,7 @@ class LatentDiffusion(DDPM):
         z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
 
         c = xc = None
-        if self.model.conditioning_key is not None:
+        if self.model.conditioning_key is not None and not self.force_null_conditioning:
             cond_key = default(cond_key, self.cond_stage_key)
             if cond_key == self.first_stage_key:
                 xc = x
@@ -510,6 +529,12 @@ class LatentDiffusion(DDPM):
         )
 
     @torch.no_grad()
+    def get_unconditional_conditioning(self, batch_size: int, null_label: Any = None) -> Any:
+        """τ(null_label) repeated to ``batch_size`` (see :func:`~ldm.models.diffusion.conditioning.
+        unconditional_conditioning`)."""
+        return unconditional_conditioning(self, batch_size, null_label)
+
+    @torch.no_grad()
     def sample_log(self, cond: Any, batch_size: int, ddim: bool, ddim_steps: int, **kwargs) -> tuple[torch.Tensor, Any]:
         """Samples and intermediates by DDIM (``ddim``, ``ddim_steps`` steps) or by :meth:`sample`.
 
@@ -571,10 +596,12 @@ class LatentDiffusion(DDPM):
         return list(self.cond_stage_model.parameters())
 
 
-def _wrapper_conditioning_key(conditioning_key: str | None, concat_mode: bool, cond_stage_config: Any) -> str | None:
-    """How the denoiser takes the conditioning: none for unconditional models, else ``conditioning_key``, which
-    defaults to ``concat`` (``concat_mode``) or ``crossattn``."""
-    if cond_stage_config == "__is_unconditional__":
+def _wrapper_conditioning_key(
+    conditioning_key: str | None, concat_mode: bool, cond_stage_config: Any, force_null_conditioning: bool = False
+) -> str | None:
+    """How the denoiser takes the conditioning: none for unconditional models (unless ``force_null_conditioning``),
+    else ``conditioning_key``, which defaults to ``concat`` (``concat_mode``) or ``crossattn``."""
+    if cond_stage_config == "__is_unconditional__" and not force_null_conditioning:
         return None
     if conditioning_key is not None:
         return conditioning_key

@@ -46,6 +46,10 @@ BETA_SCHEDULES: dict[str, Callable[[int, float, float, float], torch.Tensor]] = 
     "cosine": _cosine_betas,
     "sqrt_linear": lambda n, start, end, _: _evenly(start, end, n),  # evenly spaced in β
     "sqrt": lambda n, start, end, _: _evenly(start, end, n) ** 0.5,  # the square roots of those
+    # Karlo's (unCLIP noise augmentation): cosine with s = 0.008, β ≤ 0.999, no lower clip.
+    "squaredcos_cap_v2": lambda n, *_: torch.from_numpy(
+        betas_for_alpha_bar(n, lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2)
+    ),
 }
 
 
@@ -61,7 +65,8 @@ def make_beta_schedule(
     - ``linear``: β_t = (linspace(√β_start, √β_end))², the latent-diffusion default;
     - ``cosine``: ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2) / cos²(s/(1 + s) · π/2), β_t = 1 − ᾱ_t/ᾱ_{t−1} ≤ 0.999;
     - ``sqrt_linear``: β_t = linspace(β_start, β_end);
-    - ``sqrt``: β_t = linspace(β_start, β_end)^½.
+    - ``sqrt``: β_t = linspace(β_start, β_end)^½;
+    - ``squaredcos_cap_v2``: β_t = min(1 − ᾱ((t+1)/T)/ᾱ(t/T), 0.999), ᾱ(u) = cos²((u + 0.008)/1.008 · π/2).
     """
     make = BETA_SCHEDULES.get(schedule)
     if make is None:

@@ -25,6 +25,7 @@ from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
 from ldm.modules.encoders.clip_tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
 from ldm.modules.encoders.clip_tokenizer import offline_clip_tokenizer
 from ldm.modules.encoders.hub import has_vocabulary, load_pretrained
+from ldm.modules.encoders.noise_augmentation import CLIPEmbeddingNoiseAugmentation as CLIPEmbeddingNoiseAugmentation
 from ldm.modules.encoders.openclip_embedders import FrozenOpenCLIPEmbedder as FrozenOpenCLIPEmbedder
 from ldm.modules.encoders.openclip_embedders import FrozenOpenCLIPImageEmbedder as FrozenOpenCLIPImageEmbedder
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
