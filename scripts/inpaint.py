@@ -186,14 +186,20 @@ def inpaint_folder(opt: argparse.Namespace, model: torch.nn.Module, device: torc
     return written
 
 
-def inpaint_image(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> Path:
-    """SD 2.x inpainting: c = {c_concat: [mask on the latent grid, z(masked image)], c_crossattn: [text]},
-    guided by the negative prompt's; samples and a grid under ``outdir``."""
+def read_image_and_mask(opt: argparse.Namespace) -> tuple[Image.Image, Image.Image]:
+    """The ``--image`` (RGB) and ``--mask`` (grey-scale) files; they must have the same size."""
     image = read_image(opt.image, "--image")
     mask_image = read_image(opt.mask, "--mask", "mask", mode="L")
     if mask_image.size != image.size:
         raise ValueError(f"the mask is {mask_image.size[0]}x{mask_image.size[1]} but the image is "
                          f"{image.size[0]}x{image.size[1]}; make the mask (--mask) the image's size")
+    return image, mask_image
+
+
+def inpaint_image(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device, image: Image.Image,
+                  mask_image: Image.Image) -> Path:
+    """SD 2.x inpainting: c = {c_concat: [mask on the latent grid, z(masked image)], c_crossattn: [text]},
+    guided by the negative prompt's; samples and a grid under ``outdir``."""
     multiple = pixel_multiple(model)
     width, height = (side - side % multiple for side in image.size)
     if min(width, height) == 0:
@@ -236,8 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = parse_args(argv)
     mode = choose_mode(opt)
     sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
-    if mode == "ldm":
-        find_pairs(opt.indir)
+    inputs = read_image_and_mask(opt) if mode == "sd2" else find_pairs(opt.indir)
     device = choose_device(opt.device)
     precision_scope(opt.precision, device)
     speed = speed_options(opt)
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if mode == "ldm":
         inpaint_folder(opt, model, device)
     else:
-        inpaint_image(opt, model, device)
+        inpaint_image(opt, model, device, *inputs)
     logger.info("Your samples are ready and waiting for you here: %s", opt.outdir)
 
 

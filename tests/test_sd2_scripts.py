@@ -337,6 +337,11 @@ def test_depth2img_writes_samples_with_the_midas_input_size(depth_model, tmp_pat
     assert TinyDepth.last_input_size == (320, 384)  # 40x32 scaled by 384/40 = 9.6 (closer to 1 than 384/32)
 
 
+def test_depth2img_runs_k_samplers(depth_model, tmp_path):
+    out = _depth2img(depth_model, tmp_path, "k", "--sampler", "Euler a", "--skip_grid")
+    assert [s.shape for s in _samples(out)] == [(32, 40, 3)]
+
+
 def test_depth2img_output_depends_on_the_depth_map(depth_model, tmp_path):
     ramp = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (32, 1))
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
@@ -386,7 +391,7 @@ def _upscale(model, tmp_path: Path, outdir: str, *extra: str) -> Path:
 def test_upscale_output_is_four_times_the_low_res_image(upscale_model, tmp_path):
     out = _upscale(upscale_model, tmp_path, "out", "--n_samples", "2")
     assert [s.shape for s in _samples(out)] == [(32, 40, 3)] * 2  # 10x9 down to a multiple of 8 / f = 2, x4
-    sized = _upscale(upscale_model, tmp_path, "sized", "--H", "16", "--W", "40")
+    sized = _upscale(upscale_model, tmp_path, "sized", "--H", "16", "--W", "40", "--sampler", "DPM++ 2M Karras")
     assert [s.shape for s in _samples(sized)] == [(16, 40, 3)]
 
 
