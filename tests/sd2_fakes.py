@@ -92,14 +92,14 @@ def common(**extra: Any) -> dict[str, Any]:
 
 
 def inpaint_params(**extra: Any) -> dict[str, Any]:
-    return common(conditioning_key="hybrid", finetune_keys=None, unet_config=unet(9), **extra)
+    return common(**{"conditioning_key": "hybrid", "finetune_keys": None, "unet_config": unet(9), **extra})
 
 
 def depth_params(**extra: Any) -> dict[str, Any]:
-    return common(
-        conditioning_key="hybrid", finetune_keys=None, unet_config=unet(5),
-        depth_stage_config={"target": "tests.sd2_fakes.TinyDepth", "params": {"model_type": "tiny"}}, **extra,
-    )
+    depth = {"target": "tests.sd2_fakes.TinyDepth", "params": {"model_type": "tiny"}}
+    defaults = {"conditioning_key": "hybrid", "finetune_keys": None, "unet_config": unet(5),
+                "depth_stage_config": depth}
+    return common(**{**defaults, **extra})
 
 
 def upscale_params(**extra: Any) -> dict[str, Any]:
@@ -107,13 +107,13 @@ def upscale_params(**extra: Any) -> dict[str, Any]:
         "target": "ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation",
         "params": {"noise_schedule_config": {"linear_start": 0.0001, "linear_end": 0.02}, "max_noise_level": 350},
     }
-    return common(
-        parameterization="v", conditioning_key="hybrid-adm", low_scale_key="lr", low_scale_config=low_scale,
-        unet_config=unet(7, num_classes=1000), **extra,
-    )
+    defaults = {"parameterization": "v", "conditioning_key": "hybrid-adm", "low_scale_key": "lr",
+                "low_scale_config": low_scale, "unet_config": unet(7, num_classes=1000)}
+    return common(**{**defaults, **extra})
 
 
 def unclip_params(**extra: Any) -> dict[str, Any]:
+    """unCLIP with a 4-wide image embedding and 4-wide level embedding: c_adm ``(B, 8)``."""
     noise_aug = {
         "target": "ldm.modules.encoders.modules.CLIPEmbeddingNoiseAugmentation",
         "params": {
@@ -121,12 +121,12 @@ def unclip_params(**extra: Any) -> dict[str, Any]:
             "noise_schedule_config": {"timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"},
         },
     }
-    embedder = {"target": "tests.sd2_fakes.TinyImageEmbedder"}
-    params = {"embedding_dropout": 0.25, **extra}
-    return common(
-        parameterization="v", conditioning_key="crossattn-adm", embedder_config=embedder,
-        noise_aug_config=noise_aug, unet_config={"target": "tests.sd2_fakes.AdmUNet", "params": {}}, **params,
-    )
+    defaults = {
+        "parameterization": "v", "conditioning_key": "crossattn-adm", "embedding_dropout": 0.25,
+        "embedder_config": {"target": "tests.sd2_fakes.TinyImageEmbedder"}, "noise_aug_config": noise_aug,
+        "unet_config": {"target": "tests.sd2_fakes.AdmUNet", "params": {}},
+    }
+    return common(**{**defaults, **extra})
 
 
 class TinyImageEmbedder(nn.Module):

@@ -367,3 +367,41 @@ def test_unclip_drops_the_embedding_in_training_only_and_trains_the_unet():
     model.eval()
     log = model.log_images(unclip_batch(), N=2, ddim_steps=2)
     assert log["samplescfg_scale_5.00"].shape == (B, 3, 16, 16)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Every sampler family with dict conditionings; the SD 2.x UNet options
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", ["plms", "dpm_solver", "euler_ancestral", "ancestral"])
+def test_guided_sampling_of_a_v_model_with_concat_and_adm_conditionings(sampler):
+    from ldm.models.diffusion.dpm_solver.sampler import DPMSolverSampler
+    from ldm.models.diffusion.named_samplers import NamedSampler
+    from ldm.models.diffusion.plms import PLMSSampler
+
+    torch.manual_seed(0)
+    model = ddpm.LatentUpscaleDiffusion(**sd2_fakes.upscale_params()).eval()
+    _, cond = model.get_input(upscale_batch(), "jpg")
+    uncond = {**cond, "c_crossattn": [model.get_unconditional_conditioning(B, [""])]}
+    x_T = torch.randn(B, 4, 8, 8)
+    if sampler == "ancestral":
+        samples = model.sample(cond, batch_size=B, timesteps=4, x_T=x_T, verbose=False)
+    else:
+        front = {"plms": PLMSSampler, "dpm_solver": DPMSolverSampler}.get(sampler)
+        front = front(model) if front else NamedSampler(model, sampler)
+        samples, _ = front.sample(4, B, (4, 8, 8), cond, verbose=False, x_T=x_T, unconditional_guidance_scale=3.0,
+                                  unconditional_conditioning=uncond)
+    assert samples.shape == (B, 4, 8, 8) and torch.isfinite(samples).all()
+
+
+def test_the_sd2_unet_takes_the_unclip_vector_as_its_sequential_label():
+    torch.manual_seed(0)
+    params = sd2_fakes.unclip_params(unet_config=sd2_fakes.unet(4, num_classes="sequential", adm_in_channels=8,
+                                                                use_linear_in_transformer=True))
+    model = ddpm.ImageEmbeddingConditionedLatentDiffusion(**params)
+    assert model.model.diffusion_model.label_emb[0][0].in_features == 8
+    model.train()
+    loss, _ = model.shared_step(unclip_batch())
+    loss.backward()
+    unet_only_gradients(model)
