@@ -63,11 +63,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ddim_eta", type=float, default=1.0,
                         help="DDIM noise (1 = ancestral-like, 0 = deterministic; docs/demo.md compares the two)")
     parser.add_argument("--seed", type=int, default=23, help="seed of training (main.py -s) and sampling")
+    parser.add_argument("--stage2-config", type=Path, default=STAGE2_CONFIG,
+                        help="the stage-2 config (e.g. configs/demo/txt2img_ldm_v.yaml, the same model as a v-model)")
+    parser.add_argument("--stage1-run", type=Path, default=None,
+                        help="reuse this stage-1 run (a main.py logdir with checkpoints/last.ckpt) instead of "
+                        "training stage 1")
     opt = parser.parse_args(argv)
     if opt.smoke:
         opt.steps_scale, opt.samples_per_prompt, opt.ddim_steps = SMOKE_STEPS_SCALE, 1, 5
     if opt.steps_scale <= 0:
         parser.error(f"--steps-scale must be positive, got {opt.steps_scale}")
+    if not opt.stage2_config.is_file():
+        parser.error(f"--stage2-config {opt.stage2_config}: no such file")
+    if opt.stage1_run is not None and not (opt.stage1_run / "checkpoints" / "last.ckpt").is_file():
+        parser.error(f"--stage1-run {opt.stage1_run} has no checkpoints/last.ckpt; pass a stage-1 main.py logdir")
     return opt
 
 
@@ -175,11 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    stage1, timings["stage 1 training"] = train(STAGE1_CONFIG, logdir, opt.steps_scale, opt.seed, [])
+    if opt.stage1_run is None:
+        stage1, timings["stage 1 training"] = train(STAGE1_CONFIG, logdir, opt.steps_scale, opt.seed, [])
+    else:
+        stage1, timings["stage 1 training"] = opt.stage1_run.resolve(), 0.0
     ckpt = stage1 / "checkpoints" / "last.ckpt"
-    stage2, timings["stage 2 training"] = train(
-        STAGE2_CONFIG, logdir, opt.steps_scale, opt.seed, [f"model.params.first_stage_config.params.ckpt_path={ckpt}"]
-    )
+    first_stage = f"model.params.first_stage_config.params.ckpt_path={ckpt}"
+    stage2, timings["stage 2 training"] = train(opt.stage2_config, logdir, opt.steps_scale, opt.seed, [first_stage])
 
     tick = time.perf_counter()
     figures1 = stage1_figures(stage1, count=64 if opt.smoke else 512)
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         paths[f"grid, scale {scale:g}"] = str(folder / "grid-0000.png")
     timings["total"] = time.perf_counter() - start
 
-    report = {"machine": machine(), "stage1": figures1, "stage2": figures2,
+    report = {"machine": machine(), "stage2_config": str(opt.stage2_config), "stage1": figures1, "stage2": figures2,
               "chance": CHANCE, "samples": len(specs),
               "steps_scale": opt.steps_scale, "ddim_steps": opt.ddim_steps, "ddim_eta": opt.ddim_eta,
               "timings_s": timings, "paths": paths}
