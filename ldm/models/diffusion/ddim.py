@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from ldm.models.diffusion.sampler_core import Conditioning
 from ldm.models.diffusion.sampler_frontend import SampleResult, SamplingRequest
-from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions, Step
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions, Step, StepOptions
 
 logger = logging.getLogger(__name__)
 
@@ -57,67 +58,38 @@ class DDIMSampler(DDIMScheduleSampler):
         def guidance(index: int) -> float:
             return opts.unconditional_guidance_scale if ucg_schedule is None else ucg_schedule[steps - 1 - index]
 
-        step = self._guided_step(
-            cond, guidance, opts.unconditional_conditioning, dynamic_threshold=opts.dynamic_threshold,
-            **opts.step_keywords(),
-        )  # fmt: skip
+        _reject_dynamic_threshold(opts.dynamic_threshold)
+        step = self._guided_step(cond, guidance, opts.step_options())
         return self._sample_loop(step, shape, "DDIM Sampler", time_range, opts)
 
-    def _guided_step(
-        self, cond: Conditioning, guidance: Callable[[int], float], unconditional_conditioning: Conditioning,
-        **step_options: Any,
-    ) -> Step:
-        """A loop step running :meth:`p_sample_ddim` with ``step_options``, guided at scale ``guidance(index)``."""
+    def _guided_step(self, cond: Conditioning, guidance: Callable[[int], float], options: StepOptions) -> Step:
+        """A loop step running the DDIM step with ``options``, guided at scale ``guidance(index)``."""
 
         def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
-            return self.p_sample_ddim(
-                img, cond, ts, index=index, unconditional_guidance_scale=guidance(index),
-                unconditional_conditioning=unconditional_conditioning, **step_options,
-            )  # fmt: skip
+            return self._ddim_step(img, cond, ts, index, replace(options, unconditional_guidance_scale=guidance(index)))
 
         return step
 
     @torch.no_grad()
     def p_sample_ddim(
-        self,
-        x: torch.Tensor,
-        c: Conditioning,
-        t: torch.Tensor,
-        index: int,
-        repeat_noise: bool = False,
-        use_original_steps: bool = False,
-        quantize_denoised: bool = False,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
-        generator: torch.Generator | None = None,
-        dynamic_threshold: float | None = None,
-        guidance_rescale: float = 0.0,
+        self, x: torch.Tensor, c: Conditioning, t: torch.Tensor, index: int, dynamic_threshold: float | None = None,
+        **options: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One guided DDIM step from x_t ``(B, ...)`` at DDPM times ``t`` ``(B,)``, schedule position ``index``.
 
+        ``options`` are the original's keywords (:class:`~ldm.models.diffusion.sampling_common.StepOptions`:
+        ``use_original_steps``, ``temperature``, guidance, ...); ``dynamic_threshold`` must stay None.
         Returns ``(x_prev, pred_x0)``.
         """
-        if dynamic_threshold is not None:
-            raise NotImplementedError("dynamic_threshold is not implemented for DDIM sampling; leave it None.")
-        prediction = self._denoise(
-            x, c, t, self._marginal(x, index, use_original_steps), unconditional_conditioning,
-            unconditional_guidance_scale, score_corrector, corrector_kwargs, guidance_rescale,
-        )  # fmt: skip
-        return self._ddim_update(
-            x,
-            prediction,
-            index,
-            use_original_steps=use_original_steps,
-            quantize_denoised=quantize_denoised,
-            temperature=temperature,
-            noise_dropout=noise_dropout,
-            repeat_noise=repeat_noise,
-            generator=generator,
-        )
+        _reject_dynamic_threshold(dynamic_threshold)
+        return self._ddim_step(x, c, t, index, StepOptions.parse(f"{type(self).__name__}.p_sample_ddim", options))
+
+    def _ddim_step(
+        self, x: torch.Tensor, c: Conditioning, t: torch.Tensor, index: int, options: StepOptions
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. (2) from the model's guided (x̂_0, ε̂) at x_t; returns ``(x_prev, pred_x0)``."""
+        prediction = self._denoise(x, c, t, self._marginal(x, index, options.use_original_steps), options)
+        return self._ddim_update(x, prediction, index, options)
 
     @torch.no_grad()
     def stochastic_encode(
@@ -158,10 +130,16 @@ class DDIMSampler(DDIMScheduleSampler):
         position ``t_start`` (the latent of ``stochastic_encode(x0, t_start - 1)``) down to x_0."""
         visited = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
 
-        step = self._guided_step(
-            cond, lambda index: unconditional_guidance_scale, unconditional_conditioning,
-            use_original_steps=use_original_steps,
-        )
+        options = StepOptions(
+            use_original_steps=use_original_steps, unconditional_guidance_scale=unconditional_guidance_scale,
+            unconditional_conditioning=unconditional_conditioning,
+        )  # fmt: skip
+        step = self._guided_step(cond, lambda index: unconditional_guidance_scale, options)
         time_range = np.flip(visited[:t_start])
-        options = LoopOptions(x_T=x_latent, disable_progress=disable_progress)
-        return self._sample_loop(step, x_latent.shape, "Decoding image", time_range, options)[0]
+        loop = LoopOptions(x_T=x_latent, disable_progress=disable_progress)
+        return self._sample_loop(step, x_latent.shape, "Decoding image", time_range, loop)[0]
+
+
+def _reject_dynamic_threshold(dynamic_threshold: float | None) -> None:
+    if dynamic_threshold is not None:
+        raise NotImplementedError("dynamic_threshold is not implemented for DDIM sampling; leave it None.")

@@ -6,8 +6,8 @@
     edited = sampler.img2img(z_0, strength=0.6, S=20, conditioning=c, unconditional_guidance_scale=7.5,
                              unconditional_conditioning=uc)
 
-:data:`SAMPLERS` is the one table: display name, snake-case aliases, the function that runs it and how it is fed.
-Names are looked up case-insensitively and may end in a schedule (``"DPM++ 2M Karras"``, ``"euler_a_exponential"``).
+The names, aliases and schedules live in :mod:`ldm.models.diffusion.sampler_names` (:data:`SAMPLERS`,
+:func:`sampler_choice`), re-exported here.
 
 The k-diffusion samplers integrate z = x_0 + σ ε (the variance-exploding view of x_t = z / √(1 + σ²)) over the
 decreasing list σ_0 > ... > σ_{S−1} > σ_S = 0 of a schedule (:data:`SCHEDULES`):
@@ -22,13 +22,9 @@ min(k, S − 1) (``stochastic_encode``, as the original img2img script does) and
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,153 +36,30 @@ from ldm.models.diffusion.sampler_core import (
     Conditioning,
     DiffusionModel,
     checked_keywords,
+    declared_keywords,
     unexpected_keyword_error,
-    warn_on_batch_mismatch,
 )
 from ldm.models.diffusion.sampler_frontend import SampleResult, SamplerFrontEnd, SamplingRequest, StepRecorder
+from ldm.models.diffusion.sampler_names import (
+    K_SAMPLERS,
+    SAMPLERS,
+    SCHEDULE_ALIASES,
+    SCHEDULES,
+    UNI_PC,
+    Family,
+    SamplerEntry,
+    describe_samplers,
+    resolve_sampler,
+    sampler_choice,
+    schedule_name,
+)
 
-K_SAMPLERS = "ldm.models.diffusion.k_samplers"
-UNI_PC = "ldm.models.diffusion.uni_pc"
+__all__ = [
+    "K_SAMPLERS", "SAMPLERS", "SCHEDULES", "SCHEDULE_ALIASES", "UNI_PC", "Family", "NamedSampler", "SamplerEntry",
+    "describe_samplers", "resolve_sampler", "sampler_choice", "schedule_name",
+]  # fmt: skip
 
-#: Noise-level schedules (``schedule_sigmas`` of :mod:`ldm.models.diffusion.k_samplers`); "uniform" = "normal".
-SCHEDULES = ("normal", "karras", "exponential", "polyexponential", "simple", "ddim_uniform")
-SCHEDULE_ALIASES = {"uniform": "normal"}
-
-
-def _keywords_of(function: Callable[..., Any]) -> list[str]:
-    return [name for name, p in inspect.signature(function).parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
-
-
-class Family(Enum):
-    """How a sampler is fed: its noise, its step list, or its own class."""
-
-    ODE = "deterministic, over the σ list"
-    ANCESTRAL = "fresh Gaussian noise each step (drawn from the generator)"
-    SDE = "Brownian-tree noise (seeded from the generator)"
-    DPM_SOLVER = "k-diffusion's DPM-Solver: its own steps between σ_min and σ_max"
-    LEGACY = "the DDIM / PLMS / DPM-Solver++ classes on the model's discrete timesteps"
-
-
-@dataclass(frozen=True)
-class SamplerEntry:
-    """One row of :data:`SAMPLERS`. ``function`` names ``sample_<x>`` in ``module`` (or the legacy class);
-    ``options`` are fixed keyword arguments of it; ``discard_penultimate_sigma`` takes S + 1 noise levels and
-    drops σ_min, so the last step jumps from the second smallest level to 0 (AUTOMATIC1111 does so for these)."""
-
-    name: str
-    aliases: tuple[str, ...]
-    function: str
-    family: Family
-    options: dict[str, Any] = field(default_factory=dict)
-    discard_penultimate_sigma: bool = False
-    module: str = K_SAMPLERS
-
-    def takes_eta(self) -> bool:
-        """Whether η means something to this sampler (DDIM, and the functions with an ``eta`` argument)."""
-        if self.family is Family.LEGACY:
-            return self.function == "DDIMSampler"
-        return "eta" in _keywords_of(self.load())
-
-    def load(self) -> Callable[..., torch.Tensor]:
-        """The sampler function, looked up by name when first used."""
-        function = getattr(importlib.import_module(self.module), self.function, None)
-        if function is None:
-            raise NotImplementedError(f"{self.module}.{self.function} (sampler {self.name!r}) is not available.")
-        return function
-
-
-_ROWS = (
-    SamplerEntry("Euler", ("euler",), "sample_euler", Family.ODE),
-    SamplerEntry("Euler a", ("euler_a", "euler_ancestral"), "sample_euler_ancestral", Family.ANCESTRAL),
-    SamplerEntry("Heun", ("heun",), "sample_heun", Family.ODE),
-    SamplerEntry("DPM2", ("dpm_2",), "sample_dpm_2", Family.ODE, discard_penultimate_sigma=True),
-    SamplerEntry("DPM2 a", ("dpm_2_a", "dpm_2_ancestral"), "sample_dpm_2_ancestral", Family.ANCESTRAL,
-                 discard_penultimate_sigma=True),
-    SamplerEntry("LMS", ("lms",), "sample_lms", Family.ODE),
-    SamplerEntry("DPM++ 2S a", ("dpmpp_2s_a", "dpmpp_2s_ancestral"), "sample_dpmpp_2s_ancestral", Family.ANCESTRAL),
-    SamplerEntry("DPM++ 2M", ("dpmpp_2m",), "sample_dpmpp_2m", Family.ODE),
-    SamplerEntry("DPM++ SDE", ("dpmpp_sde",), "sample_dpmpp_sde", Family.SDE),
-    SamplerEntry("DPM++ 2M SDE", ("dpmpp_2m_sde",), "sample_dpmpp_2m_sde", Family.SDE),
-    SamplerEntry("DPM++ 2M SDE Heun", ("dpmpp_2m_sde_heun",), "sample_dpmpp_2m_sde", Family.SDE,
-                 {"solver_type": "heun"}),
-    SamplerEntry("DPM++ 3M SDE", ("dpmpp_3m_sde",), "sample_dpmpp_3m_sde", Family.SDE, discard_penultimate_sigma=True),
-    SamplerEntry("DPM fast", ("dpm_fast",), "sample_dpm_fast", Family.DPM_SOLVER),
-    SamplerEntry("DPM adaptive", ("dpm_adaptive",), "sample_dpm_adaptive", Family.DPM_SOLVER),
-    SamplerEntry("UniPC", ("unipc", "uni_pc"), "sample_unipc", Family.ODE, module=UNI_PC),
-    SamplerEntry("DDIM", ("ddim",), "DDIMSampler", Family.LEGACY),
-    SamplerEntry("PLMS", ("plms",), "PLMSSampler", Family.LEGACY),
-    SamplerEntry("DPM-Solver++", ("dpm_solver", "dpm_solver_pp"), "DPMSolverSampler", Family.LEGACY),
-)  # fmt: skip
-#: Every sampler by its display name.
-SAMPLERS: dict[str, SamplerEntry] = {row.name: row for row in _ROWS}
 _LEGACY_CLASSES = {"DDIMSampler": DDIMSampler, "PLMSSampler": PLMSSampler, "DPMSolverSampler": DPMSolverSampler}
-
-
-def _key(name: str) -> str:
-    return " ".join(name.casefold().split())
-
-
-_BY_KEY = {_key(spelling): row for row in _ROWS for spelling in (row.name, *row.aliases)}
-
-
-def schedule_name(name: str) -> str:
-    """The canonical schedule for ``name`` (case-insensitive; "uniform" is "normal"); ``ValueError`` otherwise."""
-    key = _key(name).replace(" ", "_")
-    key = SCHEDULE_ALIASES.get(key, key)
-    if key not in SCHEDULES:
-        guesses = difflib.get_close_matches(key, [*SCHEDULES, *SCHEDULE_ALIASES], n=1)
-        hint = f"did you mean {guesses[0]!r}? " if guesses else ""
-        raise ValueError(f"unknown schedule {name!r}; {hint}choose one of {', '.join(SCHEDULES)}")
-    return key
-
-
-def resolve_sampler(name: str) -> tuple[SamplerEntry, str | None]:
-    """``(entry, schedule)`` for a sampler name, its alias, or either followed by a schedule (``"DPM++ 2M Karras"``,
-    ``"dpmpp_2m_karras"``); ``schedule`` is None without a suffix. Unknown names raise ``ValueError`` naming the
-    closest valid ones."""
-    key = _key(name)
-    if key in _BY_KEY:
-        return _BY_KEY[key], None
-    for schedule in (*SCHEDULES, *SCHEDULE_ALIASES):
-        for suffix in {f" {schedule}", f"_{schedule}", " " + schedule.replace("_", " ")}:
-            if key.endswith(suffix) and key[: -len(suffix)] in _BY_KEY:
-                return _BY_KEY[key[: -len(suffix)]], schedule_name(schedule)
-    close = difflib.get_close_matches(key, list(_BY_KEY), n=6, cutoff=0.5)
-    suggestions = list(dict.fromkeys(_BY_KEY[guess].name for guess in close))[:3]
-    hint = f"did you mean {' or '.join(repr(s) for s in suggestions)}? " if suggestions else ""
-    raise ValueError(f"unknown sampler {name!r}; {hint}valid names: {', '.join(SAMPLERS)} (case-insensitive, "
-                     "or their snake-case aliases, optionally followed by a schedule such as ' Karras')")
-
-
-def sampler_choice(name: str, schedule: str | None = None, eta: float | None = None) -> tuple[SamplerEntry, str | None]:
-    """``(entry, schedule)`` for a sampler name, an optional schedule and η, checked together: the schedule given
-    once (by a suffix of ``name`` or by ``schedule``), none but "normal" for the samplers that space their steps
-    themselves, and no non-zero η for a deterministic sampler. ``ValueError`` naming the fix otherwise;
-    ``schedule`` is None when neither gives one."""
-    entry, suffix = resolve_sampler(name)
-    if eta not in (None, 0.0) and not entry.takes_eta():
-        raise ValueError(f"{entry.name} is deterministic and takes no eta (got {eta}); drop it or choose a sampler "
-                         "that adds noise ('Euler a', 'DPM++ 2M SDE', DDIM)")
-    given = None if schedule is None else schedule_name(schedule)
-    if suffix is not None and given is not None and suffix != given:
-        raise ValueError(f"sampler {name!r} selects the {suffix!r} schedule but schedule {schedule!r} was given; "
-                         "give the schedule once")
-    chosen = suffix or given
-    if chosen not in (None, "normal") and entry.family in (Family.LEGACY, Family.DPM_SOLVER):
-        raise ValueError(f"{entry.name} spaces its steps itself and takes no schedule ({chosen!r} given); drop the "
-                         "schedule or choose a k-diffusion sampler such as 'DPM++ 2M'")
-    return entry, chosen
-
-
-def describe_samplers() -> str:
-    """One line per sampler, ``"DPM++ 2M (dpmpp_2m)"``, for help texts."""
-    return ", ".join(f"{row.name} ({'/'.join(row.aliases)})" for row in _ROWS)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The front-end
-# --------------------------------------------------------------------------------------------------------
 
 
 def _seed_from(generator: torch.Generator | None) -> int:
@@ -230,79 +103,45 @@ class NamedSampler(SamplerFrontEnd):
         legacy = _LEGACY_CLASSES.get(self.entry.function) if self.entry.family is Family.LEGACY else None
         self.legacy = None if legacy is None else legacy(model, device=device)
 
+    #: ``eta`` None reaches :meth:`run` as None: the sampler function's own default.
+    default_eta: ClassVar[float | None] = None
+    sample_options: ClassVar[dict[str, Any]] = {
+        "schedule": None, "s_noise": 1.0, "noise_sampler": None, "sampler_options": None,
+    }  # fmt: skip
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.entry.name!r}, schedule={self.schedule or 'normal'!r})"
 
-    # -- the two entry points -----------------------------------------------------------------------------------
+    # -- the two entry points: sample (the front-end's, calling run) and img2img -------------------------------
 
-    @torch.no_grad()
-    @checked_keywords
-    def sample(
-        self,
-        S: int,
-        batch_size: int,
-        shape: tuple[int, ...],
-        conditioning: Conditioning = None,
-        callback: Callable[[int], None] | None = None,
-        normals_sequence: Any = None,
-        img_callback: Callable[[torch.Tensor, int], None] | None = None,
-        quantize_x0: bool = False,
-        eta: float | None = None,
-        mask: torch.Tensor | None = None,
-        x0: torch.Tensor | None = None,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        verbose: bool = True,
-        x_T: torch.Tensor | None = None,
-        log_every_t: int = 100,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
-        generator: torch.Generator | None = None,
-        disable_progress: bool = False,
-        guidance_rescale: float = 0.0,
-        schedule: str | None = None,
-        s_noise: float = 1.0,
-        noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        sampler_options: dict[str, Any] | None = None,
+    def run(
+        self, request: SamplingRequest, schedule: str | None, s_noise: float,
+        noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+        sampler_options: dict[str, Any] | None,
     ) -> SampleResult:
-        """Sample ``(batch_size, *shape)`` in S steps from x_T ``(batch_size, *shape)`` (default N(0, I) from
-        ``generator``), the DDIM sampler's arguments meaning what they mean there.
+        """``sample`` (the DDIM sampler's arguments, meaning what they mean there) for this sampler.
 
         ``eta`` None takes the sampler's own default (0 for DDIM and the DPM-Solvers, 1 for the ancestral and SDE
-        samplers); a non-zero η for a deterministic sampler raises ``ValueError``. ``s_noise`` scales the added
-        noise; ``noise_sampler(σ, σ_next)`` replaces the generator's noise; ``sampler_options`` go to the sampler
-        function (``order=3`` for UniPC, ``s_churn`` for Euler, ``skip_type`` for DPM-Solver++, ...). The DDIM-loop
-        options (mask/x0, quantize_x0, temperature, noise_dropout, score_corrector) work with DDIM only. The k-diffusion
-        samplers log ``x_inter`` as x_t = z / √(1 + σ²) and ``pred_x0`` as their denoised x̂_0.
+        samplers); a non-zero η for a deterministic sampler raises ``ValueError``. ``schedule`` must agree with the
+        name's suffix; ``s_noise`` scales the added noise; ``noise_sampler(σ, σ_next)`` replaces the generator's
+        noise; ``sampler_options`` go to the sampler function (``order=3`` for UniPC, ``s_churn`` for Euler,
+        ``skip_type`` for DPM-Solver++, ...). The DDIM-loop options (mask/x0, quantize_x0, temperature,
+        noise_dropout, score_corrector) work with DDIM only. The k-diffusion samplers log ``x_inter`` as
+        x_t = z / √(1 + σ²) and ``pred_x0`` as their denoised x̂_0.
         """
         schedule = self._schedule(schedule)
         options = dict(sampler_options or {})
         if self.legacy is not None:
             self._reject_k_options(s_noise, noise_sampler)
-            return self.legacy.sample(
-                S, batch_size, shape, conditioning, callback=callback, normals_sequence=normals_sequence,
-                img_callback=img_callback, quantize_x0=quantize_x0, eta=0.0 if eta is None else eta, mask=mask,
-                x0=x0, temperature=temperature, noise_dropout=noise_dropout, score_corrector=score_corrector,
-                corrector_kwargs=corrector_kwargs, verbose=verbose, x_T=x_T, log_every_t=log_every_t,
-                unconditional_guidance_scale=unconditional_guidance_scale,
-                unconditional_conditioning=unconditional_conditioning, generator=generator,
-                disable_progress=disable_progress, guidance_rescale=guidance_rescale, **options,
-            )  # fmt: skip
-        request = SamplingRequest(
-            S, (batch_size, *shape), conditioning, callback, img_callback, quantize_x0, 0.0 if eta is None else eta,
-            mask, x0, temperature, noise_dropout, score_corrector, corrector_kwargs, verbose, x_T, log_every_t,
-            unconditional_guidance_scale, unconditional_conditioning, generator, disable_progress, guidance_rescale,
-        )  # fmt: skip
+            legacy_request = dataclasses.replace(request, eta=0.0 if request.eta is None else request.eta)
+            return self.legacy.run(legacy_request, **self.legacy.sampler_keywords(options))
         request.reject_ddim_only_options(f"{self.entry.name} (a k-diffusion sampler)", allowed=("eta",))
-        warn_on_batch_mismatch(conditioning, batch_size)
         denoiser = self._denoiser()
-        sigmas = self.sigmas(S, schedule, denoiser)
+        sigmas = self.sigmas(request.steps, schedule, denoiser)
         x_T = request.initial_noise(self.device)
         intermediates, on_step = request.recorder(x_T)
         samples = self._integrate(
-            denoiser, x_T * sigmas[0], sigmas, request, eta, s_noise, noise_sampler, options, on_step
+            denoiser, x_T * sigmas[0], sigmas, request, request.eta, s_noise, noise_sampler, options, on_step
         )
         return samples, intermediates
 
@@ -394,7 +233,7 @@ class NamedSampler(SamplerFrontEnd):
     ) -> torch.Tensor:
         """Run the sampler function from z ``(B, ...)`` at σ_0 down ``sigmas`` with ``request``'s guidance."""
         function = self.entry.load()
-        accepted = _keywords_of(function)
+        accepted = declared_keywords(function)
         for name in options:
             if name not in accepted:
                 raise unexpected_keyword_error(function.__name__, name, accepted)
@@ -448,7 +287,7 @@ class NamedSampler(SamplerFrontEnd):
         extra = {"cond": request.conditioning, "uncond": request.unconditional_conditioning,
                  "cond_scale": request.unconditional_guidance_scale}  # fmt: skip
         if request.guidance_rescale:
-            if "guidance_rescale" not in _keywords_of(denoiser.forward):
+            if "guidance_rescale" not in declared_keywords(denoiser.forward):
                 raise ValueError(f"{type(denoiser).__name__} does not apply guidance_rescale; leave it at 0")
             extra["guidance_rescale"] = request.guidance_rescale
         return extra

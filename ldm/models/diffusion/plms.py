@@ -20,7 +20,7 @@ import torch
 
 from ldm.models.diffusion.sampler_core import Conditioning
 from ldm.models.diffusion.sampler_frontend import SampleResult, SamplingRequest
-from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions, StepOptions
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,10 @@ class PLMSSampler(DDIMScheduleSampler):
             f"{type(self).__name__}.plms_sampling", options, excluded=("dynamic_threshold", "ucg_schedule")
         )
         old_eps: list[torch.Tensor] = []
+        step_options = opts.step_options()
 
         def step(img: torch.Tensor, ts: torch.Tensor, index: int, ts_next: torch.Tensor):
-            img, pred_x0, e_t = self.p_sample_plms(
-                img, cond, ts, index=index, old_eps=old_eps, t_next=ts_next,
-                unconditional_guidance_scale=opts.unconditional_guidance_scale,
-                unconditional_conditioning=opts.unconditional_conditioning, **opts.step_keywords(),
-            )  # fmt: skip
+            img, pred_x0, e_t = self._plms_step(img, cond, ts, index, old_eps, ts_next, step_options)
             old_eps.append(e_t)
             if len(old_eps) >= 4:
                 old_eps.pop(0)
@@ -88,45 +85,30 @@ class PLMSSampler(DDIMScheduleSampler):
         c: Conditioning,
         t: torch.Tensor,
         index: int,
-        repeat_noise: bool = False,
-        use_original_steps: bool = False,
-        quantize_denoised: bool = False,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_conditioning: Conditioning = None,
         old_eps: list[torch.Tensor] | None = None,
         t_next: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        guidance_rescale: float = 0.0,
+        **options: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One PLMS step from x_t ``(B, ...)``; ``old_eps`` holds up to three previous ε's (oldest first) and
-        ``t_next`` ``(B,)`` is the next timestep (used by the first, Heun-like step).
+        ``t_next`` ``(B,)`` is the next timestep (used by the first, Heun-like step). ``options`` are the
+        original's keywords (:class:`~ldm.models.diffusion.sampling_common.StepOptions`).
 
         Returns ``(x_prev, pred_x0, ε(x_t, t))``.
         """
-        old_eps = old_eps or []
+        parsed = StepOptions.parse(f"{type(self).__name__}.p_sample_plms", options)
+        return self._plms_step(x, c, t, index, old_eps or [], t_next, parsed)
+
+    def _plms_step(
+        self, x: torch.Tensor, c: Conditioning, t: torch.Tensor, index: int, old_eps: list[torch.Tensor],
+        t_next: torch.Tensor | None, options: StepOptions,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`p_sample_plms` with its options gathered in ``options``."""
 
         def eps(x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
-            return self._denoise(
-                x_in, c, t_in, self._marginal_at(x_in, t_in), unconditional_conditioning,
-                unconditional_guidance_scale, score_corrector, corrector_kwargs, guidance_rescale,
-            ).eps  # fmt: skip
+            return self._denoise(x_in, c, t_in, self._marginal_at(x_in, t_in), options).eps
 
         def update(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._ddim_update(
-                x,
-                e,
-                index,
-                use_original_steps=use_original_steps,
-                quantize_denoised=quantize_denoised,
-                temperature=temperature,
-                noise_dropout=noise_dropout,
-                repeat_noise=repeat_noise,
-                generator=generator,
-            )
+            return self._ddim_update(x, e, index, options)
 
         e_t = eps(x, t)
         if old_eps:

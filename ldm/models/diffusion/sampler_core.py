@@ -62,7 +62,7 @@ def unexpected_keyword_error(where: str, name: str, valid: Iterable[str]) -> Typ
     return TypeError(f"{where}() got an unexpected keyword argument {name!r}{hint}")
 
 
-def _declared_keywords(fn: Callable[..., Any]) -> list[str]:
+def declared_keywords(fn: Callable[..., Any]) -> list[str]:
     """The parameters of ``fn`` that may be passed by keyword, in order."""
     return [
         name
@@ -82,7 +82,7 @@ def checked_keywords(method: F) -> F:
 
     The message names the class of the instance (``DDIMSampler.sample()``), not the class defining the method.
     """
-    accepted = _declared_keywords(method)[1:]  # drop self
+    accepted = declared_keywords(method)[1:]  # drop self
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -94,7 +94,7 @@ def checked_keywords(method: F) -> F:
 
 def checked_function_keywords(function: F) -> F:
     """:func:`checked_keywords` for a plain function (``sample_euler(..., s_nosie=1)`` names ``s_noise``)."""
-    accepted = _declared_keywords(function)
+    accepted = declared_keywords(function)
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

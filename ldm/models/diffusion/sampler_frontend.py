@@ -42,7 +42,7 @@ class SamplingRequest:
     callback: Callable[[int], None] | None
     img_callback: Callable[[torch.Tensor, int], None] | None
     quantize_x0: bool
-    eta: float
+    eta: float | None
     mask: torch.Tensor | None
     x0: torch.Tensor | None
     temperature: float
@@ -73,7 +73,7 @@ class SamplingRequest:
     def ddim_only_options(self) -> list[str]:
         """The options set in this request that only the DDIM loop implements (empty when none is)."""
         is_set = {
-            "eta": self.eta != 0.0,
+            "eta": self.eta not in (None, 0.0),
             "mask/x0": self.mask is not None or self.x0 is not None,
             "quantize_x0": self.quantize_x0,
             "temperature": self.temperature != 1.0,
@@ -139,6 +139,8 @@ class SamplerFrontEnd:
 
     #: The sampler's own keyword options of ``sample`` and their defaults.
     sample_options: ClassVar[dict[str, Any]] = {}
+    #: The η a ``sample`` call without ``eta`` (or with ``eta=None``) asks for.
+    default_eta: ClassVar[float | None] = 0.0
 
     @checked_keywords
     def __init__(self, model: DiffusionModel, device: torch.device | str | None = None) -> None:
@@ -166,7 +168,7 @@ class SamplerFrontEnd:
         normals_sequence: Any = None,
         img_callback: Callable[[torch.Tensor, int], None] | None = None,
         quantize_x0: bool = False,
-        eta: float = 0.0,
+        eta: float | None = None,
         mask: torch.Tensor | None = None,
         x0: torch.Tensor | None = None,
         temperature: float = 1.0,
@@ -191,19 +193,27 @@ class SamplerFrontEnd:
         ``img_callback(x̂_0, i)`` run after step i; ``normals_sequence`` is accepted and unused. The DDIM loop's
         options (η, mask/x0, quantize_x0, temperature, noise_dropout, score_corrector) are honoured where the
         sampler defines them and raise ``ValueError`` elsewhere; ``options`` are the sampler's own
-        (``sample_options``). Returns ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
+        (``sample_options``); ``eta`` None is the class's ``default_eta``. Returns
+        ``(samples, {"x_inter": [...], "pred_x0": [...]})``.
         """
-        unknown = [name for name in options if name not in self.sample_options]
-        if unknown:
-            valid = [*_COMMON_KEYWORDS, *self.sample_options]
-            raise unexpected_keyword_error(f"{type(self).__name__}.sample", unknown[0], valid)
+        options = self.sampler_keywords(options)
         warn_on_batch_mismatch(conditioning, batch_size)
+        eta = self.default_eta if eta is None else eta
         request = SamplingRequest(
             S, (batch_size, *shape), conditioning, callback, img_callback, quantize_x0, eta, mask, x0, temperature,
             noise_dropout, score_corrector, corrector_kwargs, verbose, x_T, log_every_t, unconditional_guidance_scale,
             unconditional_conditioning, generator, disable_progress, guidance_rescale,
         )  # fmt: skip
-        return self.run(request, **{**self.sample_options, **options})
+        return self.run(request, **options)
+
+    def sampler_keywords(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``sample_options`` updated with ``options``; a name that is not among them raises the ``TypeError`` of
+        :func:`~ldm.models.diffusion.sampler_core.unexpected_keyword_error` for ``sample``."""
+        unknown = [name for name in options if name not in self.sample_options]
+        if unknown:
+            valid = [*_COMMON_KEYWORDS, *self.sample_options]
+            raise unexpected_keyword_error(f"{type(self).__name__}.sample", unknown[0], valid)
+        return {**self.sample_options, **options}
 
     def run(self, request: SamplingRequest, **options: Any) -> SampleResult:
         """Sample as ``request`` asks, with the sampler's ``options`` (every ``sample_options`` key given)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -42,22 +42,17 @@ logger = logging.getLogger(__name__)
 #: ``step(x, ts, index, ts_next) -> (x_prev, pred_x0)``: one sampler step on a ``(B, ...)`` batch.
 Step = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
+_Options = TypeVar("_Options", bound="StepOptions")
 
 
 @dataclass(frozen=True)
-class LoopOptions:
-    """The keyword options of the DDIM-family loops (``ddim_sampling``, ``plms_sampling``, with the original
-    names and defaults); ``dynamic_threshold`` and ``ucg_schedule`` are DDIM's alone."""
+class StepOptions:
+    """The keyword options of one DDIM-family step (``p_sample_ddim``, ``p_sample_plms``), with the original names
+    and defaults: the schedule (``use_original_steps``), the update's noise and x̂_0 refinements, and guidance."""
 
-    x_T: torch.Tensor | None = None
-    ddim_use_original_steps: bool = False
-    callback: Callable[[int], None] | None = None
-    timesteps: int | np.ndarray | None = None
+    repeat_noise: bool = False
+    use_original_steps: bool = False
     quantize_denoised: bool = False
-    mask: torch.Tensor | None = None
-    x0: torch.Tensor | None = None
-    img_callback: Callable[[torch.Tensor, int], None] | None = None
-    log_every_t: int = 100
     temperature: float = 1.0
     noise_dropout: float = 0.0
     score_corrector: Any = None
@@ -65,29 +60,51 @@ class LoopOptions:
     unconditional_guidance_scale: float = 1.0
     unconditional_conditioning: Conditioning = None
     generator: torch.Generator | None = None
-    disable_progress: bool = False
-    dynamic_threshold: float | None = None
-    ucg_schedule: Sequence[float] | None = None
     guidance_rescale: float = 0.0
 
+    #: Fields that callers of this class may not pass (a loop sets them itself).
+    internal: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
-    def parse(cls, where: str, options: dict[str, Any], excluded: tuple[str, ...] = ()) -> LoopOptions:
+    def parse(cls: type[_Options], where: str, options: dict[str, Any], excluded: tuple[str, ...] = ()) -> _Options:
         """The options given by keyword to ``where``; an unknown one (or one in ``excluded``) raises the
         ``TypeError`` of :func:`unexpected_keyword_error`."""
-        valid = [f.name for f in fields(cls) if f.name not in excluded]
+        hidden = (*cls.internal, *excluded)
+        valid = [f.name for f in fields(cls) if f.name not in hidden]
         for name in options:
             if name not in valid:
                 raise unexpected_keyword_error(where, name, valid)
         return cls(**options)
 
-    def step_keywords(self) -> dict[str, Any]:
-        """The keyword arguments of ``p_sample_ddim`` / ``p_sample_plms`` that come from these options."""
-        return {
-            "use_original_steps": self.ddim_use_original_steps, "quantize_denoised": self.quantize_denoised,
-            "temperature": self.temperature, "noise_dropout": self.noise_dropout,
-            "score_corrector": self.score_corrector, "corrector_kwargs": self.corrector_kwargs,
-            "generator": self.generator, "guidance_rescale": self.guidance_rescale,
-        }  # fmt: skip
+
+@dataclass(frozen=True)
+class LoopOptions(StepOptions):
+    """The keyword options of the DDIM-family loops (``ddim_sampling``, ``plms_sampling``, with the original
+    names and defaults): a step's options and the loop's own; ``dynamic_threshold`` and ``ucg_schedule`` are
+    DDIM's alone."""
+
+    x_T: torch.Tensor | None = None
+    ddim_use_original_steps: bool = False
+    callback: Callable[[int], None] | None = None
+    timesteps: int | np.ndarray | None = None
+    mask: torch.Tensor | None = None
+    x0: torch.Tensor | None = None
+    img_callback: Callable[[torch.Tensor, int], None] | None = None
+    log_every_t: int = 100
+    disable_progress: bool = False
+    dynamic_threshold: float | None = None
+    ucg_schedule: Sequence[float] | None = None
+
+    internal: ClassVar[tuple[str, ...]] = ("repeat_noise", "use_original_steps")
+
+    def step_options(self) -> StepOptions:
+        """The options of each step of this loop (``use_original_steps`` is ``ddim_use_original_steps``)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(StepOptions)}
+        return StepOptions(**{**shared, "use_original_steps": self.ddim_use_original_steps})
+
+
+#: A step with every option at its default.
+DEFAULT_STEP = StepOptions()
 
 # --------------------------------------------------------------------------------------------------------
 # The DDIM schedule, update and loop shared by DDIM and PLMS
@@ -156,52 +173,38 @@ class DDIMScheduleSampler(SamplerFrontEnd):
         return self.sqrt_alphas_cumprod[t].view(view), self.sqrt_one_minus_alphas_cumprod[t].view(view)
 
     def _denoise(
-        self,
-        x: torch.Tensor,
-        c: Conditioning,
-        t: torch.Tensor,
-        marginal: tuple[torch.Tensor, torch.Tensor],
-        unconditional_conditioning: Conditioning = None,
-        unconditional_guidance_scale: float = 1.0,
-        score_corrector: Any = None,
-        corrector_kwargs: dict | None = None,
-        guidance_rescale: float = 0.0,
+        self, x: torch.Tensor, c: Conditioning, t: torch.Tensor, marginal: tuple[torch.Tensor, torch.Tensor],
+        options: StepOptions,
     ) -> Prediction:
-        """The guided (x̂_0, ε̂) of the model at x_t ``(B, ...)``, t ``(B,)`` with (√ᾱ_t, √(1 − ᾱ_t)) ``marginal``."""
+        """The guided (x̂_0, ε̂) of the model at x_t ``(B, ...)``, t ``(B,)`` with (√ᾱ_t, √(1 − ᾱ_t)) ``marginal``,
+        guidance and score corrector from ``options``."""
         return denoise(
-            self.model, x, t, c, *marginal, unconditional_conditioning, unconditional_guidance_scale,
-            score_corrector, corrector_kwargs, guidance_rescale,
+            self.model, x, t, c, *marginal, options.unconditional_conditioning, options.unconditional_guidance_scale,
+            options.score_corrector, options.corrector_kwargs, options.guidance_rescale,
         )  # fmt: skip
 
     def _ddim_update(
-        self,
-        x: torch.Tensor,
-        prediction: Prediction | torch.Tensor,
-        index: int,
-        use_original_steps: bool = False,
-        quantize_denoised: bool = False,
-        temperature: float = 1.0,
-        noise_dropout: float = 0.0,
-        repeat_noise: bool = False,
-        generator: torch.Generator | None = None,
+        self, x: torch.Tensor, prediction: Prediction | torch.Tensor, index: int, options: StepOptions = DEFAULT_STEP
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (2) from ``x`` = x_t ``(B, ...)`` at schedule position ``index``; returns ``(x_prev, x̂_0)``.
 
         ``prediction`` is the model's (x̂_0, ε̂), or an ε alone (PLMS's combined ε), whose x̂_0 is eq. (1).
-        Coefficients are float32 ``(B, 1, ..., 1)`` tensors; z is drawn even when σ_t = 0. ``temperature``
-        scales σ_t z, ``noise_dropout`` drops entries of it.
+        Coefficients are float32 ``(B, 1, ..., 1)`` tensors; z is drawn even when σ_t = 0. ``options``: the
+        schedule (``use_original_steps``), ``quantize_denoised``, ``temperature`` (scales σ_t z), ``noise_dropout``
+        (drops entries of it), ``repeat_noise`` and the ``generator`` of z.
         """
-        _, alphas_prev, _, sigmas = self._step_tables(use_original_steps)
+        _, alphas_prev, _, sigmas = self._step_tables(options.use_original_steps)
         if isinstance(prediction, torch.Tensor):
-            marginal = self._marginal(x, index, use_original_steps)
+            marginal = self._marginal(x, index, options.use_original_steps)
             prediction = split_prediction(Parameterization.EPS, x, prediction, *marginal)
         pred_x0, eps = prediction
-        if quantize_denoised:
+        if options.quantize_denoised:
             pred_x0, _, *_ = self.model.first_stage_model.quantize(pred_x0)
         a_prev, sigma_t = batch_coefficient(alphas_prev[index], x), batch_coefficient(sigmas[index], x)
-        noise = sigma_t * noise_like(x.shape, x.device, repeat_noise, generator=generator) * temperature
-        if noise_dropout > 0.0:
-            noise = F.dropout(noise, p=noise_dropout)
+        z = noise_like(x.shape, x.device, options.repeat_noise, generator=options.generator)
+        noise = sigma_t * z * options.temperature
+        if options.noise_dropout > 0.0:
+            noise = F.dropout(noise, p=options.noise_dropout)
         return a_prev.sqrt() * pred_x0 + (1.0 - a_prev - sigma_t**2).sqrt() * eps + noise, pred_x0
 
     def _time_range(self, timesteps: int | np.ndarray | None, use_original_steps: bool) -> np.ndarray:

@@ -16,20 +16,15 @@ scaled difference picks h. With η > 0 each step targets the ancestral σ_down a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ldm.models.diffusion.k_samplers.common import Denoiser, StepCallback, extra_arguments
-from ldm.models.diffusion.k_samplers.noise import default_noise_sampler, get_ancestral_step
-from ldm.models.diffusion.sampler_core import checked_function_keywords
+from ldm.models.diffusion.k_samplers.common import SamplerRun, StepCallback, k_sampler
+from ldm.models.diffusion.k_samplers.noise import NO_NOISE, NoiseOptions, default_noise_sampler, get_ancestral_step
 
 __all__ = ["StepSizeController", "sample_dpm_adaptive", "sample_dpm_fast"]
-
-NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def _sigma(lam: torch.Tensor) -> torch.Tensor:
     return (-lam).exp()
@@ -46,12 +41,12 @@ def _phi(h: torch.Tensor) -> torch.Tensor:
 class _NoisePredictor:
     """ε̂(z, λ) = (z − D(z, e^{−λ}))/e^{−λ}, counting the calls on a progress bar."""
 
-    def __init__(self, model: Denoiser, extra_args: dict[str, Any], bar: tqdm) -> None:
-        self.model, self.extra_args, self.bar = model, extra_args, bar
+    def __init__(self, run: SamplerRun, bar: tqdm) -> None:
+        self.run, self.bar = run, bar
 
     def __call__(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         sigma = _sigma(lam)
-        denoised = self.model(x, sigma * x.new_ones([x.shape[0]]), **self.extra_args)
+        denoised = self.run.denoise(x, sigma)
         self.bar.update()
         return (x - denoised) / sigma
 
@@ -140,37 +135,26 @@ def fast_orders(n: int) -> list[int]:
     return [3] * (intervals - 1) + [n % 3]
 
 
-@checked_function_keywords
-@torch.no_grad()
+@k_sampler("DPM fast")
 def sample_dpm_fast(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigma_min: float,
-    sigma_max: float,
-    n: int,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    eta: float = 0.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
+    run: SamplerRun, x: torch.Tensor, sigma_min: float, sigma_max: float, n: int, noise: NoiseOptions = NO_NOISE
 ) -> torch.Tensor:
     """DPM-Solver-fast (Lu et al. 2022, §3.4): n model calls over :func:`fast_orders` intervals uniform in λ from
     σ_max to σ_min (no final denoising). ``x``: z at σ_max ``(B, ...)``. The noise sampler is called after every
     interval (its sample is multiplied by σ_up = 0 when η = 0)."""
     _check_range(sigma_min, sigma_max)
-    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    noise_sampler = default_noise_sampler(x) if noise.noise_sampler is None else noise.noise_sampler
     lam_end = _lambda(torch.tensor(sigma_min))
     orders = fast_orders(n)
     grid = torch.linspace(float(_lambda(torch.tensor(sigma_max))), float(lam_end), len(orders) + 1, device=x.device)
-    with tqdm(total=n, disable=disable) as bar:
-        predict = _NoisePredictor(model, extra_arguments(extra_args), bar)
+    with tqdm(total=n, disable=run.disable) as bar:
+        predict = _NoisePredictor(run, bar)
         for i, order in enumerate(orders):
-            target, sigma_up = _ancestral_target(grid[i], grid[i + 1], lam_end, eta)
+            target, sigma_up = _ancestral_target(grid[i], grid[i + 1], lam_end, noise.eta)
             step = _SolverStep(predict, x, grid[i], target)
-            _report(callback, x, i, grid[i], step.denoised)
+            _report(run.callback, x, i, grid[i], step.denoised)
             x = step.of_order(order)
-            x = x + sigma_up * s_noise * noise_sampler(_sigma(grid[i]), _sigma(grid[i + 1]))
+            x = x + sigma_up * noise.s_noise * noise_sampler(_sigma(grid[i]), _sigma(grid[i + 1]))
     return x
 
 
@@ -211,16 +195,12 @@ class StepSizeController:
         return accepted
 
 
-@checked_function_keywords
-@torch.no_grad()
+@k_sampler("DPM adaptive")
 def sample_dpm_adaptive(
-    model: Denoiser,
+    run: SamplerRun,
     x: torch.Tensor,
     sigma_min: float,
     sigma_max: float,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
     order: int = 3,
     rtol: float = 0.05,
     atol: float = 0.0078,
@@ -229,9 +209,7 @@ def sample_dpm_adaptive(
     icoeff: float = 1.0,
     dcoeff: float = 0.0,
     accept_safety: float = 0.81,
-    eta: float = 0.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
+    noise: NoiseOptions = NO_NOISE,
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, int]]:
     """DPM-Solver-12 / -23 (Lu et al. 2022, Algorithm 5): from σ_max to σ_min in λ, the order-(k−1) and order-k
@@ -242,14 +220,14 @@ def sample_dpm_adaptive(
     _check_range(sigma_min, sigma_max)
     if order not in (2, 3):
         raise ValueError(f"sample_dpm_adaptive supports order 2 or 3, got order={order}.")
-    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    eta, noise_sampler = noise.eta, default_noise_sampler(x) if noise.noise_sampler is None else noise.noise_sampler
     lam, lam_end = _lambda(torch.tensor(sigma_max)), _lambda(torch.tensor(sigma_min))
     control = StepSizeController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
     atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
     info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
     last_low = x
-    with tqdm(disable=disable) as bar:
-        predict = _NoisePredictor(model, extra_arguments(extra_args), bar)
+    with tqdm(disable=run.disable) as bar:
+        predict = _NoisePredictor(run, bar)
         while lam < lam_end - 1e-5:
             lam_next = torch.minimum(lam_end, lam + control.h)
             target, sigma_up = _ancestral_target(lam, lam_next, lam_end, eta)
@@ -259,12 +237,12 @@ def sample_dpm_adaptive(
             error = torch.linalg.vector_norm((low - high) / scale) / math.sqrt(x.numel())
             if control.propose_step(error):
                 last_low = low
-                x = high + sigma_up * s_noise * noise_sampler(_sigma(lam), _sigma(lam_next))
+                x = high + sigma_up * noise.s_noise * noise_sampler(_sigma(lam), _sigma(lam_next))
                 lam = lam_next
                 info["n_accept"] += 1
             else:
                 info["n_reject"] += 1
             info["nfe"] += order
             info["steps"] += 1
-            _report(callback, x, info["steps"] - 1, lam, step.denoised, error=error, h=control.h, **info)
+            _report(run.callback, x, info["steps"] - 1, lam, step.denoised, error=error, h=control.h, **info)
     return (x, info) if return_info else x

@@ -16,12 +16,16 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torchsde
 
 __all__ = [
+    "ANCESTRAL_NOISE",
     "BrownianTreeNoiseSampler",
+    "NO_NOISE",
+    "NoiseOptions",
     "NoiseRecorder",
     "NoiseSampler",
     "RecordedNoise",
@@ -33,6 +37,22 @@ __all__ = [
 #: ``noise(sigma, sigma_next) -> ξ ~ N(0, I)`` shaped like the sampler's z ``(B, ...)``.
 NoiseSampler = Callable[[torch.Tensor | float, torch.Tensor | float], torch.Tensor]
 Level = torch.Tensor | float
+
+
+@dataclass(frozen=True)
+class NoiseOptions:
+    """The noise of a stochastic step: σ_up from η (:func:`get_ancestral_step`), scaled by S_noise, times
+    ξ = ``noise_sampler(σ, σ_next)`` (each sampler has its default source when None)."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+    noise_sampler: NoiseSampler | None = None
+
+
+#: The ancestral and SDE samplers' defaults (η = 1).
+ANCESTRAL_NOISE = NoiseOptions()
+#: The DPM-Solver samplers' defaults (η = 0: no noise unless asked for).
+NO_NOISE = NoiseOptions(eta=0.0)
 
 
 def get_ancestral_step(sigma_from: Level, sigma_to: Level, eta: float = 1.0) -> tuple[Level, Level]:

@@ -10,25 +10,24 @@ once per step even when γ_i = 0, as k-diffusion does (the global generator adva
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ldm.models.diffusion.k_samplers.common import (
-    Denoiser,
-    StepCallback,
-    extra_arguments,
-    ode_derivative,
-    report_step,
-)
-from ldm.models.diffusion.sampler_core import checked_function_keywords, progress
+from ldm.models.diffusion.k_samplers.common import SamplerRun, k_sampler, ode_derivative
 
 __all__ = [
-    "call_denoiser",
+    "NO_CHURN",
+    "Churn",
+    "Move",
     "churn_gamma",
     "churn_step",
+    "dpm2_move",
     "dpmpp_first_order",
+    "euler_move",
+    "heun_move",
     "lms_coefficients",
     "sample_dpm_2",
     "sample_dpmpp_2m",
@@ -37,10 +36,22 @@ __all__ = [
     "sample_lms",
 ]
 
+#: ``move(run, z, σ, σ_to, x̂_0) -> z at σ_to``: one deterministic step of the ODE from σ, where D(z, σ) = x̂_0.
+Move = Callable[[SamplerRun, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-def call_denoiser(model: Denoiser, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict[str, Any]) -> torch.Tensor:
-    """D(x, σ): the denoiser at one noise level ``sigma`` (0-dim) for every batch element of ``x`` ``(B, ...)``."""
-    return model(x, sigma * x.new_ones([x.shape[0]]), **extra_args)
+
+@dataclass(frozen=True)
+class Churn:
+    """Karras's churn settings (Algorithm 2): S_churn, the σ range [S_tmin, S_tmax] it applies to, S_noise."""
+
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+
+
+#: No churn: the plain ODE step (the noise is still drawn, see :func:`churn_step`).
+NO_CHURN = Churn()
 
 
 def churn_gamma(sigma: torch.Tensor, steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
@@ -57,109 +68,72 @@ def churn_step(x: torch.Tensor, sigma: torch.Tensor, gamma: float, s_noise: floa
     return x, sigma_hat
 
 
-def _churned_derivative(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    i: int,
-    extra_args: dict[str, Any],
-    callback: Any,
-    churn: tuple[float, float, float, float],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The shared first stage of Euler/Heun/DPM2 step i: churn, D(ẑ, σ̂), callback; returns (ẑ, σ̂, dz/dσ)."""
-    s_churn, s_tmin, s_tmax, s_noise = churn
-    gamma = churn_gamma(sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax)
-    x, sigma_hat = churn_step(x, sigmas[i], gamma, s_noise)
-    denoised = call_denoiser(model, x, sigma_hat, extra_args)
-    report_step(callback, x, i, sigmas[i], sigma_hat, denoised)
-    return x, sigma_hat, ode_derivative(x, sigma_hat, denoised)
-
-
-@checked_function_keywords
-@torch.no_grad()
-def sample_euler(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
+def euler_move(
+    run: SamplerRun, z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, denoised: torch.Tensor
 ) -> torch.Tensor:
+    """One Euler step of dz/dσ = (z − x̂_0)/σ from σ to ``target``."""
+    return z + ode_derivative(z, sigma, denoised) * (target - sigma)
+
+
+def heun_move(
+    run: SamplerRun, z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, denoised: torch.Tensor
+) -> torch.Tensor:
+    """Heun's method: the mean of the slopes at σ and at the Euler predictor's ``target`` (Euler when it is 0)."""
+    if target == 0:
+        return euler_move(run, z, sigma, target, denoised)
+    slope = ode_derivative(z, sigma, denoised)
+    predictor = z + slope * (target - sigma)
+    end_slope = ode_derivative(predictor, target, run.denoise(predictor, target))
+    return z + (slope + end_slope) / 2 * (target - sigma)
+
+
+def dpm2_move(
+    run: SamplerRun, z: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, denoised: torch.Tensor
+) -> torch.Tensor:
+    """DPM2: the slope at the geometric midpoint σ_m = √(σ σ_to), reached by Euler, carries z to σ_to (Euler
+    when σ_to = 0)."""
+    if target == 0:
+        return euler_move(run, z, sigma, target, denoised)
+    sigma_mid = torch.lerp(sigma.log(), torch.as_tensor(target).log(), 0.5).exp()
+    halfway = z + ode_derivative(z, sigma, denoised) * (sigma_mid - sigma)
+    mid_slope = ode_derivative(halfway, sigma_mid, run.denoise(halfway, sigma_mid))
+    return z + mid_slope * (target - sigma)
+
+
+def _churned_run(move: Move, run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, churn: Churn) -> torch.Tensor:
+    """The loop of Euler, Heun and DPM2: raise σ_i to σ̂ (:func:`churn_step`), D(ẑ, σ̂), callback, ``move`` to
+    σ_{i+1}."""
+    for i in run.steps(len(sigmas) - 1):
+        gamma = churn_gamma(sigmas[i], len(sigmas) - 1, churn.s_churn, churn.s_tmin, churn.s_tmax)
+        x, sigma_hat = churn_step(x, sigmas[i], gamma, churn.s_noise)
+        denoised = run.denoise(x, sigma_hat)
+        run.report(x, i, sigmas[i], sigma_hat, denoised)
+        x = move(run, x, sigma_hat, sigmas[i + 1], denoised)
+    return x
+
+
+@k_sampler("Euler")
+def sample_euler(run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, churn: Churn = NO_CHURN) -> torch.Tensor:
     """Karras et al. 2022, Algorithm 2 with Euler steps: z_{i+1} = ẑ + (σ_{i+1} − σ̂) (ẑ − D(ẑ, σ̂))/σ̂.
 
     ``x``: z at σ_0 ``(B, ...)``; ``sigmas``: ``(N + 1,)``, decreasing to 0. One model call per step.
     """
-    extra_args = extra_arguments(extra_args)
-    churn = (s_churn, s_tmin, s_tmax, s_noise)
-    for i in progress(range(len(sigmas) - 1), "Euler", len(sigmas) - 1, disable):
-        x, sigma_hat, slope = _churned_derivative(model, x, sigmas, i, extra_args, callback, churn)
-        x = x + slope * (sigmas[i + 1] - sigma_hat)
-    return x
+    return _churned_run(euler_move, run, x, sigmas, churn)
 
 
-@checked_function_keywords
-@torch.no_grad()
-def sample_heun(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
+@k_sampler("Heun")
+def sample_heun(run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, churn: Churn = NO_CHURN) -> torch.Tensor:
     """Karras et al. 2022, Algorithm 2 (Heun's 2nd-order method): the trapezoid of the slopes at σ̂ and at the
     Euler predictor's σ_{i+1}; the step to σ = 0 is a plain Euler step (2N − 1 model calls)."""
-    extra_args = extra_arguments(extra_args)
-    churn = (s_churn, s_tmin, s_tmax, s_noise)
-    for i in progress(range(len(sigmas) - 1), "Heun", len(sigmas) - 1, disable):
-        x, sigma_hat, slope = _churned_derivative(model, x, sigmas, i, extra_args, callback, churn)
-        step = sigmas[i + 1] - sigma_hat
-        if sigmas[i + 1] == 0:
-            x = x + slope * step
-            continue
-        predictor = x + slope * step
-        end_slope = ode_derivative(predictor, sigmas[i + 1], call_denoiser(model, predictor, sigmas[i + 1], extra_args))
-        x = x + (slope + end_slope) / 2 * step
-    return x
+    return _churned_run(heun_move, run, x, sigmas, churn)
 
 
-@checked_function_keywords
-@torch.no_grad()
-def sample_dpm_2(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    s_churn: float = 0.0,
-    s_tmin: float = 0.0,
-    s_tmax: float = float("inf"),
-    s_noise: float = 1.0,
-) -> torch.Tensor:
+@k_sampler("DPM2")
+def sample_dpm_2(run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, churn: Churn = NO_CHURN) -> torch.Tensor:
     """DPM2 (Crowson, after DPM-Solver-2 and Karras Algorithm 2): the midpoint rule at the geometric mean
     σ_m = √(σ̂ σ_{i+1}), z_{i+1} = ẑ + (σ_{i+1} − σ̂) f(ẑ + (σ_m − σ̂) f(ẑ, σ̂), σ_m), f = dz/dσ;
     the step to σ = 0 is a plain Euler step (2N − 1 model calls)."""
-    extra_args = extra_arguments(extra_args)
-    churn = (s_churn, s_tmin, s_tmax, s_noise)
-    for i in progress(range(len(sigmas) - 1), "DPM2", len(sigmas) - 1, disable):
-        x, sigma_hat, slope = _churned_derivative(model, x, sigmas, i, extra_args, callback, churn)
-        if sigmas[i + 1] == 0:
-            x = x + slope * (sigmas[i + 1] - sigma_hat)
-            continue
-        sigma_mid = torch.lerp(sigma_hat.log(), sigmas[i + 1].log(), 0.5).exp()
-        halfway = x + slope * (sigma_mid - sigma_hat)
-        mid_slope = ode_derivative(halfway, sigma_mid, call_denoiser(model, halfway, sigma_mid, extra_args))
-        x = x + mid_slope * (sigmas[i + 1] - sigma_hat)
-    return x
+    return _churned_run(dpm2_move, run, x, sigmas, churn)
 
 
 def lms_coefficients(nodes: np.ndarray, start: float, end: float) -> list[float]:
@@ -178,28 +152,18 @@ def lms_coefficients(nodes: np.ndarray, start: float, end: float) -> list[float]
     return weights
 
 
-@checked_function_keywords
-@torch.no_grad()
-def sample_lms(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    order: int = 4,
-) -> torch.Tensor:
+@k_sampler("LMS")
+def sample_lms(run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, order: int = 4) -> torch.Tensor:
     """Linear multistep (Adams–Bashforth) in σ: z_{i+1} = z_i + Σ_j w_j f_{i−j}, f = dz/dσ, with the
     :func:`lms_coefficients` of the last min(i + 1, ``order``) noise levels. One model call per step."""
     if order < 1:
         raise ValueError(f"sample_lms needs order >= 1 (4 is the usual choice), got order={order}.")
-    extra_args = extra_arguments(extra_args)
     levels = sigmas.detach().cpu().double().numpy()
     history: list[torch.Tensor] = []  # slopes, newest first
-    for i in progress(range(len(sigmas) - 1), "LMS", len(sigmas) - 1, disable):
-        denoised = call_denoiser(model, x, sigmas[i], extra_args)
+    for i in run.steps(len(sigmas) - 1):
+        denoised = run.denoise(x, sigmas[i])
         history = [ode_derivative(x, sigmas[i], denoised)] + history[: order - 1]
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+        run.report(x, i, sigmas[i], sigmas[i], denoised)
         nodes = levels[i + 1 - len(history) : i + 1][::-1]
         weights = lms_coefficients(nodes, levels[i], levels[i + 1])
         x = x + sum(w * slope for w, slope in zip(weights, history))
@@ -214,24 +178,15 @@ def dpmpp_first_order(
     return ratio * x + (1 - ratio) * data
 
 
-@checked_function_keywords
-@torch.no_grad()
-def sample_dpmpp_2m(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-) -> torch.Tensor:
+@k_sampler("DPM++ 2M")
+def sample_dpmpp_2m(run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in λ = −log σ: the first-order step applied to
     D̃ = (1 + 1/(2r)) D_i − 1/(2r) D_{i−1}, r = h_{i−1}/h_i; first order on the first step, and the last step
     to σ = 0 returns D_i. One model call per step."""
-    extra_args = extra_arguments(extra_args)
     previous = None
-    for i in progress(range(len(sigmas) - 1), "DPM++ 2M", len(sigmas) - 1, disable):
-        denoised = call_denoiser(model, x, sigmas[i], extra_args)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+    for i in run.steps(len(sigmas) - 1):
+        denoised = run.denoise(x, sigmas[i])
+        run.report(x, i, sigmas[i], sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = denoised
         elif previous is None:

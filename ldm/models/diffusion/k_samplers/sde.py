@@ -13,14 +13,17 @@ Brownian tree over the run's σ range (:class:`~.noise.BrownianTreeNoiseSampler`
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ldm.models.diffusion.k_samplers.common import Denoiser, StepCallback, extra_arguments, ode_derivative, report_step
-from ldm.models.diffusion.k_samplers.noise import BrownianTreeNoiseSampler, NoiseSampler, get_ancestral_step
-from ldm.models.diffusion.k_samplers.ode import call_denoiser, dpmpp_first_order
-from ldm.models.diffusion.sampler_core import checked_function_keywords, progress
+from ldm.models.diffusion.k_samplers.common import SamplerRun, k_sampler, ode_derivative
+from ldm.models.diffusion.k_samplers.noise import (
+    ANCESTRAL_NOISE,
+    BrownianTreeNoiseSampler,
+    NoiseOptions,
+    NoiseSampler,
+    get_ancestral_step,
+)
+from ldm.models.diffusion.k_samplers.ode import dpmpp_first_order
 
 __all__ = ["sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_dpmpp_sde", "sde_first_order"]
 
@@ -75,19 +78,9 @@ def _ancestral_stage(
     return moved + noise_sampler(sigma, sigma_to) * s_noise * sigma_up
 
 
-@checked_function_keywords
-@torch.no_grad()
+@k_sampler("DPM++ SDE")
 def sample_dpmpp_sde(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
-    r: float = 1 / 2,
+    run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseOptions = ANCESTRAL_NOISE, r: float = 1 / 2
 ) -> torch.Tensor:
     """DPM++ SDE: stochastic DPM-Solver++(2S) with intermediate λ_s = λ + r h (Lu et al. 2022, Algorithm 1):
 
@@ -97,21 +90,19 @@ def sample_dpmpp_sde(
     ξ(σ, σ') (also with η = 0), σ values taken through λ and back; the step to σ = 0 is one Euler step.
     ``x``: ``(B, ...)``; ``sigmas``: ``(N + 1,)`` ending in 0; 2N − 1 model calls.
     """
-    noise = (_brownian_default(x, sigmas, noise_sampler), s_noise)
-    extra_args = extra_arguments(extra_args)
+    stage_noise = (_brownian_default(x, sigmas, noise.noise_sampler), noise.s_noise)
     weight = 1 / (2 * r)  # of the second stage's x̂_0
-    steps = len(sigmas) - 1
-    for i in progress(range(steps), "DPM++ SDE", steps, disable):
-        denoised = call_denoiser(model, x, sigmas[i], extra_args)
-        report_step(callback, x, i, sigmas[i], sigmas[i], denoised)
+    for i in run.steps(len(sigmas) - 1):
+        denoised = run.denoise(x, sigmas[i])
+        run.report(x, i, sigmas[i], sigmas[i], denoised)
         if sigmas[i + 1] == 0:
             x = x - ode_derivative(x, sigmas[i], denoised) * sigmas[i]
             continue
         lam, lam_next = _lam(sigmas[i]), _lam(sigmas[i + 1])
         sigma, sigma_s, sigma_next = (_sigma_of(v) for v in (lam, lam + (lam_next - lam) * r, lam_next))
-        probe = _ancestral_stage(x, sigma, sigma_s, denoised, eta, noise)
-        blended = torch.lerp(denoised, call_denoiser(model, probe, sigma_s, extra_args), weight)
-        x = _ancestral_stage(x, sigma, sigma_next, blended, eta, noise)
+        probe = _ancestral_stage(x, sigma, sigma_s, denoised, noise.eta, stage_noise)
+        blended = torch.lerp(denoised, run.denoise(probe, sigma_s), weight)
+        x = _ancestral_stage(x, sigma, sigma_next, blended, noise.eta, stage_noise)
     return x
 
 
@@ -157,27 +148,17 @@ def _multistep_correction(
 
 
 def _multistep_sde_run(
-    label: str,
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    options: tuple[dict[str, Any] | None, StepCallback | None, bool | None],
-    noise: tuple[float, float, NoiseSampler | None],
-    order: int,
-    solver_type: str,
+    run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseOptions, order: int, solver_type: str
 ) -> torch.Tensor:
     """The loop of the multistep SDE samplers: first-order SDE step + correction of up to ``order`` − 1 earlier
     x̂_0 values + σ' √(1 − e^{−2ηh}) S_noise ξ(σ, σ') (drawn only when η ≠ 0); the step to σ = 0 returns x̂_0."""
-    extra_args, callback, disable = options
-    eta, s_noise, noise_sampler = noise
-    noise_sampler = _brownian_default(x, sigmas, noise_sampler)
-    extra_args = extra_arguments(extra_args)
+    eta = noise.eta
+    noise_sampler = _brownian_default(x, sigmas, noise.noise_sampler)
     history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x̂_0, h) of the earlier steps, newest first
-    steps = len(sigmas) - 1
-    for i in progress(range(steps), label, steps, disable):
+    for i in run.steps(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = call_denoiser(model, x, sigma, extra_args)
-        report_step(callback, x, i, sigma, sigma, denoised)
+        denoised = run.denoise(x, sigma)
+        run.report(x, i, sigma, sigma, denoised)
         if sigma_next == 0:
             x = denoised
             continue
@@ -187,23 +168,17 @@ def _multistep_sde_run(
         x = x + _multistep_correction(denoised, history, h, h_hat, solver_type)
         if eta:
             spread = sigma_next * (-(-2 * eta * h).expm1()).sqrt()
-            x = x + noise_sampler(sigma, sigma_next) * spread * s_noise
+            x = x + noise_sampler(sigma, sigma_next) * spread * noise.s_noise
         history = [(denoised, h)] + history[: order - 2]
     return x
 
 
-@checked_function_keywords
-@torch.no_grad()
+@k_sampler("DPM++ 2M SDE")
 def sample_dpmpp_2m_sde(
-    model: Denoiser,
+    run: SamplerRun,
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
+    noise: NoiseOptions = ANCESTRAL_NOISE,
     solver_type: str = "midpoint",
 ) -> torch.Tensor:
     """DPM++ 2M SDE: the first-order SDE step plus the linear extrapolation of x̂_0 through the previous step's,
@@ -214,30 +189,12 @@ def sample_dpmpp_2m_sde(
     """
     if solver_type not in SOLVER_TYPES:
         raise ValueError(f"sample_dpmpp_2m_sde: solver_type must be one of {SOLVER_TYPES}, got {solver_type!r}.")
-    return _multistep_sde_run(
-        "DPM++ 2M SDE",
-        model,
-        x,
-        sigmas,
-        (extra_args, callback, disable),
-        (eta, s_noise, noise_sampler),
-        order=2,
-        solver_type=solver_type,
-    )
+    return _multistep_sde_run(run, x, sigmas, noise, order=2, solver_type=solver_type)
 
 
-@checked_function_keywords
-@torch.no_grad()
+@k_sampler("DPM++ 3M SDE")
 def sample_dpmpp_3m_sde(
-    model: Denoiser,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
-    eta: float = 1.0,
-    s_noise: float = 1.0,
-    noise_sampler: NoiseSampler | None = None,
+    run: SamplerRun, x: torch.Tensor, sigmas: torch.Tensor, noise: NoiseOptions = ANCESTRAL_NOISE
 ) -> torch.Tensor:
     """DPM++ 3M SDE: the first-order SDE step plus the quadratic extrapolation of x̂_0 through the two previous
     steps' values, integrated against the step's kernel (weights ψ(ĥ) and ψ(ĥ)/ĥ − ½).
@@ -245,13 +202,4 @@ def sample_dpmpp_3m_sde(
     Order 1, 2, then 3; the step to σ = 0 returns x̂_0. ``x``: ``(B, ...)``; ``sigmas``: ``(N + 1,)``; N model
     calls, N − 1 noise draws when η ≠ 0.
     """
-    return _multistep_sde_run(
-        "DPM++ 3M SDE",
-        model,
-        x,
-        sigmas,
-        (extra_args, callback, disable),
-        (eta, s_noise, noise_sampler),
-        order=3,
-        solver_type="heun",
-    )
+    return _multistep_sde_run(run, x, sigmas, noise, order=3, solver_type="heun")

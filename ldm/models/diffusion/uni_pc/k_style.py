@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ldm.models.diffusion.k_samplers.common import Denoiser, StepCallback, extra_arguments, report_step
-from ldm.models.diffusion.sampler_core import checked_function_keywords
+from ldm.models.diffusion.k_samplers.common import SamplerRun, k_sampler
 from ldm.models.diffusion.uni_pc.solver import sample_unipc_multistep
 
 
-@checked_function_keywords
-@torch.no_grad()
+@k_sampler("UniPC")
 def sample_unipc(
-    model: Denoiser,
+    run: SamplerRun,
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    extra_args: dict[str, Any] | None = None,
-    callback: StepCallback | None = None,
-    disable: bool | None = None,
     order: int = 2,
     variant: str = "bh2",
     lower_order_final: bool = True,
@@ -33,19 +26,17 @@ def sample_unipc(
     at σ_i, ``denoised`` the model's x̂_0 at σ_i (evaluated at the predictor's point, before the corrector
     moved the state). Returns z at ``sigmas[-1]``.
     """
-    extra = extra_arguments(extra_args)
-    ones = x.new_ones([x.shape[0]])
     levels = sigmas.detach().to("cpu", torch.float64)
     state_before = [x]
 
     def predict(z: torch.Tensor, i: int) -> torch.Tensor:
-        return model(z, sigmas[i] * ones, **extra)
+        return run.denoise(z, sigmas[i])
 
     def on_step(i: int, z_next: torch.Tensor, denoised: torch.Tensor) -> None:
-        report_step(callback, state_before[0], i, sigmas[i], sigmas[i], denoised)
+        run.report(state_before[0], i, sigmas[i], sigmas[i], denoised)
         state_before[0] = z_next
 
     return sample_unipc_multistep(
         predict, x, torch.ones_like(levels), levels, order=order, variant=variant,
-        lower_order_final=lower_order_final, callback=on_step, disable=disable,
+        lower_order_final=lower_order_final, callback=on_step, disable=run.disable,
     )  # fmt: skip
