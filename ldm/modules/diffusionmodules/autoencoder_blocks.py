@@ -187,6 +187,8 @@ class LinAttnBlock(nn.Module):
 #: ``attn_type`` -> a factory of the attention layer for ``in_channels``.
 _ATTENTION: dict[str, Callable[[int], nn.Module]] = {
     "vanilla": AttnBlock,
+    # SD 2.x configs ask for xformers' block: the same attention and keys, which AttnBlock computes itself.
+    "vanilla-xformers": AttnBlock,
     "linear": LinAttnBlock,
     "none": lambda _: nn.Identity(),
 }
@@ -194,8 +196,8 @@ ATTN_TYPES = tuple(_ATTENTION)
 
 
 def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
-    """The attention layer ``attn_type`` names: ``"vanilla"`` (AttnBlock), ``"linear"`` (LinAttnBlock) or
-    ``"none"`` (the identity)."""
+    """The attention layer ``attn_type`` names: ``"vanilla"`` or ``"vanilla-xformers"`` (AttnBlock), ``"linear"``
+    (LinAttnBlock) or ``"none"`` (the identity)."""
     factory = _ATTENTION.get(attn_type)
     if factory is None:
         raise ValueError(f"ddconfig attn_type={attn_type!r} is unknown; use one of {list(ATTN_TYPES)}.")
