@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
@@ -32,7 +33,9 @@ def load_vectors(name: str) -> dict[str, Any]:
 
 
 def build_config(name: str) -> nn.Module:
-    """The model of ``refdata/sd2/configs/<name>`` (``model: {target, params}``), freshly built."""
+    """The model of ``refdata/sd2/configs/<name>`` (``model: {target, params}``), freshly built; the tiny OpenCLIP
+    text tower ``sd2ref-tiny-text`` its configs name is registered with open_clip first."""
+    open_clip.add_model_config(str(SD2 / "configs" / "sd2ref-tiny-text.json"))
     return instantiate_from_config(OmegaConf.load(SD2 / "configs" / name).model)
 
 
