@@ -74,6 +74,15 @@ def _convert(state_dict: StateDict, prefixes: list[tuple[str, str, Renames]]) ->
 # --------------------------------------------------------------------------------------------------------
 
 
+def _res_blocks(unet: UNetModel) -> int:
+    """Res blocks per level (``UNetModel.num_res_blocks`` is the per-level list, as in SD 2.x); diffusers needs one
+    count for every level."""
+    counts = set(unet.num_res_blocks)
+    if len(counts) != 1:
+        raise ValueError(f"diffusers conversion needs one num_res_blocks for every level, not {unet.num_res_blocks}")
+    return counts.pop()
+
+
 def _unet_levels(unet: UNetModel) -> list[bool]:
     """Whether each resolution level of ``unet`` has attention layers."""
     return [2**level in unet.attention_resolutions for level in range(len(unet.channel_mult))]
@@ -88,7 +97,7 @@ def _unet_heads(unet: UNetModel) -> list[int]:
         block = unet.input_blocks[index]
         if has_attention:
             heads[level] = block[1].transformer_blocks[0].attn1.heads
-        index += unet.num_res_blocks + (level != len(unet.channel_mult) - 1)
+        index += _res_blocks(unet) + (level != len(unet.channel_mult) - 1)
     return heads
 
 
@@ -115,7 +124,7 @@ def unet_diffusers_config(unet: UNetModel) -> dict:
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in levels],
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(levels)],
         "block_out_channels": [unet.model_channels * m for m in unet.channel_mult],
-        "layers_per_block": unet.num_res_blocks,
+        "layers_per_block": _res_blocks(unet),
         "cross_attention_dim": attn2.to_k.in_features,
         "attention_head_dim": _unet_heads(unet),
         "transformer_layers_per_block": len(transformer.transformer_blocks),
@@ -130,7 +139,7 @@ def unet_diffusers_config(unet: UNetModel) -> dict:
 
 def _unet_prefixes(unet: UNetModel) -> list[tuple[str, str, Renames]]:
     levels = _unet_levels(unet)
-    n, last = unet.num_res_blocks, len(levels) - 1
+    n, last = _res_blocks(unet), len(levels) - 1
     rules: list[tuple[str, str, Renames]] = [
         ("time_embed.0.", "time_embedding.linear_1.", []),
         ("time_embed.2.", "time_embedding.linear_2.", []),
