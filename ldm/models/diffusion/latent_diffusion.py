@@ -380,9 +380,9 @@ class LatentDiffusion(DDPM):
         """
         if return_codebook_ids:
             raise DeprecationWarning("return_codebook_ids is no longer supported.")
-        step = ancestral.posterior_step(
-            self, x, c, t, clip_denoised, quantize_denoised, score_corrector, corrector_kwargs
-        )
+        model_output = ancestral.conditioned_model_fn(self, c, score_corrector, corrector_kwargs)(x, t)
+        snap = ancestral.codebook_snap(self) if quantize_denoised else None
+        step = self.diffusion.p_mean_variance(model_output, x, t, clip_denoised, snap)
         moments = (step.mean, step.variance, step.log_variance)
         return (*moments, step.prediction.x0) if return_x0 else moments
 

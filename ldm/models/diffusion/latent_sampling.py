@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ldm.models.diffusion.gaussian_diffusion import DenoisedFn, ModelFn, PosteriorStep
+from ldm.models.diffusion.gaussian_diffusion import DenoisedFn, ModelFn
 from ldm.util import SettingError
 
 
@@ -47,22 +47,6 @@ def conditioned_model_fn(
 def codebook_snap(model: Any) -> DenoisedFn:
     """x̂_0 → its nearest codebook entries (VQ first stages: ``quantize_denoised``)."""
     return lambda x0: model.first_stage_model.quantize(x0)[0]
-
-
-def posterior_step(
-    model: Any,
-    x: torch.Tensor,
-    c: Any,
-    t: torch.Tensor,
-    clip_denoised: bool,
-    quantize_denoised: bool = False,
-    score_corrector: Any = None,
-    corrector_kwargs: dict[str, Any] | None = None,
-) -> PosteriorStep:
-    """p(x_{t−1} | x_t, c) of ``model`` at x_t ``(B, C, h, w)``."""
-    model_fn = conditioned_model_fn(model, c, score_corrector, corrector_kwargs)
-    denoised_fn = codebook_snap(model) if quantize_denoised else None
-    return model.diffusion.p_mean_variance(model_fn(x, t), x, t, clip_denoised, denoised_fn)
 
 
 def ancestral_chain(
