@@ -20,12 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.models.diffusion.concat_logging import log_dict_conditioned_images
+from ldm.models.diffusion.concat_logging import DictConditionedLatentDiffusion, LoggedInputs
 from ldm.models.diffusion.denoising_diffusion import images_channels_first
 from ldm.models.diffusion.diffusion_wrapper import freeze_module
 from ldm.models.diffusion.ema_resets import apply_ema_resets
-from ldm.models.diffusion.image_logging import select_keys
-from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.models.diffusion.weight_fitting import widen_input_channels
 from ldm.util import SettingError, instantiate_from_config
 
@@ -51,9 +49,9 @@ def normalize_depth(depth: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return 2.0 * (depth - low) / (high - low + eps) - 1.0
 
 
-class LatentFinetuneDiffusion(LatentDiffusion):
+class LatentFinetuneDiffusion(DictConditionedLatentDiffusion):
     """LatentDiffusion with a dict conditioning {``c_concat``: [...], ``c_crossattn``: [...]}; the base of the
-    inpainting and depth models (subclasses define ``get_input``).
+    inpainting and depth models (subclasses define :meth:`concat_conditioning`).
 
     :param concat_keys: the batch keys the concatenated conditioning is made from.
     :param finetune_keys: checkpoint keys widened to the model's input channels when ``ckpt_path`` is loaded
@@ -95,13 +93,20 @@ class LatentFinetuneDiffusion(LatentDiffusion):
             widen_input_channels(state_dict, target.state_dict(), self.finetune_keys, self.keep_dims)
         super()._fit_checkpoint(state_dict, target)
 
-    def _text_and_latents(
-        self, batch: Mapping[str, Any], bs: int | None, return_first_stage_outputs: bool
+    @torch.no_grad()
+    def get_input(
+        self,
+        batch: Mapping[str, Any],
+        k: str,
+        cond_key: str | None = None,
+        bs: int | None = None,
+        return_first_stage_outputs: bool = False,
     ) -> list[Any]:
-        """``[z, c, (x, xrec), xc]`` of the first-stage image and the (frozen) text conditioner."""
+        """``[z, {"c_concat": [c_cat], "c_crossattn": [c]}]`` (+ ``x, xrec, xc`` with
+        ``return_first_stage_outputs``); c_cat ``(B, C_cat, h, w)`` is the subclass's :meth:`concat_conditioning`."""
         if self.cond_stage_trainable:
             raise SettingError(f"{type(self).__name__} needs a frozen conditioner; set cond_stage_trainable: false.")
-        return super().get_input(
+        parts = super().get_input(
             batch,
             self.first_stage_key,
             return_first_stage_outputs=return_first_stage_outputs,
@@ -109,44 +114,30 @@ class LatentFinetuneDiffusion(LatentDiffusion):
             return_original_cond=True,
             bs=bs,
         )
+        cond = {"c_concat": [self.concat_conditioning(batch, parts[0].shape[-2:], bs)], "c_crossattn": [parts[1]]}
+        return [parts[0], cond, *parts[2:]] if return_first_stage_outputs else [parts[0], cond]
+
+    def concat_conditioning(
+        self, batch: Mapping[str, Any], latent_size: Sequence[int], bs: int | None
+    ) -> torch.Tensor:
+        """c_concat ``(B, C_cat, h, w)`` of the first ``bs`` samples of ``batch`` on the latent grid ``(h, w)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define concat_conditioning(batch, latent_size, bs).")
 
     def _batch_entry(self, batch: Mapping[str, Any], key: str, bs: int | None) -> torch.Tensor:
         if key not in batch:
             raise KeyError(f"{type(self).__name__}: the batch has no {key!r} (concat_keys); it has {sorted(batch)}.")
         return batch[key][:bs].to(self.device)
 
-    def _pack(self, parts: list[Any], c_concat: torch.Tensor, return_first_stage_outputs: bool) -> list[Any]:
-        cond = {"c_concat": [c_concat], "c_crossattn": [parts[1]]}
-        return [parts[0], cond, *parts[2:]] if return_first_stage_outputs else [parts[0], cond]
-
-    @torch.no_grad()
-    def log_images(
-        self,
-        batch: Mapping[str, Any],
-        N: int = 8,
-        n_row: int = 4,
-        sample: bool = True,
-        ddim_steps: int | None = 200,
-        ddim_eta: float = 1.0,
-        return_keys: Sequence[str] | None = None,
-        plot_diffusion_rows: bool = True,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_guidance_label: Any = None,
-        use_ema_scope: bool = True,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Inputs, reconstructions, the text, diffusion row, samples and guided samples (the concat conditioning
-        kept for both branches), ``c_concat_decoded`` when a channel range is set, plus :meth:`_extra_logs`."""
+    def logged_inputs(self, batch: Mapping[str, Any], N: int) -> LoggedInputs:
+        """Latents, conditioning and images of ``N`` samples; extra images: ``c_concat_decoded`` (when a channel
+        range is set) and :meth:`_extra_logs`."""
         z, cond, x, xrec, xc = self.get_input(batch, self.first_stage_key, bs=N, return_first_stage_outputs=True)
-        log = log_dict_conditioned_images(
-            self, batch, z, cond, x, xrec, xc, N, n_row, sample, ddim_steps, ddim_eta, plot_diffusion_rows,
-            unconditional_guidance_scale, unconditional_guidance_label, use_ema_scope,
-        )
+        extra = {}
         if self.c_concat_log_start is not None or self.c_concat_log_end is not None:
             channels = cond["c_concat"][0][:, self.c_concat_log_start : self.c_concat_log_end]
-            log["c_concat_decoded"] = self.decode_first_stage(channels)
-        log.update(self._extra_logs(batch, N))
-        return select_keys(log, return_keys)
+            extra["c_concat_decoded"] = self.decode_first_stage(channels)
+        extra.update(self._extra_logs(batch, N))
+        return LoggedInputs(z, cond, x, xrec, xc, extra)
 
     def _extra_logs(self, batch: Mapping[str, Any], N: int) -> dict[str, torch.Tensor]:
         return {}
@@ -171,27 +162,19 @@ class LatentInpaintDiffusion(LatentFinetuneDiffusion):
         super().__init__(concat_keys, *args, **kwargs)
         self.masked_image_key = masked_image_key
 
-    @torch.no_grad()
-    def get_input(
-        self,
-        batch: Mapping[str, Any],
-        k: str,
-        cond_key: str | None = None,
-        bs: int | None = None,
-        return_first_stage_outputs: bool = False,
-    ) -> list[Any]:
-        """``[z, {"c_concat": [c_cat], "c_crossattn": [c]}]`` (+ ``x, xrec, xc`` with
-        ``return_first_stage_outputs``); c_cat ``(B, Σ channels, h, w)`` in ``concat_keys`` order."""
-        parts = self._text_and_latents(batch, bs, return_first_stage_outputs)
-        latent_size = parts[0].shape[-2:]
+    def concat_conditioning(
+        self, batch: Mapping[str, Any], latent_size: Sequence[int], bs: int | None
+    ) -> torch.Tensor:
+        """cat over ``concat_keys`` (in order) of E(masked image) ``(B, 4, h, w)`` and the other entries resized
+        (nearest) to ``latent_size``: ``(B, Σ channels, h, w)``."""
         pieces = []
         for key in self.concat_keys:
             image = images_channels_first(self._batch_entry(batch, key, bs))
             if key == self.masked_image_key:
                 pieces.append(self.get_first_stage_encoding(self.encode_first_stage(image)))
             else:
-                pieces.append(F.interpolate(image, size=latent_size))
-        return self._pack(parts, torch.cat(pieces, dim=1), return_first_stage_outputs)
+                pieces.append(F.interpolate(image, size=tuple(latent_size)))
+        return torch.cat(pieces, dim=1)
 
     def _extra_logs(self, batch: Mapping[str, Any], N: int) -> dict[str, torch.Tensor]:
         return {"masked_image": images_channels_first(batch[self.masked_image_key][:N])}
@@ -218,19 +201,11 @@ class LatentDepth2ImageDiffusion(LatentFinetuneDiffusion):
         depth = F.interpolate(depth, size=tuple(latent_size), mode="bicubic", align_corners=False)
         return normalize_depth(depth)
 
-    @torch.no_grad()
-    def get_input(
-        self,
-        batch: Mapping[str, Any],
-        k: str,
-        cond_key: str | None = None,
-        bs: int | None = None,
-        return_first_stage_outputs: bool = False,
-    ) -> list[Any]:
-        """``[z, {"c_concat": [depth], "c_crossattn": [c]}]`` (+ ``x, xrec, xc``), depth ``(B, 1, h, w)``."""
-        parts = self._text_and_latents(batch, bs, return_first_stage_outputs)
-        depth = self.depth_conditioning(self._batch_entry(batch, self.depth_stage_key, bs), parts[0].shape[-2:])
-        return self._pack(parts, depth, return_first_stage_outputs)
+    def concat_conditioning(
+        self, batch: Mapping[str, Any], latent_size: Sequence[int], bs: int | None
+    ) -> torch.Tensor:
+        """The :meth:`depth_conditioning` ``(B, 1, h, w)`` of ``batch[depth_stage_key]``."""
+        return self.depth_conditioning(self._batch_entry(batch, self.depth_stage_key, bs), latent_size)
 
     def _extra_logs(self, batch: Mapping[str, Any], N: int) -> dict[str, torch.Tensor]:
         depth = self.depth_model(batch[self.depth_stage_key][:N].to(self.device))

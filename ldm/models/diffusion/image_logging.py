@@ -29,6 +29,16 @@ def rows_to_grid(steps: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return make_grid(rearrange(stacked, "n b c h w -> (b n) c h w"), nrow=n_steps)
 
 
+def diffusion_row(model: Any, z_start: torch.Tensor) -> torch.Tensor:
+    """The forward process of each latent of ``z_start`` ``(n, C, h, w)`` as a grid: D(z_t) for
+    z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε at every :func:`logged_timesteps` step, a row per latent (ε drawn per step)."""
+    decoded = []
+    for step in logged_timesteps(model.num_timesteps, model.log_every_t):
+        t = torch.full((z_start.shape[0],), step, device=model.device, dtype=torch.long)
+        decoded.append(model.decode_first_stage(model.q_sample(z_start, t, torch.randn_like(z_start))))
+    return rows_to_grid(decoded)
+
+
 def colorize_map(x: torch.Tensor, colorize: torch.Tensor) -> torch.Tensor:
     """Project a ``(B, C, H, W)`` map with C > 3 to RGB with ``colorize`` ``(3, C, 1, 1)``, rescaled to [-1, 1]."""
     x = torch.nn.functional.conv2d(x.float(), weight=colorize)
@@ -109,13 +119,7 @@ def log_latent_images(
         log.update(conditioning_log(model, batch, c, x, xc))
 
     if plot_diffusion_rows:
-        z_start = z[:n_row]
-        diffusion_row = []
-        for step in logged_timesteps(model.num_timesteps, model.log_every_t):
-            t = torch.full((n_row,), step, device=model.device, dtype=torch.long)
-            z_noisy = model.q_sample(x_start=z_start, t=t, noise=torch.randn_like(z_start))
-            diffusion_row.append(model.decode_first_stage(z_noisy))
-        log["diffusion_row"] = rows_to_grid(diffusion_row)
+        log["diffusion_row"] = diffusion_row(model, z[:n_row])
 
     sample_args = {"cond": c, "batch_size": N, "ddim": use_ddim, "ddim_steps": ddim_steps, "eta": ddim_eta}
     if sample:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ldm.models.diffusion.concat_logging import guided_samples
 from ldm.models.diffusion.denoising_diffusion import images_channels_first
 from ldm.models.diffusion.diffusion_wrapper import freeze_module
 from ldm.models.diffusion.image_logging import conditioning_log, select_keys
@@ -120,12 +121,9 @@ class ImageEmbeddingConditionedLatentDiffusion(LatentDiffusion):
         log: dict[str, Any] = {"inputs": x, "reconstruction": xrec}
         log.update(conditioning_log(self, batch, cond["c_crossattn"][0], x, xc))
         label = [""] if unconditional_guidance_label in (None, "") else unconditional_guidance_label
-        uncond = {"c_crossattn": [self.get_unconditional_conditioning(x.shape[0], label)], "c_adm": cond["c_adm"]}
         scope = self.ema_scope("Sampling") if use_ema_scope else nullcontext()
-        with scope:
-            samples, _ = self.sample_log(
-                cond=cond, batch_size=x.shape[0], ddim=True, ddim_steps=ddim_steps, eta=ddim_eta,
-                unconditional_guidance_scale=unconditional_guidance_scale, unconditional_conditioning=uncond,
-            )
-        log[f"samplescfg_scale_{unconditional_guidance_scale:.2f}"] = self.decode_first_stage(samples)
+        log[f"samplescfg_scale_{unconditional_guidance_scale:.2f}"] = guided_samples(
+            self, cond, x.shape[0], unconditional_guidance_scale, label, scope,
+            ddim=True, ddim_steps=ddim_steps, eta=ddim_eta,
+        )
         return select_keys(log, return_keys)

@@ -9,20 +9,18 @@ Configs name the class ``ldm.models.diffusion.ddpm.LatentUpscaleDiffusion``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ldm.models.diffusion.concat_logging import log_dict_conditioned_images
+from ldm.models.diffusion.concat_logging import DictConditionedLatentDiffusion, LoggedInputs
 from ldm.models.diffusion.denoising_diffusion import images_channels_first
 from ldm.models.diffusion.diffusion_wrapper import freeze_module
-from ldm.models.diffusion.image_logging import select_keys
-from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.util import SettingError, instantiate_from_config
 
 
-class LatentUpscaleDiffusion(LatentDiffusion):
+class LatentUpscaleDiffusion(DictConditionedLatentDiffusion):
     """LatentDiffusion conditioned on text and a noise-augmented low-resolution image.
 
     :param low_scale_config: the low-scale model (frozen), e.g. ``ImageConcatWithNoiseAugmentation``.
@@ -85,31 +83,11 @@ class LatentUpscaleDiffusion(LatentDiffusion):
         x_low_rec = self.low_scale_model.decode(cond["c_concat"][0])
         return [z, cond, x, xrec, xc, x_low, x_low_rec, cond["c_adm"]]
 
-    @torch.no_grad()
-    def log_images(
-        self,
-        batch: Mapping[str, Any],
-        N: int = 8,
-        n_row: int = 4,
-        sample: bool = True,
-        ddim_steps: int | None = 200,
-        ddim_eta: float = 1.0,
-        return_keys: Sequence[str] | None = None,
-        plot_diffusion_rows: bool = True,
-        unconditional_guidance_scale: float = 1.0,
-        unconditional_guidance_label: Any = None,
-        use_ema_scope: bool = True,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
-        """Inputs, reconstructions, ``x_lr`` and its noised version at the drawn levels, samples, guided samples
-        (unconditional branch: the empty text, same low-res image and level)."""
+    def logged_inputs(self, batch: Mapping[str, Any], N: int) -> LoggedInputs:
+        """Latents, conditioning and images of ``N`` samples; extra images: ``x_lr`` and its noised version at the
+        drawn levels, ``x_lr_rec_@noise_levels{s_1-s_2-...}``."""
         z, cond, x, xrec, xc, x_low, x_low_rec, levels = self.get_input(
             batch, self.first_stage_key, bs=N, log_mode=True
         )
-        log = log_dict_conditioned_images(
-            self, batch, z, cond, x, xrec, xc, N, n_row, sample, ddim_steps, ddim_eta, plot_diffusion_rows,
-            unconditional_guidance_scale, unconditional_guidance_label, use_ema_scope,
-        )
-        log["x_lr"] = x_low
-        log[f"x_lr_rec_@noise_levels{'-'.join(str(int(s)) for s in levels.tolist())}"] = x_low_rec
-        return select_keys(log, return_keys)
+        tag = "-".join(str(int(s)) for s in levels.tolist())
+        return LoggedInputs(z, cond, x, xrec, xc, {"x_lr": x_low, f"x_lr_rec_@noise_levels{tag}": x_low_rec})

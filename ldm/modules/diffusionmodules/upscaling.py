@@ -13,20 +13,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ldm.models.diffusion.schedule import make_betas, schedule_buffers
+from ldm.models.diffusion.schedule import PERSISTENT_BUFFERS, make_betas, schedule_buffers
 from ldm.modules.diffusionmodules.util import extract_into_tensor
 
-#: The schedule tables a low-scale model keeps (its state-dict keys, e.g. ``low_scale_model.betas``).
-LOW_SCALE_BUFFERS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-)
+#: The schedule tables a low-scale model keeps (its state-dict keys, e.g. ``low_scale_model.betas``): the forward
+#: process q(x_s | x_0) part of DDPM's persistent buffers, without the posterior q(x_{s-1} | x_s, x_0) ones.
+LOW_SCALE_BUFFERS = tuple(name for name in PERSISTENT_BUFFERS if not name.startswith("posterior_"))
 
 
 class AbstractLowScaleModel(nn.Module):
