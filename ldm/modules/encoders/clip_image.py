@@ -158,7 +158,31 @@ def openai_clip(model: str) -> nn.Module:
     return built.eval()
 
 
-class ClipImageEmbedder(nn.Module):
+class CLIPImageInput(nn.Module):
+    """The input side of the CLIP image embedders: x ∈ [-1, 1] → :func:`clip_input` at the image tower's size, and
+    the guidance dropout of whole embeddings. Subclasses keep the CLIP model as ``self.model`` (with ``visual``)
+    and call :meth:`keep_image_settings` in their ``__init__``."""
+
+    def keep_image_settings(self, antialias: bool, ucg_rate: float) -> None:
+        """Store ``antialias`` and ``ucg_rate``; the CLIP mean/std become non-persistent ``(3,)`` buffers."""
+        self.antialias = antialias
+        self.ucg_rate = ucg_rate
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in ``[-1, 1]`` → normalised ``(B, 3, 224, 224)`` (the image tower's input size)."""
+        return clip_input(x, model_input_size(self.model.visual), self.mean, self.std, self.antialias)
+
+    def guidance_dropout(self, z: torch.Tensor, no_dropout: bool = False) -> torch.Tensor:
+        """``z`` ``(B, ...)`` with each sample zeroed with probability ``ucg_rate`` (:func:`drop_whole_embeddings`);
+        unchanged when ``ucg_rate`` is 0 or ``no_dropout``."""
+        if self.ucg_rate > 0.0 and not no_dropout:
+            return drop_whole_embeddings(z, self.ucg_rate)
+        return z
+
+
+class ClipImageEmbedder(CLIPImageInput):
     """Image ``(B, 3, H, W)`` in ``[-1, 1]`` → OpenAI CLIP ``encode_image`` ``(B, embed_dim)`` (768 for ViT-L/14).
 
     ``x → clip_input(x) → model.encode_image``, cast back to ``x.dtype``; in ``forward``, with ``ucg_rate > 0`` and
@@ -177,21 +201,11 @@ class ClipImageEmbedder(nn.Module):
     ) -> None:
         super().__init__()
         self.model = openai_clip(model)
-        self.antialias = antialias
-        self.ucg_rate = ucg_rate
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
-
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in ``[-1, 1]`` → normalised ``(B, 3, 224, 224)`` (the model's input size)."""
-        return clip_input(x, model_input_size(self.model.visual), self.mean, self.std, self.antialias)
+        self.keep_image_settings(antialias, ucg_rate)
 
     def forward(self, x: torch.Tensor, no_dropout: bool = False) -> torch.Tensor:
         """``encode_image(preprocess(x))`` ``(B, D)`` in ``x.dtype``, with unconditional-guidance dropout."""
-        features = self.model.encode_image(self.preprocess(x)).to(x.dtype)
-        if self.ucg_rate > 0.0 and not no_dropout:
-            features = drop_whole_embeddings(features, self.ucg_rate)
-        return features
+        return self.guidance_dropout(self.model.encode_image(self.preprocess(x)).to(x.dtype), no_dropout)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ldm.modules.encoders.base import AbstractEncoder as AbstractEncoder
 from ldm.modules.encoders.clip_image import ClipImageEmbedder as ClipImageEmbedder
 from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
 from ldm.modules.encoders.clip_tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
@@ -46,13 +47,6 @@ def _tokenize(tokenizer: Any, text: str | Sequence[str], max_length: int) -> tor
     """Captions → ids ``(B, max_length)``: truncated, then padded with the tokenizer's pad id."""
     encoding = tokenizer(text, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt")
     return encoding["input_ids"]
-
-
-class AbstractEncoder(nn.Module):
-    """A conditioner; subclasses implement ``encode``."""
-
-    def encode(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
 
 
 class ClassEmbedder(nn.Module):

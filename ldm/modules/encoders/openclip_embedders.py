@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -26,15 +27,8 @@ from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_mod
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldm.modules.encoders.clip_image import (
-    CLIP_MEAN,
-    CLIP_STD,
-    OPENAI_CACHE,
-    clip_input,
-    default_device,
-    drop_whole_embeddings,
-    model_input_size,
-)
+from ldm.modules.encoders.base import AbstractEncoder
+from ldm.modules.encoders.clip_image import OPENAI_CACHE, CLIPImageInput, default_device
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +99,36 @@ def build_open_clip(arch: str, version: str | None) -> nn.Module:
     return open_clip.create_model(name, pretrained=weights, device=device).eval()
 
 
-def _frozen(module: nn.Module) -> None:
-    module.model = module.model.eval()
-    for parameter in module.parameters():
-        parameter.requires_grad = False
+class OpenCLIPConditioner(AbstractEncoder):
+    """One tower of an open_clip ``CLIP`` model (:func:`build_open_clip`) as a conditioner: the other tower
+    (``drop``: ``"visual"`` or ``"transformer"``) is deleted, the rest stays under ``model.*`` as in SD 2.x
+    checkpoints. ``device``, ``max_length`` and ``layer`` are stored as given; ``freeze`` makes it :meth:`freeze`."""
+
+    def __init__(
+        self, arch: str, version: str | None, device: str, max_length: int, layer: str, drop: str, freeze: bool
+    ) -> None:
+        super().__init__()
+        clip = build_open_clip(arch, version)
+        delattr(clip, drop)
+        self.model = clip
+        self.device = device
+        self.max_length = max_length
+        self.layer = layer
+        if freeze:
+            self.freeze()
+
+    def freeze(self) -> None:
+        """Eval mode and ``requires_grad=False`` for every parameter."""
+        self.model = self.model.eval()
+        for parameter in self.parameters():
+            parameter.requires_grad = False
+
+    def encode(self, inputs: Any) -> torch.Tensor:
+        """``self(inputs)``: the conditioning of a batch of captions or images."""
+        return self(inputs)
 
 
-class FrozenOpenCLIPEmbedder(nn.Module):
+class FrozenOpenCLIPEmbedder(OpenCLIPConditioner):
     """Captions → OpenCLIP text features ``(B, context_length, width)``: ``ln_final`` of the residual stream after
     the last block (``layer="last"``) or the one before it (``"penultimate"``, what SD 2.x uses).
 
@@ -136,22 +153,10 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         freeze: bool = True,
         layer: str = "last",
     ) -> None:
-        super().__init__()
         if layer not in self.LAYERS:
             raise ValueError(f"FrozenOpenCLIPEmbedder: layer={layer!r} is not one of {list(self.LAYERS)}")
-        clip = build_open_clip(arch, version)
-        del clip.visual
-        self.model = clip
-        self.device = device
-        self.max_length = max_length
-        self.layer = layer
+        super().__init__(arch, version, device, max_length, layer, drop="visual", freeze=freeze)
         self.layer_idx = self.LAYERS.index(layer)
-        if freeze:
-            self.freeze()
-
-    def freeze(self) -> None:
-        """Eval mode and ``requires_grad=False`` for every parameter."""
-        _frozen(self)
 
     def tokenize(self, text: str | Sequence[str]) -> torch.Tensor:
         """Captions → ids ``(B, context_length)`` int64 (``open_clip.tokenize``: start 49406, end 49407, pad 0)."""
@@ -182,11 +187,8 @@ class FrozenOpenCLIPEmbedder(nn.Module):
             h = checkpoint(step, h, use_reentrant=False) if recompute else step(h)
         return h.transpose(0, 1) if seq_first else h
 
-    def encode(self, text: str | Sequence[str]) -> torch.Tensor:
-        return self(text)
 
-
-class FrozenOpenCLIPImageEmbedder(nn.Module):
+class FrozenOpenCLIPImageEmbedder(OpenCLIPConditioner, CLIPImageInput):
     """Image ``(B, 3, H, W)`` in ``[-1, 1]`` → pooled, projected OpenCLIP image embedding ``(B, embed_dim)``.
 
     ``z = visual(clip_input(x))`` (bicubic resize to 224 with Gaussian antialiasing, ``[-1, 1] → [0, 1]``, CLIP
@@ -207,41 +209,16 @@ class FrozenOpenCLIPImageEmbedder(nn.Module):
         antialias: bool = True,
         ucg_rate: float = 0.0,
     ) -> None:
-        super().__init__()
         if layer != "pooled":
             raise ValueError(f"FrozenOpenCLIPImageEmbedder: layer={layer!r} is not supported; use 'pooled'")
-        clip = build_open_clip(arch, version)
-        del clip.transformer
-        self.model = clip
-        self.device = device
-        self.max_length = max_length
-        self.layer = layer
-        self.antialias = antialias
-        self.ucg_rate = ucg_rate
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD), persistent=False)
-        if freeze:
-            self.freeze()
-
-    def freeze(self) -> None:
-        """Eval mode and ``requires_grad=False`` for every parameter."""
-        _frozen(self)
-
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in ``[-1, 1]`` → normalised ``(B, 3, 224, 224)`` (the tower's input size)."""
-        return clip_input(x, model_input_size(self.model.visual), self.mean, self.std, self.antialias)
+        super().__init__(arch, version, device, max_length, layer, drop="transformer", freeze=freeze)
+        self.keep_image_settings(antialias, ucg_rate)
 
     def forward(self, image: torch.Tensor, no_dropout: bool = False) -> torch.Tensor:
         amp = torch.autocast("cuda") if image.is_cuda else contextlib.nullcontext()
         with amp:
-            z = self.encode_with_vision_transformer(image)
-            if self.ucg_rate > 0.0 and not no_dropout:
-                z = drop_whole_embeddings(z, self.ucg_rate)
-        return z
+            return self.guidance_dropout(self.encode_with_vision_transformer(image), no_dropout)
 
     def encode_with_vision_transformer(self, img: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in ``[-1, 1]`` → ``visual(preprocess(img))`` ``(B, embed_dim)``."""
         return self.model.visual(self.preprocess(img))
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self(image)
