@@ -423,3 +423,12 @@ def test_openai_torchscript_archive_is_read(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="OpenAI CLIP state dict"):
         torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
         read_openai_state_dict(tmp_path / "other.pt")
+
+
+def test_the_openclip_conditioners_are_abstract_encoders_as_in_the_original():
+    from ldm.modules.encoders.modules import AbstractEncoder, ClipImageEmbedder
+    from ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder as TextEmbedder
+    from ldm.modules.encoders.modules import FrozenOpenCLIPImageEmbedder as ImageEmbedder
+
+    assert issubclass(TextEmbedder, AbstractEncoder) and issubclass(ImageEmbedder, AbstractEncoder)
+    assert not issubclass(ClipImageEmbedder, AbstractEncoder)
