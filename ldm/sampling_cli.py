@@ -1,18 +1,42 @@
-"""Command-line flags that ``scripts/txt2img.py`` and ``scripts/img2img.py`` share (the defaults that differ
-between the two are parameters), and how the scripts end on bad input."""
+"""What the sampling scripts (``scripts/txt2img.py``, ``img2img.py``, ``depth2img.py``, ``upscale.py``,
+``inpaint.py``) share, in the order they run: the flags (the defaults that differ are parameters), the model and
+sampler ready from the flags, the loop over the prompt batches that samples, decodes and saves, and how a script
+ends on bad input."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm, trange
+
 from ldm.checkpoint import CheckpointError
-from ldm.models.diffusion.named_samplers import SCHEDULE_ALIASES, SCHEDULES, describe_samplers
+from ldm.conditioned_sampling import hybrid_conditioning
+from ldm.image_io import Watermark, save_grid, save_samples, to_unit_range
+from ldm.inference import (
+    check_latent_geometry,
+    choose_device,
+    decode_latents,
+    latent_factor,
+    load_sampling_model,
+    make_sampler,
+    optimize_for_inference,
+    precision_scope,
+    seed_everything,
+    text_conditioning,
+)
+from ldm.models.diffusion.named_samplers import SCHEDULE_ALIASES, SCHEDULES, NamedSampler, describe_samplers
 from ldm.util import ConfigError
+
+logger = logging.getLogger(__name__)
 
 SD_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
 SD_CKPT = "models/ldm/stable-diffusion-v1/model.ckpt"
@@ -20,6 +44,31 @@ NO_SAFETY_CHECKER = (
     "No NSFW safety checker runs: it needs the external "
     "CompVis/stable-diffusion-safety-checker weights, so images are saved unfiltered."
 )
+
+
+class SamplingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose ``parse_args`` also sets ``opt.sampler`` to the one sampler name the flags
+    choose (:func:`chosen_sampler`)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        opt = super().parse_args(args, namespace)
+        opt.sampler = chosen_sampler(self, opt)
+        return opt
+
+
+def sampling_parser(
+    description: str, *, outdir: str, n_iter: int, n_samples: int, scale: float, seed: int | None,
+    **other_defaults: Any,
+) -> SamplingParser:
+    """A sampling script's parser: ``description`` (the script's docstring) above the flags, the note that no
+    safety checker runs below, the shared flags of :func:`add_sampling_arguments` with the script's defaults, and
+    ``other_defaults`` replacing those of shared flags (e.g. ``config=..., f=None``)."""
+    parser = SamplingParser(description=description, epilog=NO_SAFETY_CHECKER,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_arguments(parser, outdir=outdir, n_iter=n_iter, n_samples=n_samples, scale=scale, seed=seed)
+    if other_defaults:
+        parser.set_defaults(**other_defaults)
+    return parser
 
 
 def add_sampling_arguments(
@@ -127,6 +176,126 @@ def speed_options(opt: argparse.Namespace) -> dict[str, Any]:
         "fast_blocks": not opt.reference_blocks, "channels_last": opt.channels_last, "prepack": opt.prepack,
         "compile": opt.compile, "attention_slicing": opt.attention_slicing, "vae_tiling": opt.vae_tiling,
     }
+
+
+@dataclass
+class LoadedModel:
+    """A sampling script's model on its device, with the ``--precision`` context and the speed options it samples
+    under (see :func:`load_script_model`)."""
+
+    model: Any
+    device: torch.device
+    precision: contextlib.AbstractContextManager
+    speed: dict[str, Any]
+
+    @contextlib.contextmanager
+    def sampling_scope(self) -> Iterator[None]:
+        """No gradients, the ``--precision`` autocast and the model's EMA weights, for everything that samples."""
+        with torch.no_grad(), self.precision, self.model.ema_scope():
+            yield
+
+    def ready_sampler(self, opt: argparse.Namespace) -> NamedSampler:
+        """The speed options applied to the model, the random generators seeded with ``--seed``, and the sampler
+        of ``--sampler`` / ``--schedule`` over the model."""
+        optimize_for_inference(self.model, **self.speed)
+        seed_everything(opt.seed)
+        return make_sampler(opt.sampler, self.model, schedule=opt.schedule)
+
+
+def load_script_model(opt: argparse.Namespace, check: Callable[[Any], None] | None = None) -> LoadedModel:
+    """The model of the flags, checked before anything is written: the ``--device``, the ``--precision`` context
+    and the speed options (which fail on impossible combinations before the slow load), the model of ``--config`` /
+    ``--ckpt`` (:func:`ldm.inference.load_sampling_model`), ``check(model)`` (does the script suit the model?), and
+    ``--f`` / ``--C`` against the model's first stage (a flag left None means the model's own value)."""
+    device = choose_device(opt.device)
+    precision = precision_scope(opt.precision, device)
+    speed = speed_options(opt)
+    model = load_sampling_model(opt, device)
+    if check is not None:
+        check(model)
+    factor = latent_factor(model) if opt.f is None else opt.f
+    check_latent_geometry(model, factor, model.channels if opt.C is None else opt.C)
+    return LoadedModel(model, device, precision, speed)
+
+
+@dataclass
+class SamplingStart:
+    """Where each batch of B prompts starts and which images condition it; every tensor has ``--n_samples`` rows
+    and a batch takes its first B.
+
+    Without ``init_latent``: sampled from x_T = ``noise[:B]`` ``(B, *shape)`` (fresh noise when ``noise`` is None).
+    With ``init_latent`` ``(n, C, h, w)``: img2img from ``init_latent[:B]`` noised to ``--strength`` with
+    ``noise[:B]``. ``c_concat`` ``(n, C_c, h, w)`` (and ``c_adm`` ``(n,)``) join the text as hybrid conditioning
+    dicts, the same for the conditional and unconditional branch.
+    """
+
+    shape: tuple[int, ...] | None = None
+    init_latent: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    c_concat: torch.Tensor | None = None
+    c_adm: torch.Tensor | None = None
+
+    def draw(self, opt: argparse.Namespace, sampler: NamedSampler, c: Any, uc: Any, batch: int) -> torch.Tensor:
+        """Latents ``(B, C, h, w)`` for the text conditioning ``c`` / ``uc`` of B prompts, guided with ``--scale``
+        (eps = eps(x, uc) + scale (eps(x, c) − eps(x, uc))), ``--ddim_steps`` steps, ``--ddim_eta``."""
+        if self.c_concat is not None:
+            c_adm = None if self.c_adm is None else self.c_adm[:batch]
+            c, uc = hybrid_conditioning(self.c_concat[:batch], c, uc, c_adm=c_adm)
+        noise = None if self.noise is None else self.noise[:batch]
+        guidance = {"unconditional_guidance_scale": opt.scale, "unconditional_conditioning": uc, "eta": opt.ddim_eta}
+        if self.init_latent is not None:
+            return sampler.img2img(self.init_latent[:batch], opt.strength, opt.ddim_steps, c, noise=noise, **guidance)
+        if self.shape is None:
+            raise ValueError("SamplingStart needs a latent shape (C, h, w) to sample from noise, or an init_latent")
+        latents, _ = sampler.sample(S=opt.ddim_steps, conditioning=c, batch_size=batch, shape=self.shape,
+                                    verbose=False, x_T=noise, **guidance)
+        return latents
+
+
+class SampleWriter:
+    """Where a script's images go: each batch as ``outdir/samples/00000.png, ...`` (numbered after the files
+    already there; not with ``--skip_save``) and all of them as one ``outdir/grid-0000.png`` at the end
+    (``--n_rows`` per row, default ``--n_samples``; not with ``--skip_grid``), watermarked when ``watermark`` is
+    given. Creating it creates the folders; :func:`sample_prompts` makes one."""
+
+    def __init__(self, opt: argparse.Namespace, watermark: Watermark | None = None) -> None:
+        self.outdir = Path(opt.outdir)
+        self.sample_dir = self.outdir / "samples"
+        self.sample_dir.mkdir(parents=True, exist_ok=True)
+        self.watermark = watermark
+        self.save, self.grid = not opt.skip_save, not opt.skip_grid
+        self.n_rows = opt.n_rows or opt.n_samples
+        self.kept: list[torch.Tensor] = []
+
+    def add(self, images: torch.Tensor) -> None:
+        """Save a batch ``(B, 3, H, W)`` in [0, 1] (and keep it on the CPU for the grid)."""
+        images = images.cpu()
+        if self.save:
+            save_samples(images, self.sample_dir, self.watermark)
+        if self.grid:
+            self.kept.append(images)
+
+    def finish(self) -> Path:
+        """Save the grid; returns ``outdir``."""
+        if self.grid:
+            save_grid(self.kept, self.outdir, self.n_rows, self.watermark)
+        logger.info("Your samples are ready and waiting for you here: %s", self.outdir)
+        return self.outdir
+
+
+def sample_prompts(opt: argparse.Namespace, model: Any, sampler: NamedSampler, batches: list[list[str]],
+                   start: SamplingStart, watermark: Watermark | None = None) -> Path:
+    """``--n_iter`` passes over the prompt batches: per batch, c (and uc, of ``--negative_prompt``, unless
+    ``--scale`` is 1) of the prompts, latents drawn from ``start``, decoded to x = D(z / scale_factor) in float32,
+    mapped to [0, 1] by clamp((x + 1) / 2) and saved by a :class:`SampleWriter`. Runs inside the caller's
+    :meth:`LoadedModel.sampling_scope`; returns ``--outdir``."""
+    writer = SampleWriter(opt, watermark)
+    for _ in trange(opt.n_iter, desc="Sampling"):
+        for prompts in tqdm(batches, desc="data"):
+            c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
+            latents = start.draw(opt, sampler, c, uc, len(prompts))
+            writer.add(to_unit_range(decode_latents(model, latents)))
+    return writer.finish()
 
 
 #: Errors that mean bad input (a path, a file, a size, a setting) rather than a bug: a script reports them as one line.

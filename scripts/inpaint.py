@@ -30,10 +30,9 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 from PIL import Image
-from tqdm import tqdm, trange
+from tqdm import tqdm
 
 from ldm.conditioned_sampling import (
-    hybrid_conditioning,
     inpainting_concat,
     ldm_inpainting_batch,
     ldm_inpainting_conditioning,
@@ -41,23 +40,17 @@ from ldm.conditioned_sampling import (
     pil_to_mask,
     pil_to_pixels,
 )
-from ldm.image_io import make_watermarker, read_image, save_grid, save_samples, to_pil, to_unit_range
-from ldm.inference import (
-    check_latent_geometry,
-    choose_device,
-    decode_latents,
-    latent_factor,
-    load_sampling_model,
-    make_sampler,
-    optimize_for_inference,
-    pixel_multiple,
-    precision_scope,
-    prompt_batches,
-    seed_everything,
-    text_conditioning,
+from ldm.image_io import make_watermarker, read_image, to_pil, to_unit_range
+from ldm.inference import decode_latents, latent_factor, pixel_multiple, prompt_batches
+from ldm.models.diffusion.named_samplers import NamedSampler, sampler_choice
+from ldm.sampling_cli import (
+    LoadedModel,
+    SamplingStart,
+    load_script_model,
+    run_script,
+    sample_prompts,
+    sampling_parser,
 )
-from ldm.models.diffusion.named_samplers import sampler_choice
-from ldm.sampling_cli import NO_SAFETY_CHECKER, add_sampling_arguments, chosen_sampler, run_script, speed_options
 
 __all__ = ["find_pairs", "main", "parse_args"]
 
@@ -75,10 +68,8 @@ MODES = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=NO_SAFETY_CHECKER,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_arguments(parser, outdir=OUTDIR, n_iter=1, n_samples=1, scale=10.0, seed=None)
-    parser.set_defaults(prompt=None, config=None, ckpt=None, f=None, C=None)
+    parser = sampling_parser(__doc__, outdir=OUTDIR, n_iter=1, n_samples=1, scale=10.0, seed=None, prompt=None,
+                             config=None, ckpt=None, f=None, C=None)
     arg = parser.add_argument
     arg("--indir", type=str, nargs="?", default=None,
         help="LDM mode: dir containing image-mask pairs (`example.png` and `example_mask.png`)")
@@ -87,9 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg("--image", type=str, default=None, help="SD 2.x mode: the image to inpaint")
     arg("--mask", type=str, default=None,
         help="SD 2.x mode: the mask, a grey-scale image of the same size (white = repaint)")
-    opt = parser.parse_args(argv)
-    opt.sampler = chosen_sampler(parser, opt)
-    return opt
+    return parser.parse_args(argv)
 
 
 def choose_mode(opt: argparse.Namespace) -> str:
@@ -161,22 +150,21 @@ def read_pair(image_path: Path, mask_path: Path, multiple: int) -> tuple[np.ndar
     return image, unit, pil_to_mask(mask, (width, height))
 
 
-def inpaint_folder(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> list[Path]:
+def inpaint_folder(opt: argparse.Namespace, loaded: LoadedModel, sampler: NamedSampler) -> list[Path]:
     """latent-diffusion's inpainting loop: for each pair, c = cat[τ(masked image), mask on τ's grid], sample a
     latent of ``(C_c − 1, h, w)``, decode, and paste the prediction into the masked region."""
+    model = loaded.model
     pairs = find_pairs(opt.indir)
     logger.info("Found %d inputs.", len(pairs))
     outdir = Path(opt.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
-    precision = precision_scope(opt.precision, device)
     written = []
     with torch.no_grad(), model.ema_scope():
         for image_path, mask_path in tqdm(pairs, desc="inpainting"):
             image_u8, image, mask = read_pair(image_path, mask_path, pixel_multiple(model))
-            batch = {key: value.to(device) for key, value in ldm_inpainting_batch(image, mask).items()}
+            batch = {key: value.to(loaded.device) for key, value in ldm_inpainting_batch(image, mask).items()}
             c = ldm_inpainting_conditioning(model, batch)
-            with precision:
+            with loaded.precision:
                 latents, _ = sampler.sample(S=opt.ddim_steps, conditioning=c, batch_size=c.shape[0],
                                             shape=(c.shape[1] - 1, *c.shape[2:]), verbose=False, eta=opt.ddim_eta)
             predicted = np.asarray(to_pil(to_unit_range(decode_latents(model, latents))[0]))
@@ -196,45 +184,27 @@ def read_image_and_mask(opt: argparse.Namespace) -> tuple[Image.Image, Image.Ima
     return image, mask_image
 
 
-def inpaint_image(opt: argparse.Namespace, model: torch.nn.Module, device: torch.device, image: Image.Image,
+def inpaint_image(opt: argparse.Namespace, loaded: LoadedModel, sampler: NamedSampler, image: Image.Image,
                   mask_image: Image.Image) -> Path:
     """SD 2.x inpainting: c = {c_concat: [mask on the latent grid, z(masked image)], c_crossattn: [text]},
     guided by the negative prompt's; samples and a grid under ``outdir``."""
+    model = loaded.model
     multiple = pixel_multiple(model)
     width, height = (side - side % multiple for side in image.size)
     if min(width, height) == 0:
         raise ValueError(f"the image is {image.size[0]}x{image.size[1]}; it needs at least {multiple} pixels per side")
     logger.info("image of size %s resized to (%d, %d)", image.size, width, height)
-    pixels = pil_to_pixels(image, (width, height)).to(device)
-    mask = pil_to_mask(mask_image, (width, height)).to(device)
+    pixels = pil_to_pixels(image, (width, height)).to(loaded.device)
+    mask = pil_to_mask(mask_image, (width, height)).to(loaded.device)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
-    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
     shape = (model.channels, height // latent_factor(model), width // latent_factor(model))
-    start_code = torch.randn((opt.n_samples, *shape), device=device) if opt.fixed_code else None
+    start_code = torch.randn((opt.n_samples, *shape), device=loaded.device) if opt.fixed_code else None
 
-    outdir = Path(opt.outdir)
-    sample_dir = outdir / "samples"
-    sample_dir.mkdir(parents=True, exist_ok=True)
     watermark = make_watermarker("SDV2")
-    all_samples = []
-    with torch.no_grad(), precision_scope(opt.precision, device), model.ema_scope():
-        c_concat = inpainting_concat(model, pixels, mask)
-        for _ in trange(opt.n_iter, desc="Sampling"):
-            for prompts in tqdm(batches, desc="data"):
-                c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
-                cond, uncond = hybrid_conditioning(repeat(c_concat, "1 ... -> b ...", b=len(prompts)), c, uc)
-                latents, _ = sampler.sample(
-                    S=opt.ddim_steps, conditioning=cond, batch_size=len(prompts), shape=shape, verbose=False,
-                    unconditional_guidance_scale=opt.scale, unconditional_conditioning=uncond, eta=opt.ddim_eta,
-                    x_T=None if start_code is None else start_code[: len(prompts)],
-                )
-                images = to_unit_range(decode_latents(model, latents)).cpu()
-                if not opt.skip_save:
-                    save_samples(images, sample_dir, watermark)
-                all_samples.append(images)
-    if not opt.skip_grid:
-        save_grid(all_samples, outdir, opt.n_rows or opt.n_samples, watermark)
-    return outdir
+    with loaded.sampling_scope():
+        c_concat = repeat(inpainting_concat(model, pixels, mask), "1 ... -> b ...", b=opt.n_samples)
+        start = SamplingStart(shape=shape, noise=start_code, c_concat=c_concat)
+        return sample_prompts(opt, model, sampler, batches, start, watermark)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,19 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     mode = choose_mode(opt)
     sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
     inputs = read_image_and_mask(opt) if mode == "sd2" else find_pairs(opt.indir)
-    device = choose_device(opt.device)
-    precision_scope(opt.precision, device)
-    speed = speed_options(opt)
-    model = load_sampling_model(opt, device)
-    check_model(model, mode, opt.config)
-    check_latent_geometry(model, opt.f or latent_factor(model), opt.C or model.channels)
-    optimize_for_inference(model, **speed)
-    seed_everything(opt.seed)
+    loaded = load_script_model(opt, lambda model: check_model(model, mode, opt.config))
+    sampler = loaded.ready_sampler(opt)
     if mode == "ldm":
-        inpaint_folder(opt, model, device)
+        inpaint_folder(opt, loaded, sampler)
+        logger.info("Your samples are ready and waiting for you here: %s", opt.outdir)
     else:
-        inpaint_image(opt, model, device, *inputs)
-    logger.info("Your samples are ready and waiting for you here: %s", opt.outdir)
+        inpaint_image(opt, loaded, sampler, *inputs)
 
 
 if __name__ == "__main__":

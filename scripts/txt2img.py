@@ -17,46 +17,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import torch
-from tqdm import tqdm, trange
 
-from ldm.image_io import (
-    load_replacement,
-    make_watermarker,
-    numpy_to_pil,
-    put_watermark,
-    save_grid,
-    save_samples,
-    to_unit_range,
-)
-from ldm.inference import (
-    check_image_size,
-    check_latent_geometry,
-    choose_device,
-    chunk,
-    decode_latents,
-    load_sampling_model,
-    make_sampler,
-    optimize_for_inference,
-    pixel_multiple,
-    precision_scope,
-    prompt_batches,
-    seed_everything,
-    text_conditioning,
-)
+from ldm.image_io import load_replacement, make_watermarker, numpy_to_pil, put_watermark
+from ldm.inference import check_image_size, chunk, pixel_multiple, prompt_batches
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.models.diffusion.named_samplers import sampler_choice
 from ldm.safety import check_safety
 from ldm.sampling_cli import (
-    NO_SAFETY_CHECKER,
     SD_CKPT,
     SD_CONFIG,
-    add_sampling_arguments,
-    chosen_sampler,
+    SamplingStart,
+    load_script_model,
     run_script,
-    speed_options,
+    sample_prompts,
+    sampling_parser,
 )
 
 __all__ = [
@@ -79,16 +55,13 @@ LAION_OUTDIR = "outputs/txt2img-samples-laion400m"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, epilog=NO_SAFETY_CHECKER,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_arguments(parser, outdir=OUTDIR, n_iter=2, n_samples=3, scale=7.5, seed=None)
+    parser = sampling_parser(__doc__, outdir=OUTDIR, n_iter=2, n_samples=3, scale=7.5, seed=None)
     parser.add_argument("--laion400m", action="store_true",
                         help=f"use the LDM text-to-image model trained on LAION-400M: --config {LAION_CONFIG}, "
                         f"--ckpt {LAION_CKPT}, --outdir {LAION_OUTDIR} instead of the Stable Diffusion defaults")
     parser.add_argument("--H", type=int, default=512, help="image height, in pixel space")
     parser.add_argument("--W", type=int, default=512, help="image width, in pixel space")
     opt = parser.parse_args(argv)
-    opt.sampler = chosen_sampler(parser, opt)
     if opt.laion400m:
         logger.info("Falling back to the LAION 400M model...")
         for name, sd_default, laion_default in (
@@ -105,48 +78,16 @@ def main(argv: list[str] | None = None) -> None:
     sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
     check_image_size(opt.H, opt.W, opt.f)
-    device = choose_device(opt.device)
-    precision = precision_scope(opt.precision, device)
-    speed = speed_options(opt)
-    model = load_sampling_model(opt, device)
-    check_latent_geometry(model, opt.f, opt.C)
-    check_image_size(opt.H, opt.W, pixel_multiple(model), why="--f times the UNet's downsampling")
-    optimize_for_inference(model, **speed)
-    seed_everything(opt.seed)
-    sampler = make_sampler(opt.sampler, model, schedule=opt.schedule)
+    loaded = load_script_model(opt)
+    check_image_size(opt.H, opt.W, pixel_multiple(loaded.model), why="--f times the UNet's downsampling")
+    sampler = loaded.ready_sampler(opt)
     logger.info("sampler: %r, %d steps", sampler, opt.ddim_steps)
 
-    outdir = Path(opt.outdir)
-    sample_dir = outdir / "samples"
-    sample_dir.mkdir(parents=True, exist_ok=True)
     watermark = make_watermarker()
     shape = (opt.C, opt.H // opt.f, opt.W // opt.f)
-    start_code = torch.randn((opt.n_samples, *shape), device=device) if opt.fixed_code else None
-
-    all_samples = []
-    with torch.no_grad(), precision, model.ema_scope():
-        for _ in trange(opt.n_iter, desc="Sampling"):
-            for prompts in tqdm(batches, desc="data"):
-                c, uc = text_conditioning(model, prompts, opt.negative_prompt, opt.scale)
-                samples, _ = sampler.sample(
-                    S=opt.ddim_steps,
-                    conditioning=c,
-                    batch_size=len(prompts),
-                    shape=shape,
-                    verbose=False,
-                    unconditional_guidance_scale=opt.scale,
-                    unconditional_conditioning=uc,
-                    eta=opt.ddim_eta,
-                    x_T=None if start_code is None else start_code[: len(prompts)],
-                )
-                images = to_unit_range(decode_latents(model, samples)).cpu()
-                if not opt.skip_save:
-                    save_samples(images, sample_dir, watermark)
-                if not opt.skip_grid:
-                    all_samples.append(images)
-    if not opt.skip_grid:
-        save_grid(all_samples, outdir, opt.n_rows or opt.n_samples, watermark)
-    logger.info("Your samples are ready and waiting for you here: %s", outdir)
+    start_code = torch.randn((opt.n_samples, *shape), device=loaded.device) if opt.fixed_code else None
+    with loaded.sampling_scope():
+        sample_prompts(opt, loaded.model, sampler, batches, SamplingStart(shape=shape, noise=start_code), watermark)
 
 
 if __name__ == "__main__":
