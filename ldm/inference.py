@@ -21,6 +21,7 @@ from ldm.models.diffusion.named_samplers import NamedSampler, resolve_sampler
 from ldm.models.vae_tiling import set_vae_tiling
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.attention_slicing import set_attention_slicing
+from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.fast.blocks import swap_fast_blocks
 from ldm.modules.fast.packed_conv import pack_convolutions
 from ldm.prediction_check import warn_on_parameterization_mismatch
@@ -131,7 +132,8 @@ def load_sampling_model(opt: Any, device: torch.device) -> torch.nn.Module:
     """The model of the sampling scripts' ``--config`` / ``--ckpt`` / ``--use_ema`` / ``--parameterization`` on
     ``device``. ``--parameterization`` replaces the config's; without it, an SD 2.x checkpoint whose outputs
     contradict the config (768-v under ``v2-inference.yaml``, or the reverse) gets a warning naming the right config
-    (:mod:`ldm.prediction_check`)."""
+    (:mod:`ldm.prediction_check`). ``--precision full`` keeps UNets whose config says ``use_fp16`` / ``use_bf16``
+    (the SD 2.x configs) in float32 on CUDA too."""
     config = load_config(opt.config)
     forced = getattr(opt, "parameterization", None)
     if forced is not None:
@@ -140,7 +142,17 @@ def load_sampling_model(opt: Any, device: torch.device) -> torch.nn.Module:
     if forced is None and opt.ckpt is not None:
         with model.ema_scope():
             warn_on_parameterization_mismatch(model, opt.ckpt, opt.config)
+    if getattr(opt, "precision", None) == "full":
+        compute_unets_in_float32(model)
     return model
+
+
+def compute_unets_in_float32(model: torch.nn.Module) -> None:
+    """Every ``UNetModel`` in ``model`` computes in float32, whatever its config's ``use_fp16`` / ``use_bf16``
+    (those make a float32 UNet autocast to half precision on CUDA)."""
+    for module in model.modules():
+        if isinstance(module, UNetModel):
+            module.dtype = torch.float32
 
 
 def load_eval_model(config: DictConfig, ckpt: str | Path, verbose: bool = False) -> torch.nn.Module:

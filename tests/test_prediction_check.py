@@ -96,3 +96,18 @@ def test_the_parameterization_flag_replaces_the_config_value(forced, tmp_path):
     OmegaConf.save(config, tmp_path / "tiny.yaml")
     opt = argparse.Namespace(config=str(tmp_path / "tiny.yaml"), ckpt=None, use_ema=False, parameterization=forced)
     assert load_sampling_model(opt, torch.device("cpu")).parameterization == forced
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("full", torch.float32), ("autocast", torch.float16)])
+def test_full_precision_keeps_a_use_fp16_unet_in_float32(precision, expected, tmp_path):
+    """SD 2.x configs set ``use_fp16: true`` (a float32 UNet that autocasts on CUDA); ``--precision full`` turns
+    that off, the other precisions leave the config's choice."""
+    config = OmegaConf.load(Path(__file__).parent / "configs" / "tiny_ldm.yaml")
+    config.model.params.first_stage_config.params.ckpt_path = None
+    config.model.params.unet_config.params.use_fp16 = True
+    OmegaConf.save(config, tmp_path / "tiny.yaml")
+    opt = argparse.Namespace(config=str(tmp_path / "tiny.yaml"), ckpt=None, use_ema=False, parameterization=None,
+                             precision=precision)
+    unet = load_sampling_model(opt, torch.device("cpu")).model.diffusion_model
+    assert unet.dtype == expected
+    assert all(p.dtype == torch.float32 for p in unet.parameters())
