@@ -55,22 +55,20 @@ def ancestral_chain(
     x_T: torch.Tensor,
     steps: int,
     *,
-    record: str,
-    log_every_t: int,
-    desc: str | None,
     quantize_denoised: bool = False,
-    mask: torch.Tensor | None = None,
-    x0: torch.Tensor | None = None,
-    temperature: float | Sequence[float] = 1.0,
-    noise_dropout: float = 0.0,
     score_corrector: Any = None,
     corrector_kwargs: dict[str, Any] | None = None,
     callback: Callable[[int], None] | None = None,
     img_callback: Callable[[torch.Tensor, int], None] | None = None,
-    generator: torch.Generator | None = None,
+    **loop_options: Any,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The ancestral chain from x_T over ``steps`` steps with the conditioning bound in; see
-    :meth:`~ldm.models.diffusion.gaussian_diffusion.GaussianDiffusion.p_sample_loop` for the arguments."""
+    """The ancestral chain from x_T over ``steps`` steps with the conditioning bound in.
+
+    The LatentDiffusion keywords become the chain's parts here (``quantize_denoised`` → codebook snap of x̂_0,
+    ``score_corrector`` → the model function, ``callback(i)`` / ``img_callback(x, i)`` → one step hook); the rest
+    (``record``, ``log_every_t``, ``progress``, ``mask``, ``x0``, ``temperature``, ``noise_dropout``,
+    ``generator``) are :meth:`~ldm.models.diffusion.gaussian_diffusion.GaussianDiffusion.p_sample_loop`'s own.
+    """
 
     def on_step(i: int, x: torch.Tensor, _: torch.Tensor) -> None:
         if callback:
@@ -84,15 +82,8 @@ def ancestral_chain(
         steps=steps,
         clip_denoised=model.clip_denoised,
         denoised_fn=codebook_snap(model) if quantize_denoised else None,
-        mask=mask,
-        x0=x0,
-        temperature=temperature,
-        noise_dropout=noise_dropout,
-        log_every_t=log_every_t,
-        record=record,
         on_step=on_step,
-        progress=desc,
-        generator=generator,
+        **loop_options,
     )
 
 
