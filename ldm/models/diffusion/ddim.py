@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ldm.models.diffusion.sampler_core import Conditioning
+from ldm.models.diffusion.sampler_core import Conditioning, batch_coefficient, progress
 from ldm.models.diffusion.sampler_frontend import SampleResult, SamplingRequest
 from ldm.models.diffusion.sampling_common import DDIMScheduleSampler, LoopOptions, Step, StepOptions
 
@@ -116,6 +116,52 @@ class DDIMSampler(DDIMScheduleSampler):
         return signal[t].view(per_sample) * x0 + spread[t].view(per_sample) * noise
 
     @torch.no_grad()
+    def encode(
+        self,
+        x0: torch.Tensor,
+        c: Conditioning,
+        t_enc: int,
+        use_original_steps: bool = False,
+        return_intermediates: int | None = None,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Conditioning = None,
+        callback: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Deterministic DDIM inversion: x_0 ``(B, ...)`` carried up the first ``t_enc`` schedule positions, the η = 0
+        update run backwards, so that :meth:`decode` from ``t_enc`` comes back close to x_0.
+
+        Step i moves the latent from level ᾱ_prev[i] to ᾱ[i] with the guided ε̂ of the model at the destination
+        timestep: x ← √(ᾱ[i]/ᾱ_prev[i])·x + √ᾱ[i]·(√(1/ᾱ[i] − 1) − √(1/ᾱ_prev[i] − 1))·ε̂.
+        ``return_intermediates = r`` keeps about r latents on the way (every ⌊t_enc/r⌋-th and the last two).
+        Returns ``(x_enc, {"x_encoded", "intermediate_steps"[, "intermediates"]})``.
+        """
+        alphas, alphas_prev, _, _ = self._step_tables(use_original_steps)
+        timesteps = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
+        steps = len(timesteps)
+        if not 0 <= t_enc <= steps:
+            raise ValueError(f"t_enc = {t_enc} is outside the schedule's {steps} steps; use 0..{steps}.")
+        options = StepOptions(
+            use_original_steps=use_original_steps, unconditional_guidance_scale=unconditional_guidance_scale,
+            unconditional_conditioning=unconditional_conditioning,
+        )  # fmt: skip
+        every = max(1, t_enc // return_intermediates) if return_intermediates else 0
+        x, kept, kept_steps = x0, [], []
+        for i in progress(range(t_enc), "Encoding Image", t_enc, False):
+            t = torch.full((x0.shape[0],), int(timesteps[i]), device=x0.device, dtype=torch.long)
+            eps = self._denoise(x, c, t, self._marginal(x, i, use_original_steps), options).eps
+            a_to, a_from = batch_coefficient(alphas[i], x), batch_coefficient(alphas_prev[i], x)
+            x = (a_to / a_from).sqrt() * x + a_to.sqrt() * ((1 / a_to - 1).sqrt() - (1 / a_from - 1).sqrt()) * eps
+            if every and ((i % every == 0 and i < t_enc - 1) or i >= t_enc - 2):
+                kept.append(x)
+                kept_steps.append(i)
+            if callback:
+                callback(i)
+        out: dict[str, Any] = {"x_encoded": x, "intermediate_steps": kept_steps}
+        if return_intermediates:
+            out["intermediates"] = kept
+        return x, out
+
+    @torch.no_grad()
     def decode(
         self,
         x_latent: torch.Tensor,
@@ -124,10 +170,12 @@ class DDIMSampler(DDIMScheduleSampler):
         unconditional_guidance_scale: float = 1.0,
         unconditional_conditioning: Conditioning = None,
         use_original_steps: bool = False,
+        callback: Callable[[int], None] | None = None,
         disable_progress: bool = False,
     ) -> torch.Tensor:
         """Deterministic (η of :meth:`make_schedule`) DDIM denoising of ``x_latent`` ``(B, ...)`` from schedule
-        position ``t_start`` (the latent of ``stochastic_encode(x0, t_start - 1)``) down to x_0."""
+        position ``t_start`` (the latent of ``stochastic_encode(x0, t_start - 1)`` or of :meth:`encode`) down to
+        x_0; ``callback(i)`` after each step."""
         visited = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
 
         options = StepOptions(
@@ -136,7 +184,7 @@ class DDIMSampler(DDIMScheduleSampler):
         )  # fmt: skip
         step = self._guided_step(cond, lambda index: unconditional_guidance_scale, options)
         time_range = np.flip(visited[:t_start])
-        loop = LoopOptions(x_T=x_latent, disable_progress=disable_progress)
+        loop = LoopOptions(x_T=x_latent, callback=callback, disable_progress=disable_progress)
         return self._sample_loop(step, x_latent.shape, "Decoding image", time_range, loop)[0]
 
 
