@@ -22,9 +22,11 @@ Watermark = Callable[[Image.Image], Image.Image]
 def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
     """Tile ``(B, C, H, W)`` into ``(3, rows * (H + p) + p, cols * (W + p) + p)`` with ``cols = min(nrow, B)``.
 
-    Row-major order on a zero background, like ``torchvision.utils.make_grid``; one image is returned as is
-    and 1-channel images become 3-channel.
+    Row-major order on a zero background, like ``torchvision.utils.make_grid``; one image (``(C, H, W)`` or a batch
+    of one) is returned as is and 1-channel images become 3-channel.
     """
+    if images.ndim == 3:
+        images = images[None]
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[0] == 1:

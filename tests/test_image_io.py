@@ -92,3 +92,10 @@ def test_watermark_only_with_the_package(monkeypatch, tmp_path):
     (path,) = save_samples(torch.zeros(1, 3, 4, 4), tmp_path, watermark)
     pixels = np.asarray(Image.open(path))
     assert (pixels[..., 2] == 200).all() and (pixels[..., :2] == 0).all()
+
+
+def test_make_grid_takes_one_image_without_a_batch_dimension():
+    """Diffusion rows are logged as one ready grid ``(3, H, W)``, as in the original; it passes through unchanged."""
+    row = torch.rand(3, 10, 26)
+    assert torch.equal(make_grid(row), row)
+    assert make_grid(torch.rand(1, 1, 4, 5)).shape == (3, 4, 5)

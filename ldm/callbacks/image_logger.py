@@ -105,7 +105,7 @@ class ImageLogger(Callback):
         for key, value in logged.items():
             if not isinstance(value, torch.Tensor):
                 continue
-            value = value[: self.max_images].detach().float().cpu()
+            value = (value[None] if value.ndim == 3 else value)[: self.max_images].detach().float().cpu()
             images[key] = value.clamp(-1.0, 1.0) if self.clamp else value
         save_dir = getattr(trainer.logger, "save_dir", None) or trainer.default_root_dir
         self.log_local(save_dir, split, images, pl_module.global_step, pl_module.current_epoch, batch_idx)
