@@ -269,10 +269,11 @@ class LoadReport:
 
 
 def _tolerated(key: str, own: Mapping[str, Tensor]) -> bool:
-    """Extra keys real checkpoints carry that a module may legitimately lack (manifests/NOTES.md)."""
+    """Extra keys real checkpoints carry that a module may legitimately lack (manifests/NOTES.md), and the fixed
+    ``logvar`` that some forks' checkpoints store (ControlNet)."""
     if key in own:
         return False
-    if key in EMA_BOOKKEEPING or key.endswith(CLIP_POSITION_IDS):
+    if key in EMA_BOOKKEEPING or key.endswith(CLIP_POSITION_IDS) or key == "logvar":
         return True
     if key.startswith(EMA_PREFIX):
         return not any(k.startswith(EMA_PREFIX) for k in own)

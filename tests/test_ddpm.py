@@ -733,3 +733,15 @@ def test_original_conditioning_is_the_colorized_map_only_when_the_shown_conditio
     log = image_logging.conditioning_log(model, {}, seg, x, seg)
     assert set(log) == {"original_conditioning"}
     assert log["original_conditioning"].shape == (2, 3, 4, 4)
+
+
+def test_a_checkpoint_with_a_logvar_entry_loads_strictly():
+    """ControlNet-style checkpoints store ``logvar``: accepted and dropped for a fixed logvar (it stays
+    ``logvar_init``), loaded into the parameter with ``learn_logvar``."""
+    fixed = make_ddpm()
+    state = {**fixed.state_dict(), "logvar": torch.full((fixed.num_timesteps,), 3.0)}
+    fixed.load_state_dict(state, strict=True)
+    assert torch.equal(fixed.logvar, torch.zeros(fixed.num_timesteps))
+    learned = make_ddpm(learn_logvar=True)
+    learned.load_state_dict(state, strict=True)
+    assert isinstance(learned.logvar, nn.Parameter) and torch.equal(learned.logvar.data, state["logvar"])

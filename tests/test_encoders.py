@@ -106,7 +106,6 @@ def test_clip_embedder_meta_build_warns_only_about_the_tokenizer(caplog, monkeyp
 def test_clip_embedder_is_frozen_and_deterministic(tiny_clip):
     embedder = tiny_clip()
     assert not embedder.transformer.training and not any(p.requires_grad for p in embedder.parameters())
-    assert embedder.device == torch.device("cpu")
     first = embedder.encode([PROMPT, ""])
     second = embedder([PROMPT, ""])
     assert first.shape == (2, 77, 32) and first.dtype == torch.float32 and first.grad_fn is None
@@ -279,3 +278,31 @@ def test_spatial_rescaler_resizes_then_maps_channels() -> None:
     assert torch.equal(encoders.SpatialRescaler(n_stages=0)(x), x)
     with pytest.raises(ValueError, match="method"):
         encoders.SpatialRescaler(method="lanczos")
+
+
+def test_device_is_the_originals_assignable_attribute(tiny_clip):
+    """Forks set ``cond_stage_model.device = "cpu"`` (the original's default is "cuda"): the attribute takes the value
+    and keeps it, and the token ids still go where the weights are, whatever it says."""
+    embedder = tiny_clip()
+    assert embedder.device == "cuda"
+    before = embedder([PROMPT])
+    embedder.device = "cpu"
+    assert embedder.device == "cpu"
+    torch.testing.assert_close(embedder([PROMPT]), before, rtol=0, atol=0)
+    bert = BERTEmbedder(n_embed=16, n_layer=1, vocab_size=49408, max_seq_len=8, tokenizer="clip", device="cpu")
+    bert.device = "mps"
+    assert bert.device == "mps" and bert(["a cat"]).shape == (1, 8, 16)
+    tokenizer = BERTTokenizer(vq_interface=False, max_length=8, tokenizer="clip")
+    tokenizer.device = "cpu"
+    assert tokenizer(["a cat"]).device == torch.device("cpu")
+
+
+def test_clip_text_model_takes_every_forward_argument(tiny_clip):
+    """ControlNet-style CLIP skip: ``transformer(input_ids=..., output_hidden_states=True)`` gives every layer;
+    the last hidden state equals the embedder's output."""
+    embedder = tiny_clip()
+    ids = embedder.tokenizer([PROMPT], truncation=True, max_length=77, padding="max_length", return_tensors="pt")
+    out = embedder.transformer(input_ids=ids["input_ids"], output_hidden_states=True)
+    layers = embedder.transformer.text_model.config.num_hidden_layers
+    assert len(out.hidden_states) == layers + 1
+    torch.testing.assert_close(out.last_hidden_state, embedder([PROMPT]), rtol=0, atol=0)

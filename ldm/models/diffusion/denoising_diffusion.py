@@ -126,6 +126,14 @@ class DDPM(pl.LightningModule):
         logvar = torch.full((self.num_timesteps,), float(logvar_init))
         self.logvar = nn.Parameter(logvar, requires_grad=True) if learn_logvar else logvar
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """A ``logvar`` entry (checkpoints of forks that keep it as a buffer, e.g. ControlNet's) loads into the
+        learned ``logvar`` with ``learn_logvar``; otherwise it is accepted and dropped (the fixed ``logvar`` is
+        ``logvar_init``, as the original never stores it), so strict loads of such checkpoints work."""
+        if not getattr(self, "learn_logvar", False):
+            state_dict.pop(f"{prefix}logvar", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ---- the diffusion process -----------------------------------------------------------------------------
 
     @property

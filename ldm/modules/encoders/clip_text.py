@@ -33,8 +33,9 @@ class TextModelPrefix(nn.Module):
         super().__init__()
         self.text_model = text_model
 
-    def forward(self, input_ids: torch.Tensor):
-        return self.text_model(input_ids=input_ids)
+    def forward(self, input_ids: torch.Tensor | None = None, *args, **kwargs):
+        """``CLIPTextModel.forward`` with every argument (``output_hidden_states`` for CLIP skip, masks, ...)."""
+        return self.text_model(input_ids, *args, **kwargs)
 
 
 def with_sd_layout(model: CLIPTextModel) -> nn.Module:

@@ -78,13 +78,10 @@ class TransformerEmbedder(AbstractEncoder):
         self.transformer = TransformerWrapper(
             num_tokens=vocab_size, max_seq_len=max_seq_len, attn_layers=Encoder(dim=n_embed, depth=n_layer)
         )
-
-    @property
-    def device(self) -> torch.device:
-        return _module_device(self)
+        self.device = device
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.transformer(tokens.to(self.device), return_embeddings=True)
+        return self.transformer(tokens.to(_module_device(self)), return_embeddings=True)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)
@@ -165,13 +162,10 @@ class BERTTokenizer(AbstractEncoder):
         self.vq_interface = vq_interface
         self.max_length = max_length
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self._device_anchor.device
+        self.device = device
 
     def forward(self, text: str | Sequence[str]) -> torch.Tensor:
-        return _tokenize(self.tokenizer, text, self.max_length).to(self.device)
+        return _tokenize(self.tokenizer, text, self.max_length).to(self._device_anchor.device)
 
     @torch.no_grad()
     def encode(self, text: str | Sequence[str]) -> Any:
@@ -221,14 +215,11 @@ class BERTEmbedder(AbstractEncoder):
         layers = Encoder(dim=n_embed, depth=n_layer)
         self.transformer = TransformerWrapper(num_tokens=vocab_size, max_seq_len=max_seq_len, attn_layers=layers,
                                               emb_dropout=embedding_dropout)
-
-    @property
-    def device(self) -> torch.device:
-        return _module_device(self.transformer)
+        self.device = device
 
     def forward(self, text: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
         tokens = self.tknz_fn(text) if self.use_tknz_fn else text
-        return self.transformer(tokens.to(self.device), return_embeddings=True)
+        return self.transformer(tokens.to(_module_device(self.transformer)), return_embeddings=True)
 
     def encode(self, text: str | Sequence[str] | torch.Tensor) -> torch.Tensor:
         return self(text)
@@ -276,8 +267,9 @@ class FrozenCLIPEmbedder(AbstractEncoder):
     Tokens: CLIP BPE, ``<|startoftext|>`` … ``<|endoftext|>``, truncated / padded with ``<|endoftext|>`` to
     ``max_length``. Weights come from ``from_pretrained(version)`` (local folder, cache or hub); offline, the
     ViT-L/14 text tower is built with random weights and the shipped BPE vocabulary, for a checkpoint to fill.
-    State-dict keys read ``transformer.text_model.<...>`` with transformers 4.x and 5.x alike. ``device`` is
-    accepted and unused; token ids go to the device of the parameters.
+    State-dict keys read ``transformer.text_model.<...>`` with transformers 4.x and 5.x alike. ``device`` is a plain
+    attribute, assignable as in the original (``cond_stage_model.device = "cpu"``); token ids go to the device of
+    the parameters, so the original's default ``"cuda"`` does not break CPU machines.
     """
 
     def __init__(self, version: str = CLIP_L14, device: str = "cuda", max_length: int = 77) -> None:
@@ -285,11 +277,8 @@ class FrozenCLIPEmbedder(AbstractEncoder):
         self.transformer = with_sd_layout(_clip_text_model(version))
         self.tokenizer = _clip_tokenizer(version)
         self.max_length = max_length
+        self.device = device
         self.freeze()
-
-    @property
-    def device(self) -> torch.device:
-        return _module_device(self.transformer)
 
     def freeze(self) -> None:
         """Eval mode and ``requires_grad=False`` for every parameter."""
@@ -307,7 +296,7 @@ class FrozenCLIPEmbedder(AbstractEncoder):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, text: str | Sequence[str]) -> torch.Tensor:
-        tokens = _tokenize(self.tokenizer, text, self.max_length).to(self.device)
+        tokens = _tokenize(self.tokenizer, text, self.max_length).to(_module_device(self.transformer))
         return self.transformer(input_ids=tokens).last_hidden_state
 
     def encode(self, text: str | Sequence[str]) -> torch.Tensor:
