@@ -673,10 +673,13 @@ def test_ddpm_log_images_rows():
     assert set(model.log_images(batch, sample=False, return_keys=["inputs"])) == {"inputs"}
 
 
-def test_latent_diffusion_log_images_keys():
+def test_latent_diffusion_log_images_keys(caplog):
     model = make_pixel_ldm(timesteps=10, log_every_t=5, image_size=4, channels=3)
     batch = {"image": torch.rand(2, 4, 4, 3) * 2 - 1}
-    log = model.log_images(batch, N=2, n_row=2, ddim_steps=None)
+    with caplog.at_level("INFO", logger="ldm.models.diffusion.image_logging"):
+        log = model.log_images(batch, N=2, n_row=2, ddim_steps=None)
+    assert "all 10 timesteps (10 model calls on 2 samples)" in caplog.text and "plot_progressive_rows" in caplog.text
+    assert log["diffusion_row"].ndim == 3 and log["progressive_row"].ndim == 3  # ready grids, as the original
     assert model.log_images(batch, N=2, ddim_steps=5, return_keys=["samples"])["samples"].shape == (2, 3, 4, 4)
     expected = {"inputs", "reconstruction", "diffusion_row", "samples", "progressive_row"}
     assert expected | {"samples_inpainting", "mask", "samples_outpainting"} <= set(log)

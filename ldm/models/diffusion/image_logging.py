@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from tqdm import tqdm
 from ldm.image_io import make_grid
 from ldm.models.autoencoder import AutoencoderKL, IdentityFirstStage
 from ldm.util import isimage, ismap, log_txt_as_img
+
+logger = logging.getLogger(__name__)
 
 
 def logged_timesteps(num_timesteps: int, log_every_t: int) -> list[int]:
@@ -147,6 +150,11 @@ def log_latent_images(
             log["samples_outpainting"] = model.decode_first_stage(samples.to(model.device))
 
     if plot_progressive_rows:
+        logger.info(
+            "log_images: the progressive row runs ancestral sampling over all %d timesteps (%d model calls on %d "
+            "samples); set plot_progressive_rows: false in the ImageLogger's log_images_kwargs to skip it",
+            model.num_timesteps, model.num_timesteps, N,
+        )
         with model.ema_scope("Plotting Progressives"):
             _, progressives = model.progressive_denoising(
                 c, shape=(model.channels, model.image_size, model.image_size), batch_size=N
