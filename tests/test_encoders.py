@@ -162,6 +162,21 @@ def test_nested_checkpoint_keys_load_strictly(tiny_clip):
         parent.load_state_dict({**state, "cond_stage_model.transformer.text_model.extra": torch.zeros(1)})
 
 
+def test_text_encoder_keys_without_text_model_load_strictly(tiny_clip):
+    """Checkpoints converted from diffusers under transformers 5 name the text encoder ``transformer.embeddings.*``
+    (no ``text_model.``): they load strictly into the same weights."""
+    torch.manual_seed(0)
+    source = tiny_clip()
+    torch.manual_seed(1)
+    parent = torch.nn.Module()
+    parent.cond_stage_model = tiny_clip()
+    flat = {f"cond_stage_model.{k.replace('transformer.text_model.', 'transformer.')}": v
+            for k, v in source.state_dict().items()}
+    assert "cond_stage_model.transformer.embeddings.token_embedding.weight" in flat
+    parent.load_state_dict(flat, strict=True)
+    torch.testing.assert_close(parent.cond_stage_model([PROMPT]), source([PROMPT]), rtol=0, atol=0)
+
+
 def test_hub_probe_is_one_quick_connection(monkeypatch):
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)

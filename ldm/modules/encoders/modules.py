@@ -261,6 +261,10 @@ def _clip_tokenizer(version: str) -> CLIPTokenizer:
     return offline_clip_tokenizer()
 
 
+#: The top-level parts of a CLIP text model; checkpoints written under transformers 5 name them without ``text_model.``.
+TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
 class FrozenCLIPEmbedder(AbstractEncoder):
     """Captions → CLIP text transformer ``last_hidden_state`` ``(B, max_length, 768)``, frozen (eval, no grad).
 
@@ -287,10 +291,13 @@ class FrozenCLIPEmbedder(AbstractEncoder):
             param.requires_grad = False
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Accept SD v1 checkpoints' ``transformer.text_model.embeddings.position_ids`` (int64 ``arange(77)``).
-
-        transformers >= 4.31 keeps that buffer out of the state dict, so a strict load would call it unexpected.
-        """
+        """Accept SD v1 checkpoints' ``transformer.text_model.embeddings.position_ids`` (int64 ``arange(77)``;
+        transformers >= 4.31 keeps that buffer out of the state dict, so a strict load would call it unexpected),
+        and the text-encoder keys of checkpoints converted from diffusers under transformers 5, which lack the
+        ``text_model.`` level (``transformer.embeddings.*``, ``transformer.encoder.*``, ...)."""
+        flat = f"{prefix}transformer."
+        for key in [k for k in state_dict if k.startswith(flat) and k[len(flat) :].startswith(TEXT_MODEL_PARTS)]:
+            state_dict[f"{flat}text_model.{key[len(flat):]}"] = state_dict.pop(key)
         if "position_ids" not in self.transformer.text_model.embeddings.state_dict():
             state_dict.pop(f"{prefix}transformer.text_model.embeddings.position_ids", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
