@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.taming_aliases import NoTamingEquivalentError, resolve_target
+
 T = TypeVar("T")
 
 #: Config values that stand for "no model here": the first stage itself, or an unconditional model.
@@ -115,12 +117,17 @@ def log_txt_as_img(wh: tuple[int, int], xc: list[str], size: int = 10) -> torch.
 def get_obj_from_str(string: str, reload: bool = False) -> Any:
     """Import ``"package.module.Name"`` and return ``Name``.
 
-    Raises :class:`ConfigError` naming the path and the part that failed to resolve.
+    A ``taming.*`` path resolves through :data:`ldm.taming_aliases.TAMING_ALIASES` when taming-transformers is
+    not installed. Raises :class:`ConfigError` naming the path and the part that failed to resolve.
     """
     if not isinstance(string, str) or "." not in string:
         raise TargetImportError(
             f"target {string!r} is not an import path; write it as 'package.module.ClassName'."
         )
+    try:
+        string = resolve_target(string)
+    except NoTamingEquivalentError as error:
+        raise TargetImportError(str(error)) from error
     module_name, attr = string.rsplit(".", 1)
     try:
         module = importlib.import_module(module_name)

@@ -1,4 +1,7 @@
-"""``LPIPSWithDiscriminator``: the KL-autoencoder loss (reconstruction NLL + KL + PatchGAN), as in latent-diffusion."""
+"""``LPIPSWithDiscriminator``: the KL-autoencoder loss (reconstruction NLL + KL + PatchGAN), as in latent-diffusion.
+
+``DummyLoss``: the placeholder ``lossconfig`` of a first stage that is only ever used frozen.
+"""
 
 from __future__ import annotations
 
@@ -79,3 +82,23 @@ class LPIPSWithDiscriminator(PatchGANPerceptualLoss):
             **gan_log,
         }
         return loss, log
+
+
+class DummyLoss(nn.Module):
+    """Placeholder ``lossconfig`` target for an autoencoder that is never trained (a frozen first stage).
+
+    Named by the released ``models/ldm/inpainting_big`` config. It takes no parameters and owns no weights or
+    buffers, so the first stage's checkpoint loads with no ``loss.*`` keys. Calling it is an error: there is no
+    loss to compute.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, *args: object, **kwargs: object) -> tuple[torch.Tensor, dict]:
+        raise RuntimeError(
+            "DummyLoss is the lossconfig of a first stage meant to be used frozen, so it has no loss to compute. "
+            "To train this autoencoder, set its lossconfig target to "
+            "ldm.modules.losses.vqperceptual.VQLPIPSWithDiscriminator (VQ) or "
+            "ldm.modules.losses.contperceptual.LPIPSWithDiscriminator (KL)."
+        )
