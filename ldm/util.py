@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.parallel_prefetch import parallel_data_prefetch as parallel_data_prefetch
 from ldm.taming_aliases import NoTamingEquivalentError, resolve_target
 
 T = TypeVar("T")
@@ -55,6 +56,21 @@ class SettingError(ConfigError, AssertionError):
 
 class UnsupportedSettingError(ConfigError, NotImplementedError):
     """A setting names a variant that does not exist (also a ``NotImplementedError``)."""
+
+
+def autocast(f: Callable[..., T]) -> Callable[..., T]:
+    """Decorator: call ``f`` inside CUDA autocast, enabled, with the current autocast dtype and cache setting.
+
+    Without CUDA autocast cannot apply (torch would warn and disable it), so ``f`` is called as is.
+    """
+
+    def under_autocast(*args: Any, **kwargs: Any) -> T:
+        dtype = torch.get_autocast_dtype("cuda")
+        on = torch.cuda.is_available()
+        with torch.autocast("cuda", enabled=on, dtype=dtype, cache_enabled=torch.is_autocast_cache_enabled()):
+            return f(*args, **kwargs)
+
+    return under_autocast
 
 
 def exists(value: Any) -> bool:

@@ -37,6 +37,13 @@ logger = logging.getLogger(__name__)
 IGNORED_FILES = {"n06596364_9591.JPEG"}
 
 
+def synset2idx(path_to_yaml: str = "data/index_synset.yaml") -> dict[str, int]:
+    """Invert the ImageNet ``index: synset`` YAML file into ``{synset: index}``."""
+    with open(path_to_yaml) as handle:
+        index_to_synset = yaml.safe_load(handle)
+    return {synset: index for index, synset in index_to_synset.items()}
+
+
 def str_to_indices(text: str) -> list[int]:
     """``"0-3,7"`` → ``[0, 1, 2, 7]`` (ranges are end-exclusive)."""
     indices: list[int] = []

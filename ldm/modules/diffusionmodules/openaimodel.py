@@ -52,6 +52,7 @@ __all__ = [
     "QKVAttention",
     "QKVAttentionLegacy",
     "ResBlock",
+    "Timestep",
     "TimestepBlock",
     "TimestepEmbedSequential",
     "TransposedUpsample",
@@ -61,6 +62,17 @@ __all__ = [
     "convert_module_to_f32",
     "count_flops_attn",
 ]
+
+
+class Timestep(nn.Module):
+    """The sinusoidal embedding of :func:`timestep_embedding` as a module: ``t (B,) -> (B, dim)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return timestep_embedding(t, self.dim)
 
 
 def _heads_and_dim_head(

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
+from ldm.modules.diffusionmodules.checkpoint_function import CheckpointFunction  # noqa: F401  (original name)
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)

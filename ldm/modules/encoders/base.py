@@ -13,3 +13,10 @@ class AbstractEncoder(nn.Module):
 
     def encode(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
+
+
+class IdentityEncoder(AbstractEncoder):
+    """The conditioning is the input itself: ``encode(x)`` returns ``x`` unchanged."""
+
+    def encode(self, x: Any) -> Any:
+        return x

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
 from ldm.modules.encoders.base import AbstractEncoder as AbstractEncoder
+from ldm.modules.encoders.base import IdentityEncoder as IdentityEncoder
 from ldm.modules.encoders.clip_image import ClipImageEmbedder as ClipImageEmbedder
 from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
 from ldm.modules.encoders.clip_tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
 from ldm.modules.midas.dpt import DPTDepthModel
 
 DPT_BACKBONE = {"dpt_hybrid": "vitb_rn50_384", "dpt_large": "vitl16_384"}

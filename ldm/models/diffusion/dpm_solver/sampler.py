@@ -17,6 +17,9 @@ from ldm.models.diffusion.schedule import DiscreteSchedule
 
 logger = logging.getLogger(__name__)
 
+#: The original DPM-Solver wrapper's name of each ``parameterization`` (eps-prediction is its "noise" model).
+MODEL_TYPES = {"eps": "noise", "v": "v"}
+
 
 class DPMSolverSampler(SamplerFrontEnd):
     """Samples a discrete-time model (eps, x0 or v) with DPM-Solver++(2M) (S steps = S model calls)."""
