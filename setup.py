@@ -29,5 +29,6 @@ setup(
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4", "scikit-learn", "tensorboard"],
         "bench": ["diffusers"],
+        "diffusers": ["diffusers"],
     },
 )
