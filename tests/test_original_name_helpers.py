@@ -84,3 +84,12 @@ def test_parallel_data_prefetch_splits_runs_and_joins_in_order():
         parallel_data_prefetch(len, np.zeros(3), 2, target_data_type="list")
     with pytest.raises(TypeError, match="iterable"):
         parallel_data_prefetch(len, 3, 2)
+
+
+def test_memory_efficient_cross_attention_is_the_sdpa_cross_attention():
+    from ldm.modules.attention import XFORMERS_IS_AVAILBLE, CrossAttention, MemoryEfficientCrossAttention
+
+    assert XFORMERS_IS_AVAILBLE is False
+    layer = MemoryEfficientCrossAttention(query_dim=8, context_dim=4, heads=2, dim_head=4)
+    assert isinstance(layer, CrossAttention)
+    assert layer(torch.randn(1, 3, 8), context=torch.randn(1, 5, 4)).shape == (1, 3, 8)

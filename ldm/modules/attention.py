@@ -328,3 +328,10 @@ class SpatialTransformer(nn.Module):
             tokens = block(tokens, context=source)  # (B, HW, inner)
         tokens = _per_token(self.proj_out, tokens)  # (B, HW, C)
         return x + rearrange(tokens, "b (h w) c -> b c h w", h=height, w=width)  # (B, C, H, W)
+
+
+#: The original's flag for its xformers path; this package never uses xformers (PyTorch's SDPA is its fast path).
+XFORMERS_IS_AVAILBLE = False
+
+#: The original's xformers cross-attention has CrossAttention's signature and weight names; here they are one class.
+MemoryEfficientCrossAttention = CrossAttention
