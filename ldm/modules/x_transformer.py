@@ -13,6 +13,39 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ldm.modules.attention import GEGLU
+from ldm.modules.x_transformer_parts import (
+    FixedPositionalEmbedding,
+    GRUGating,
+    Intermediates,
+    LayerIntermediates,
+    Residual,
+    Rezero,
+    RMSNorm,
+    Scale,
+    ScaleNorm,
+    always,
+    default,
+    equals,
+    exists,
+    group_by_key_prefix,
+    group_dict_by_key,
+    groupby_prefix_and_trim,
+    max_neg_value,
+    not_equals,
+    pick_and_pop,
+    string_begins_with,
+)
+
+__all__ = [
+    "AbsolutePositionalEmbedding", "Attention", "Encoder", "FeedForward", "TransformerWrapper",
+    # the original module's helpers, from ldm.modules.x_transformer_parts (and GEGLU from ldm.modules.attention)
+    "FixedPositionalEmbedding", "GEGLU", "GRUGating", "Intermediates", "LayerIntermediates", "Residual", "Rezero",
+    "RMSNorm", "Scale", "ScaleNorm", "always", "default", "equals", "exists", "group_by_key_prefix",
+    "group_dict_by_key", "groupby_prefix_and_trim", "max_neg_value", "not_equals", "pick_and_pop",
+    "string_begins_with",
+]
+
 DEFAULT_DIM_HEAD = 64
 
 
