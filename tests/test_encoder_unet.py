@@ -129,7 +129,7 @@ def test_every_public_name_imports_from_openaimodel() -> None:
     homes = {
         "ldm.legacy.unet_extras": {"TransposedUpsample", "count_flops_attn"},
         "ldm.modules.diffusionmodules.encoder_unet": {"EncoderUNetModel"},
-        "ldm.modules.diffusionmodules.openaimodel": {"UNetModel"},
+        "ldm.modules.diffusionmodules.openaimodel": {"UNetModel", "Timestep"},
     }
     for name in openaimodel.__all__:
         home = next((m for m, names in homes.items() if name in names), "ldm.modules.diffusionmodules.unet_blocks")
