@@ -27,6 +27,7 @@ from ldm.models.diffusion.finetune_diffusion import (
     LatentDepth2ImageDiffusion,
     LatentFinetuneDiffusion,
     LatentInpaintDiffusion,
+    LatentUpscaleFinetuneDiffusion,
 )
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.models.diffusion.unclip_diffusion import ImageEmbeddingConditionedLatentDiffusion
@@ -44,6 +45,7 @@ __all__ = [
     "LatentFinetuneDiffusion",
     "LatentInpaintDiffusion",
     "LatentUpscaleDiffusion",
+    "LatentUpscaleFinetuneDiffusion",
     "Layout2ImgDiffusion",
     "disabled_train",
     "uniform_on_device",

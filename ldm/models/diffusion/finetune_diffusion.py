@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from ldm.models.diffusion.concat_logging import DictConditionedLatentDiffusion, LoggedInputs
 from ldm.models.diffusion.denoising_diffusion import images_channels_first
@@ -114,8 +115,14 @@ class LatentFinetuneDiffusion(DictConditionedLatentDiffusion):
             return_original_cond=True,
             bs=bs,
         )
-        cond = {"c_concat": [self.concat_conditioning(batch, parts[0].shape[-2:], bs)], "c_crossattn": [parts[1]]}
+        cond = self.dict_conditioning(batch, parts[0].shape[-2:], bs, parts[1])
         return [parts[0], cond, *parts[2:]] if return_first_stage_outputs else [parts[0], cond]
+
+    def dict_conditioning(
+        self, batch: Mapping[str, Any], latent_size: Sequence[int], bs: int | None, c: Any
+    ) -> dict[str, Any]:
+        """``{"c_concat": [concat_conditioning(...)], "c_crossattn": [c]}`` for the text features ``c``."""
+        return {"c_concat": [self.concat_conditioning(batch, latent_size, bs)], "c_crossattn": [c]}
 
     def concat_conditioning(
         self, batch: Mapping[str, Any], latent_size: Sequence[int], bs: int | None
@@ -210,3 +217,51 @@ class LatentDepth2ImageDiffusion(LatentFinetuneDiffusion):
     def _extra_logs(self, batch: Mapping[str, Any], N: int) -> dict[str, torch.Tensor]:
         depth = self.depth_model(batch[self.depth_stage_key][:N].to(self.device))
         return {"depth": normalize_depth(depth)}
+
+
+class LatentUpscaleFinetuneDiffusion(LatentFinetuneDiffusion):
+    """Finetune on a low-resolution image: c_concat = ``batch[concat_keys[0]]`` (channel-last ``(B, H, W, C)``),
+    optionally space-to-depth reshuffled (``reshuffle_patch_size`` p: ``(C, pH, pW)`` → ``(p²C, H, W)``) and, for
+    the ``low_scale_key`` entry, noise-augmented by the frozen ``low_scale_config`` model, whose noise levels then
+    condition the UNet as ``c_adm``.
+    """
+
+    def __init__(
+        self,
+        concat_keys: Sequence[str] = ("lr",),
+        reshuffle_patch_size: int | None = None,
+        low_scale_config: Any = None,
+        low_scale_key: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ):
+        if len(tuple(concat_keys)) != 1:
+            raise SettingError(f"LatentUpscaleFinetuneDiffusion takes one concat key, not {list(concat_keys)}.")
+        if low_scale_config is not None and low_scale_key is None:
+            raise SettingError("low_scale_config needs low_scale_key, the batch key of the image it noises.")
+        super().__init__(concat_keys, *args, **kwargs)
+        self.reshuffle_patch_size = reshuffle_patch_size
+        self.low_scale_model = None
+        self.low_scale_key = low_scale_key
+        if low_scale_config is not None:
+            self.instantiate_low_stage(low_scale_config)
+
+    def instantiate_low_stage(self, config: Any) -> None:
+        """Build the low-scale model, frozen (eval mode for good, no gradients)."""
+        self.low_scale_model = freeze_module(instantiate_from_config(config, name="model.params.low_scale_config"))
+
+    def dict_conditioning(
+        self, batch: Mapping[str, Any], latent_size: Sequence[int], bs: int | None, c: Any
+    ) -> dict[str, Any]:
+        (key,) = self.concat_keys
+        image = images_channels_first(self._batch_entry(batch, key, bs))
+        if self.reshuffle_patch_size is not None:
+            p = self.reshuffle_patch_size
+            image = rearrange(image, "b c (p1 h) (p2 w) -> b (p1 p2 c) h w", p1=p, p2=p)
+        if self.low_scale_model is None or key != self.low_scale_key:
+            return {"c_concat": [image], "c_crossattn": [c]}
+        noised, levels = self.low_scale_model(image)
+        return {"c_concat": [noised], "c_crossattn": [c], "c_adm": levels}
+
+    def _extra_logs(self, batch: Mapping[str, Any], N: int) -> dict[str, torch.Tensor]:
+        return {"lr": images_channels_first(batch["lr"][:N])}
