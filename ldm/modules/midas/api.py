@@ -11,8 +11,11 @@ from torch import nn
 
 from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
 from ldm.modules.midas.dpt import DPTDepthModel
+from ldm.modules.midas.loading import DPT_BACKBONES as DPT_BACKBONE
+from ldm.modules.midas.loading import ISL_PATHS as ISL_PATHS
+from ldm.modules.midas.loading import load_midas_transform as load_midas_transform
+from ldm.modules.midas.loading import load_model as load_model
 
-DPT_BACKBONE = {"dpt_hybrid": "vitb_rn50_384", "dpt_large": "vitl16_384"}
 # Known to the original API but built there from torch.hub code (ResNeXt-101 WSL, EfficientNet-Lite3).
 HUB_ONLY = ("midas_v21", "midas_v21_small")
 
