@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.ema_optimizer import AdamWwithEMAandWings as AdamWwithEMAandWings
 from ldm.parallel_prefetch import parallel_data_prefetch as parallel_data_prefetch
 from ldm.taming_aliases import NoTamingEquivalentError, resolve_target
 
