@@ -748,3 +748,16 @@ def test_a_checkpoint_with_a_logvar_entry_loads_strictly():
     learned = make_ddpm(learn_logvar=True)
     learned.load_state_dict(state, strict=True)
     assert isinstance(learned.logvar, nn.Parameter) and torch.equal(learned.logvar.data, state["logvar"])
+
+
+def test_sd2_signature_order_and_return_x():
+    """SD 2.x order of DDPM's last keywords; ``get_input(return_x=True)`` appends x before the original cond."""
+    import inspect
+
+    names = list(inspect.signature(DDPM.__init__).parameters)
+    assert names[-4:] == ["make_it_fit", "ucg_training", "reset_ema", "reset_num_ema_updates"]
+    model = make_pixel_ldm(timesteps=10, image_size=4, channels=3)
+    batch = {"image": torch.rand(2, 4, 4, 3) * 2 - 1}
+    z, c, x = model.get_input(batch, "image", return_x=True)
+    torch.testing.assert_close(x, batch["image"].permute(0, 3, 1, 2))
+    assert c is None and z.shape == (2, 3, 4, 4)

@@ -321,3 +321,23 @@ def test_clip_text_model_takes_every_forward_argument(tiny_clip):
     layers = embedder.transformer.text_model.config.num_hidden_layers
     assert len(out.hidden_states) == layers + 1
     torch.testing.assert_close(out.last_hidden_state, embedder([PROMPT]), rtol=0, atol=0)
+
+
+def test_sd2_layer_options_pick_the_output(tiny_clip):
+    """SD 2.x ``layer``: last hidden state, the pooled output as one token, or ``hidden_states[layer_idx]``."""
+    torch.manual_seed(0)
+    last = tiny_clip()
+    state = last.state_dict()
+    pooled, hidden = tiny_clip(layer="pooled"), tiny_clip(layer="hidden", layer_idx=-2)
+    pooled.load_state_dict(state)
+    hidden.load_state_dict(state)
+    ids = last.tokenizer([PROMPT], truncation=True, max_length=77, padding="max_length", return_tensors="pt")
+    out = last.transformer(input_ids=ids["input_ids"], output_hidden_states=True)
+    torch.testing.assert_close(pooled([PROMPT]), out.pooler_output[:, None, :], rtol=0, atol=0)
+    torch.testing.assert_close(hidden([PROMPT]), out.hidden_states[-2], rtol=0, atol=0)
+    assert not torch.equal(hidden([PROMPT]), last([PROMPT]))
+    assert any(p.requires_grad for p in tiny_clip(freeze=False).parameters())
+    with pytest.raises(ConfigError, match="layer_idx"):
+        tiny_clip(layer="hidden")
+    with pytest.raises(ConfigError, match="'penultimate' is unknown"):
+        tiny_clip(layer="penultimate")

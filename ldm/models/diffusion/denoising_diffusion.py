@@ -79,8 +79,8 @@ class DDPM(pl.LightningModule):
         use_positional_encodings: bool = False,
         learn_logvar: bool = False,
         logvar_init: float = 0.0,
-        ucg_training: Mapping[str, Mapping[str, Any]] | None = None,
         make_it_fit: bool = False,
+        ucg_training: Mapping[str, Mapping[str, Any]] | None = None,
         reset_ema: bool = False,
         reset_num_ema_updates: bool = False,
     ):

@@ -254,8 +254,10 @@ class LatentDiffusion(DDPM):
         cond_key: str | None = None,
         return_original_cond: bool = False,
         bs: int | None = None,
+        return_x: bool = False,
     ) -> list[Any]:
-        """``[z, c]`` (+ ``x, xrec`` with ``return_first_stage_outputs``, + ``xc`` with ``return_original_cond``).
+        """``[z, c]`` (+ ``x, xrec`` with ``return_first_stage_outputs``, + ``x`` with ``return_x``, + ``xc`` with
+        ``return_original_cond``, in that order as in SD 2.x).
 
         z ``(B, C_z, h, w)`` are the scaled latents of ``batch[k]``; c is the encoded conditioning (raw when the
         conditioner is trainable, unless ``force_c_encode``), None for unconditional models.
@@ -287,6 +289,8 @@ class LatentDiffusion(DDPM):
         out = [z, c]
         if return_first_stage_outputs:
             out.extend([x, self.decode_first_stage(z)])
+        if return_x:
+            out.append(x)
         if return_original_cond:
             out.append(xc)
         return out

@@ -268,7 +268,8 @@ TEXT_MODEL_PARTS = ("embeddings.", "encoder.", "final_layer_norm.")
 
 
 class FrozenCLIPEmbedder(AbstractEncoder):
-    """Captions → CLIP text transformer ``last_hidden_state`` ``(B, max_length, 768)``, frozen (eval, no grad).
+    """Captions → CLIP text transformer ``last_hidden_state`` ``(B, max_length, 768)`` (or the ``layer`` below),
+    frozen (eval, no grad) unless ``freeze=False``.
 
     Tokens: CLIP BPE, ``<|startoftext|>`` … ``<|endoftext|>``, truncated / padded with ``<|endoftext|>`` to
     ``max_length``. Weights come from ``from_pretrained(version)`` (local folder, cache or hub); offline, the
@@ -278,13 +279,31 @@ class FrozenCLIPEmbedder(AbstractEncoder):
     the parameters, so the original's default ``"cuda"`` does not break CPU machines.
     """
 
-    def __init__(self, version: str = CLIP_L14, device: str = "cuda", max_length: int = 77) -> None:
+    #: What ``forward`` returns (SD 2.x): the last hidden state, the pooled output ``(B, 1, D)``, or the hidden state
+    #: of block ``layer_idx`` (``hidden_states[layer_idx]``: 0 is the embeddings, −1 the last block).
+    LAYERS = ["last", "pooled", "hidden"]
+
+    def __init__(
+        self,
+        version: str = CLIP_L14,
+        device: str = "cuda",
+        max_length: int = 77,
+        freeze: bool = True,
+        layer: str = "last",
+        layer_idx: int | None = None,
+    ) -> None:
         super().__init__()
+        if layer not in self.LAYERS:
+            raise ConfigError(f"FrozenCLIPEmbedder layer {layer!r} is unknown; use one of {self.LAYERS}")
+        if layer == "hidden" and (layer_idx is None or not 0 <= abs(layer_idx) <= 12):
+            raise ConfigError(f"FrozenCLIPEmbedder layer 'hidden' needs layer_idx in -12..12, got {layer_idx!r}")
         self.transformer = with_sd_layout(_clip_text_model(version))
         self.tokenizer = _clip_tokenizer(version)
         self.max_length = max_length
         self.device = device
-        self.freeze()
+        self.layer, self.layer_idx = layer, layer_idx
+        if freeze:
+            self.freeze()
 
     def freeze(self) -> None:
         """Eval mode and ``requires_grad=False`` for every parameter."""
@@ -306,7 +325,12 @@ class FrozenCLIPEmbedder(AbstractEncoder):
 
     def forward(self, text: str | Sequence[str]) -> torch.Tensor:
         tokens = _tokenize(self.tokenizer, text, self.max_length).to(_module_device(self.transformer))
-        return self.transformer(input_ids=tokens).last_hidden_state
+        outputs = self.transformer(input_ids=tokens, output_hidden_states=self.layer == "hidden")
+        if self.layer == "last":
+            return outputs.last_hidden_state
+        if self.layer == "pooled":
+            return outputs.pooler_output[:, None, :]
+        return outputs.hidden_states[self.layer_idx]
 
     def encode(self, text: str | Sequence[str]) -> torch.Tensor:
         return self(text)

@@ -123,9 +123,10 @@ class OpenCLIPConditioner(AbstractEncoder):
         for parameter in self.parameters():
             parameter.requires_grad = False
 
-    def encode(self, inputs: Any) -> torch.Tensor:
-        """``self(inputs)``: the conditioning of a batch of captions or images."""
-        return self(inputs)
+    def encode(self, text: Any) -> torch.Tensor:
+        """``self(text)``: the conditioning of a batch of captions (or, for the image embedder, images; the
+        original names the argument ``text`` in both)."""
+        return self(text)
 
 
 class FrozenOpenCLIPEmbedder(OpenCLIPConditioner):
