@@ -14,6 +14,8 @@ from ldm.modules.diffusionmodules.model import (
     Downsample,
     Encoder,
     LinAttnBlock,
+    MemoryEfficientAttnBlock,
+    MemoryEfficientCrossAttentionWrapper,
     Normalize,
     ResnetBlock,
     Upsample,
@@ -73,6 +75,25 @@ def test_make_attn_types() -> None:
     assert torch.equal(make_attn(32, "none")(x), x)
     with pytest.raises(ValueError, match="attn_type='softmax-xformers'"):
         make_attn(32, "softmax-xformers")
+    assert isinstance(make_attn(32, "vanilla-xformers"), MemoryEfficientAttnBlock)
+    with pytest.raises(ValueError, match="attn_kwargs"):
+        make_attn(32, "vanilla", attn_kwargs={"heads": 2})
+
+
+def test_memory_efficient_cross_attention_wrapper_is_a_residual_over_positions() -> None:
+    """``y = x + CrossAttention(x as (B, H·W, C), context)`` back in the (B, C, H, W) layout (SD 2.x names)."""
+    block = _randomize(make_attn(8, "memory-efficient-cross-attn", attn_kwargs={"context_dim": 6, "heads": 2,
+                                                                                   "dim_head": 4}))
+    assert isinstance(block, MemoryEfficientCrossAttentionWrapper)
+    x, context = torch.randn(2, 8, 3, 4), torch.randn(2, 5, 6)
+    tokens = x.flatten(2).transpose(1, 2)  # (B, H·W, C)
+    q = block.to_q(tokens).reshape(2, 12, 2, 4).transpose(1, 2)
+    k = block.to_k(context).reshape(2, 5, 2, 4).transpose(1, 2)
+    v = block.to_v(context).reshape(2, 5, 2, 4).transpose(1, 2)
+    weights = (q @ k.transpose(-1, -2) / 2.0).softmax(dim=-1)  # scale 1/√dim_head
+    mixed = block.to_out((weights @ v).transpose(1, 2).reshape(2, 12, 8))  # (B, H·W, C)
+    expected = x + mixed.transpose(1, 2).reshape(2, 8, 3, 4)
+    torch.testing.assert_close(block(x, context=context), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_downsample_pads_right_and_bottom_only() -> None:

@@ -16,13 +16,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from ldm.modules.attention import attention
+from ldm.modules.attention import CrossAttention, attention
 
 __all__ = [
     "ATTN_TYPES",
     "AttnBlock",
     "Downsample",
     "LinAttnBlock",
+    "MemoryEfficientAttnBlock",
+    "MemoryEfficientCrossAttentionWrapper",
     "Normalize",
     "ResnetBlock",
     "Upsample",
@@ -184,21 +186,53 @@ class LinAttnBlock(nn.Module):
         return self.to_out(rearrange(out, "b c (h w) -> b c h w", h=height, w=width))
 
 
-#: ``attn_type`` -> a factory of the attention layer for ``in_channels``.
-_ATTENTION: dict[str, Callable[[int], nn.Module]] = {
+#: SD 2.x's name for the xformers form of AttnBlock: the same attention and weight names, computed by SDPA here.
+MemoryEfficientAttnBlock = AttnBlock
+
+
+class MemoryEfficientCrossAttentionWrapper(CrossAttention):
+    """Cross-attention over the ``H·W`` positions of a feature map, added to it (``attn_type=
+    "memory-efficient-cross-attn"``): ``y = x + CrossAttention(tokens(x), context)`` with ``tokens`` reading
+    ``(B, C, H, W)`` as ``(B, H·W, C)``. Constructor and weights are CrossAttention's (``query_dim = C``).
+
+    The original adds the attention output to the flattened input and crashes on the shape mismatch (and its
+    ``make_attn`` never reaches this class); here the sum is taken in the feature-map layout.
+    ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        height, width = x.shape[2:]
+        tokens = rearrange(x, "b c h w -> b (h w) c")  # (B, H·W, C)
+        mixed = super().forward(tokens, context=context, mask=mask)  # (B, H·W, C)
+        return x + rearrange(mixed, "b (h w) c -> b c h w", h=height, w=width)
+
+
+#: ``attn_type`` -> a factory of the attention layer for ``in_channels`` and the ``attn_kwargs`` it takes.
+_ATTENTION: dict[str, Callable[..., nn.Module]] = {
     "vanilla": AttnBlock,
     # SD 2.x configs ask for xformers' block: the same attention and keys, which AttnBlock computes itself.
-    "vanilla-xformers": AttnBlock,
+    "vanilla-xformers": MemoryEfficientAttnBlock,
+    "memory-efficient-cross-attn": lambda channels, **kwargs: MemoryEfficientCrossAttentionWrapper(
+        query_dim=channels, **kwargs
+    ),
     "linear": LinAttnBlock,
     "none": lambda _: nn.Identity(),
 }
 ATTN_TYPES = tuple(_ATTENTION)
 
 
-def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
+def make_attn(in_channels: int, attn_type: str = "vanilla", attn_kwargs: dict | None = None) -> nn.Module:
     """The attention layer ``attn_type`` names: ``"vanilla"`` or ``"vanilla-xformers"`` (AttnBlock), ``"linear"``
-    (LinAttnBlock) or ``"none"`` (the identity)."""
+    (LinAttnBlock), ``"memory-efficient-cross-attn"`` (MemoryEfficientCrossAttentionWrapper with ``query_dim =
+    in_channels`` and CrossAttention's other arguments from ``attn_kwargs``) or ``"none"`` (the identity).
+    Only the cross-attention type takes ``attn_kwargs``."""
     factory = _ATTENTION.get(attn_type)
     if factory is None:
         raise ValueError(f"ddconfig attn_type={attn_type!r} is unknown; use one of {list(ATTN_TYPES)}.")
+    if attn_type == "memory-efficient-cross-attn":
+        return factory(in_channels, **(attn_kwargs or {}))
+    if attn_kwargs:
+        raise ValueError(f"attn_kwargs are only for attn_type='memory-efficient-cross-attn', not {attn_type!r}.")
     return factory(in_channels)

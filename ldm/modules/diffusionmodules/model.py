@@ -27,6 +27,8 @@ from ldm.modules.diffusionmodules.autoencoder_blocks import (
     AttnBlock,
     Downsample,
     LinAttnBlock,
+    MemoryEfficientAttnBlock,
+    MemoryEfficientCrossAttentionWrapper,
     Normalize,
     ResnetBlock,
     Upsample,
@@ -34,6 +36,9 @@ from ldm.modules.diffusionmodules.autoencoder_blocks import (
     nonlinearity,
 )
 from ldm.modules.diffusionmodules.encoder_decoder import Decoder, Encoder
+
+#: The original's flag for its xformers path; this package never uses xformers (PyTorch's SDPA is its fast path).
+XFORMERS_IS_AVAILBLE = False
 
 __all__ = [
     "ATTN_TYPES",
@@ -44,6 +49,8 @@ __all__ = [
     "FirstStagePostProcessor",
     "LatentRescaler",
     "LinAttnBlock",
+    "MemoryEfficientAttnBlock",
+    "MemoryEfficientCrossAttentionWrapper",
     "MergedRescaleDecoder",
     "MergedRescaleEncoder",
     "Model",
@@ -54,6 +61,7 @@ __all__ = [
     "Upsample",
     "UpsampleDecoder",
     "Upsampler",
+    "XFORMERS_IS_AVAILBLE",
     "get_timestep_embedding",
     "make_attn",
     "nonlinearity",
