@@ -30,11 +30,6 @@ RELEASED = {
                    "lsun_beds256", "lsun_churches256", "semantic_synthesis256", "semantic_synthesis512",
                    "text2img256")),
 }
-NEEDS_BERT_VOCAB = {"models/ldm/text2img256/config.yaml"}
-BERT_XFAIL = pytest.mark.xfail(
-    raises=OSError, strict=False,
-    reason="BERTEmbedder needs the bert-base-uncased vocabulary, not shipped yet (issue 19 item 1) nor cached here",
-)
 
 
 @pytest.fixture
@@ -58,9 +53,7 @@ def test_zoo_configs_name_no_checkpoint_file() -> None:
         assert "ckpt_path" not in (ROOT / relative).read_text(), relative
 
 
-@pytest.mark.parametrize(
-    "relative", [pytest.param(p, marks=BERT_XFAIL) if p in NEEDS_BERT_VOCAB else p for p in ZOO]
-)
+@pytest.mark.parametrize("relative", ZOO)
 def test_zoo_config_builds_offline_on_meta(relative: str, no_taming: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = _model_config(relative)

@@ -23,9 +23,9 @@ from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPT
 from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
 from ldm.modules.encoders.base import AbstractEncoder as AbstractEncoder
 from ldm.modules.encoders.base import IdentityEncoder as IdentityEncoder
+from ldm.modules.encoders.bert_tokenizer import offline_bert_tokenizer
 from ldm.modules.encoders.clip_image import ClipImageEmbedder as ClipImageEmbedder
 from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
-from ldm.modules.encoders.clip_tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
 from ldm.modules.encoders.clip_tokenizer import offline_clip_tokenizer
 from ldm.modules.encoders.hub import has_vocabulary, load_pretrained
 from ldm.modules.encoders.noise_augmentation import CLIPEmbeddingNoiseAugmentation as CLIPEmbeddingNoiseAugmentation
@@ -132,28 +132,24 @@ class SpatialRescaler(nn.Module):
 
 
 def _text_tokenizer(name: str) -> Any:
-    """``"bert"``: ``bert-base-uncased`` from the cache or the hub; ``"clip"``: the shipped CLIP BPE (offline)."""
+    """``"bert"``: ``bert-base-uncased`` from the cache or the hub, else its vocabulary shipped with ldm (same ids);
+    ``"clip"``: the shipped CLIP BPE (offline)."""
     if name == "clip":
         return offline_clip_tokenizer()
     if name != "bert":
         raise ConfigError(f"tokenizer={name!r} is not one of {TOKENIZERS}; use 'bert' or 'clip'")
     tokenizer = load_pretrained(BertTokenizerFast, BERT_VOCAB, accept=has_vocabulary)
-    if tokenizer is None:
-        raise OSError(
-            f"BERTTokenizer: the {BERT_VOCAB!r} vocabulary is neither in the Hugging Face cache nor downloadable "
-            "(offline). Either download it once with network access (`from transformers import BertTokenizerFast; "
-            f"BertTokenizerFast.from_pretrained('{BERT_VOCAB}')`), or set `tokenizer: clip` with "
-            f"`vocab_size: {CLIP_VOCAB_SIZE}` in the BERTEmbedder params to use the CLIP BPE vocabulary shipped "
-            "with ldm (for a text encoder trained from scratch)."
-        )
-    return tokenizer
+    if tokenizer is not None:
+        return tokenizer
+    logger.info("BERTTokenizer: %r unavailable offline; using its vocabulary shipped with ldm (same ids).", BERT_VOCAB)
+    return offline_bert_tokenizer()
 
 
 class BERTTokenizer(AbstractEncoder):
     """Captions → token ids ``(B, max_length)``; ``encode`` wraps them VQ-style as ``(None, None, [None, None, ids])``.
 
     ``tokenizer="bert"`` (default): ``bert-base-uncased`` WordPiece, 30,522 ids, [CLS] … [SEP] then [PAD] = 0.
-    ``tokenizer="clip"``: the CLIP BPE vocabulary shipped with ldm, 49,408 ids, works offline.
+    ``tokenizer="clip"``: the CLIP BPE, 49,408 ids. Both vocabularies ship with ldm, so both work offline.
     """
 
     def __init__(
