@@ -27,6 +27,16 @@ TAMING_ALIASES: dict[str, str] = {
     "taming.modules.util.ActNorm": "ldm.modules.losses.discriminator.ActNorm",
     "taming.modules.vqvae.quantize.VectorQuantizer2": "ldm.modules.vqvae.quantize.VectorQuantizer2",
     "taming.models.vqgan.VQModel": "ldm.models.autoencoder.VQModel",
+    "taming.data.faceshq.FacesBase": "ldm.data.faceshq.FacesBase",
+    "taming.data.faceshq.CelebAHQTrain": "ldm.data.faceshq.CelebAHQTrain",
+    "taming.data.faceshq.CelebAHQValidation": "ldm.data.faceshq.CelebAHQValidation",
+    "taming.data.faceshq.FFHQTrain": "ldm.data.faceshq.FFHQTrain",
+    "taming.data.faceshq.FFHQValidation": "ldm.data.faceshq.FFHQValidation",
+    "taming.data.faceshq.FacesHQTrain": "ldm.data.faceshq.FacesHQTrain",
+    "taming.data.faceshq.FacesHQValidation": "ldm.data.faceshq.FacesHQValidation",
+    "taming.data.base.ImagePaths": "ldm.data.image_paths.ImagePaths",
+    "taming.data.base.NumpyPaths": "ldm.data.image_paths.NumpyPaths",
+    "taming.data.base.ConcatDatasetWithIndex": "ldm.data.image_paths.ConcatDatasetWithIndex",
 }
 
 _announced: set[str] = set()

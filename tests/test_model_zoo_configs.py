@@ -116,9 +116,9 @@ def test_alias_is_logged_once(no_taming: None, caplog: pytest.LogCaptureFixture)
 
 
 def test_unknown_taming_target_names_it_and_the_fix(no_taming: None) -> None:
-    target = "taming.data.faceshq.FFHQTrain"
+    target = "taming.models.cond_transformer.Net2NetTransformer"
     with pytest.raises(ConfigError) as caught:
-        instantiate_from_config({"target": target, "params": {"size": 256}})
+        instantiate_from_config({"target": target, "params": {}})
     assert isinstance(caught.value, ModuleNotFoundError)
     message = str(caught.value)
     assert target in message
