@@ -27,10 +27,15 @@ from ldm.modules.encoders.bert_tokenizer import offline_bert_tokenizer
 from ldm.modules.encoders.clip_image import ClipImageEmbedder as ClipImageEmbedder
 from ldm.modules.encoders.clip_text import vit_l14_text_config, with_sd_layout
 from ldm.modules.encoders.clip_tokenizer import offline_clip_tokenizer
+from ldm.modules.encoders.frozen import DEFAULT_DEVICE
 from ldm.modules.encoders.hub import has_vocabulary, load_pretrained
 from ldm.modules.encoders.noise_augmentation import CLIPEmbeddingNoiseAugmentation as CLIPEmbeddingNoiseAugmentation
+from ldm.modules.encoders.openai_clip_embedders import FrozenClipImageEmbedder as FrozenClipImageEmbedder
+from ldm.modules.encoders.openai_clip_embedders import FrozenCLIPTextEmbedder as FrozenCLIPTextEmbedder
 from ldm.modules.encoders.openclip_embedders import FrozenOpenCLIPEmbedder as FrozenOpenCLIPEmbedder
 from ldm.modules.encoders.openclip_embedders import FrozenOpenCLIPImageEmbedder as FrozenOpenCLIPImageEmbedder
+from ldm.modules.encoders.t5_embedders import CLIPT5Pair
+from ldm.modules.encoders.t5_embedders import FrozenT5Embedder as FrozenT5Embedder
 from ldm.modules.x_transformer import Encoder, TransformerWrapper
 from ldm.util import ConfigError
 
@@ -330,3 +335,19 @@ class FrozenCLIPEmbedder(AbstractEncoder):
 
     def encode(self, text: str | Sequence[str]) -> torch.Tensor:
         return self(text)
+
+
+class FrozenCLIPT5Encoder(CLIPT5Pair):
+    """Captions → ``[FrozenCLIPEmbedder features (B, clip_max_length, 768), FrozenT5Embedder features
+    (B, t5_max_length, d_model)]`` (d_model 2048 for t5-v1_1-xl), both frozen; see ``CLIPT5Pair``."""
+
+    def __init__(
+        self,
+        clip_version: str = CLIP_L14,
+        t5_version: str = "google/t5-v1_1-xl",
+        device: str = DEFAULT_DEVICE,
+        clip_max_length: int = 77,
+        t5_max_length: int = 77,
+    ) -> None:
+        t5 = FrozenT5Embedder(t5_version, device, max_length=t5_max_length)  # first: a missing vocabulary fails fast
+        super().__init__(FrozenCLIPEmbedder(clip_version, device, max_length=clip_max_length), t5, device)

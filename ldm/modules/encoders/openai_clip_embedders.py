@@ -72,7 +72,11 @@ def openai_weights_path(arch: str) -> Path:
 
 
 def _clip_from_file(path: Path) -> nn.Module:
-    """The OpenAI CLIP in ``path`` (TorchScript archive or state dict), architecture read off its weights."""
+    """The OpenAI CLIP in ``path`` (TorchScript archive or state dict), architecture read off its weights, in fp32.
+
+    As ``clip.load`` does, the weights go through the half-precision model OpenAI's files describe (its linear,
+    convolution and attention weights are float16), so float32 values there are rounded to float16.
+    """
     weights = read_openai_state_dict(path)
     return build_model_from_openai_state_dict(weights, quick_gelu=True, cast_dtype=None).float().eval()
 
@@ -124,10 +128,8 @@ class FrozenCLIPTextEmbedder(FrozenModule):
     ) -> None:
         super().__init__()
         self.model = load_openai_clip(version, type(self).__name__)
-        self.device = device
-        self.max_length = max_length
-        self.n_repeat = n_repeat
-        self.normalize = normalize
+        self.device, self.max_length = device, max_length
+        self.n_repeat, self.normalize = n_repeat, normalize
         self.freeze()
 
     def tokenize(self, text: str | Sequence[str]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """T5 text conditioners of Stable Diffusion (v1 and 2.x code bases), on ``transformers``.
 
 - ``FrozenT5Embedder``: caption → T5 encoder ``last_hidden_state`` ``(B, max_length, d_model)``.
-- ``FrozenCLIPT5Encoder``: caption → ``[CLIP text features (B, 77, 768), T5 features (B, 77, d_model)]``.
+- ``CLIPT5Pair``: caption → ``[CLIP text features (B, 77, 768), T5 features (B, 77, d_model)]``, the base of
+  ``FrozenCLIPT5Encoder`` (defined in ``modules.py``, beside the ``FrozenCLIPEmbedder`` it builds).
 
 Weights and tokenizer come through :func:`ldm.modules.encoders.hub.load_pretrained` (a local folder or the Hugging
 Face cache first, the hub only when reachable). Offline, the encoder of a known ``google/t5-v1_1-*`` size is built
@@ -108,6 +109,13 @@ def t5_encoder(version: str, owner: str) -> T5EncoderModel:
     return T5EncoderModel(known)
 
 
+def t5_parts(version: str, owner: str) -> tuple[T5Tokenizer, T5EncoderModel]:
+    """``(tokenizer, encoder)`` of ``version``; the tokenizer first, so a missing vocabulary fails before a large
+    encoder is built."""
+    tokenizer = t5_tokenizer(version, owner)
+    return tokenizer, t5_encoder(version, owner)
+
+
 class FrozenT5Embedder(FrozenModule, AbstractEncoder):
     """Captions → T5 encoder ``last_hidden_state`` ``(B, max_length, d_model)`` (1024 for t5-v1_1-large), frozen
     (eval, no gradients) unless ``freeze=False``.
@@ -126,11 +134,8 @@ class FrozenT5Embedder(FrozenModule, AbstractEncoder):
         freeze: bool = True,
     ) -> None:
         super().__init__()
-        owner = type(self).__name__
-        self.tokenizer = t5_tokenizer(version, owner)
-        self.transformer = t5_encoder(version, owner)
-        self.device = device
-        self.max_length = max_length
+        self.device, self.max_length = device, max_length
+        self.tokenizer, self.transformer = t5_parts(version, type(self).__name__)
         if freeze:
             self.freeze()
 
@@ -148,37 +153,22 @@ class FrozenT5Embedder(FrozenModule, AbstractEncoder):
         return self(text)
 
 
-class FrozenCLIPT5Encoder(FrozenModule, AbstractEncoder):
-    """Captions → ``[clip_z, t5_z]``: ``FrozenCLIPEmbedder`` features ``(B, clip_max_length, 768)`` and
-    ``FrozenT5Embedder`` features ``(B, t5_max_length, d_model)`` (2048 for t5-v1_1-xl), both frozen.
+class CLIPT5Pair(FrozenModule, AbstractEncoder):
+    """Two frozen text conditioners side by side: captions → ``[clip_encoder.encode(text), t5_encoder.encode(text)]``.
 
-    Submodules ``clip_encoder`` and ``t5_encoder`` (the original's state-dict names). ``device`` is a plain,
-    assignable attribute, handed to both encoders at construction.
+    The base of ``ldm.modules.encoders.modules.FrozenCLIPT5Encoder``, which builds the pair (a ``FrozenCLIPEmbedder``
+    and a :class:`FrozenT5Embedder`) where ``FrozenCLIPEmbedder`` is defined. Submodules ``clip_encoder`` and
+    ``t5_encoder`` (the original's state-dict names); frozen as a whole, so ``train()`` leaves both in eval mode.
+    ``device`` is a plain, assignable attribute.
     """
 
-    def __init__(
-        self,
-        clip_version: str = "openai/clip-vit-large-patch14",
-        t5_version: str = "google/t5-v1_1-xl",
-        device: str = DEFAULT_DEVICE,
-        clip_max_length: int = 77,
-        t5_max_length: int = 77,
-    ) -> None:
-        # modules.py re-exports this class, so its FrozenCLIPEmbedder is imported when first needed
-        from ldm.modules.encoders.modules import FrozenCLIPEmbedder
-
+    def __init__(self, clip_encoder: AbstractEncoder, t5_encoder: FrozenT5Embedder, device: str) -> None:
         super().__init__()
-        t5 = FrozenT5Embedder(t5_version, device, max_length=t5_max_length)  # built first: fails fast without a vocab
-        self.clip_encoder = FrozenCLIPEmbedder(clip_version, device, max_length=clip_max_length)
-        self.t5_encoder = t5
+        self.clip_encoder = clip_encoder
+        self.t5_encoder = t5_encoder
         self.device = device
-        logger.info(
-            "FrozenCLIPT5Encoder: %s with %.2f M parameters, %s with %.2f M parameters.",
-            clip_version,
-            sum(p.numel() for p in self.clip_encoder.parameters()) / 1e6,
-            t5_version,
-            sum(p.numel() for p in self.t5_encoder.parameters()) / 1e6,
-        )
+        millions = [sum(p.numel() for p in part.parameters()) / 1e6 for part in (clip_encoder, t5_encoder)]
+        logger.info("%s: CLIP text encoder %.2f M parameters, T5 encoder %.2f M.", type(self).__name__, *millions)
         self.freeze()
 
     def forward(self, text: str | Sequence[str]) -> list[torch.Tensor]:
