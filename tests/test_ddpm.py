@@ -265,9 +265,6 @@ def test_tiny_with_ema_gives_the_original_ema_keys():
 )
 def test_latent_diffusion_configs_build(name):
     config = config_without_checkpoints(CONFIGS / "latent-diffusion" / f"{name}.yaml")
-    if name == "txt2img-1p4B-eval":
-        # the bert-base-uncased vocabulary cannot be fetched offline; the tokenizer holds no weights
-        config.params.cond_stage_config.params.use_tokenizer = False
     model = build_on_meta(config)
     assert isinstance(model, LatentDiffusion)
     assert any(k.startswith("model.diffusion_model.") for k in model.state_dict())
