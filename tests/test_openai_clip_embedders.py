@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ldm.modules.encoders.clip_image as clip_image
 import ldm.modules.encoders.openai_clip_embedders as openai_embedders
 from ldm.modules.encoders import modules
 from ldm.modules.encoders.base import AbstractEncoder
@@ -43,7 +44,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path / "clip-cache"
     cache.mkdir()
-    monkeypatch.setattr(openai_embedders, "OPENAI_CACHE", cache)
+    monkeypatch.setattr(clip_image, "OPENAI_CACHE", cache)
     return cache
 
 

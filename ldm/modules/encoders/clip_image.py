@@ -16,6 +16,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import build_model_from_openai_state_dict
+from open_clip.pretrained import get_pretrained_cfg
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,14 @@ def read_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return content
 
 
+def openai_weights_path(arch: str) -> Path:
+    """Where OpenAI's ``clip.load`` keeps the weights of ``arch``: ``~/.cache/clip/`` + the file name of their
+    download URL (``ViT-L-14.pt``, ``RN50.pt``, ``ViT-L-14-336px.pt``; ``<arch>.pt`` for other architectures)."""
+    url = get_pretrained_cfg(arch, "openai").get("url")
+    file_name = os.path.basename(url) if url else f"{arch}.pt"
+    return OPENAI_CACHE.expanduser() / file_name
+
+
 def openai_clip(model: str) -> nn.Module:
     """An OpenAI CLIP model (QuickGELU, both towers, fp32, eval) as an open_clip ``CLIP``.
 
@@ -136,7 +145,7 @@ def openai_clip(model: str) -> nn.Module:
     local = Path(model).expanduser()
     on_meta = default_device().type == "meta"
     if not local.is_file() and not on_meta:
-        cached = OPENAI_CACHE.expanduser() / f"{_open_clip_name(model)}.pt"
+        cached = openai_weights_path(_open_clip_name(model))
         local = cached if cached.is_file() else local
     if local.is_file() and not on_meta:
         state = read_openai_state_dict(local)

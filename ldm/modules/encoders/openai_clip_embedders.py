@@ -16,7 +16,6 @@ the other offline-built conditioners: a checkpoint holding ``cond_stage_model.mo
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,16 +23,15 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import build_model_from_openai_state_dict
-from open_clip.pretrained import get_pretrained_cfg
 from torch import nn
 
 from ldm.modules.encoders.clip_image import (
     CLIP_MEAN,
     CLIP_STD,
-    OPENAI_CACHE,
     clip_input,
     default_device,
     model_input_size,
+    openai_weights_path,
     read_openai_state_dict,
 )
 from ldm.modules.encoders.frozen import DEFAULT_DEVICE, FrozenModule
@@ -61,14 +59,6 @@ def open_clip_arch(name: str) -> str:
             "nor an existing weights file; use one of those names or the path of the .pt file"
         )
     return arch
-
-
-def openai_weights_path(arch: str) -> Path:
-    """Where OpenAI's ``clip.load`` keeps the weights of ``arch``: ``~/.cache/clip/`` + the file name of their
-    download URL (``ViT-L-14.pt``, ``RN50.pt``, ``ViT-L-14-336px.pt``; ``<arch>.pt`` for other architectures)."""
-    url = get_pretrained_cfg(arch, "openai").get("url")
-    file_name = os.path.basename(url) if url else f"{arch}.pt"
-    return OPENAI_CACHE.expanduser() / file_name
 
 
 def _clip_from_file(path: Path) -> nn.Module:
