@@ -6,9 +6,10 @@
 ``{"image": (size, size, 3) float32 in [-1, 1], "relpath", "synsets", "class_label", "human_label",
 "file_path_"}``: the shorter side resized to ``size``, then a centre (validation) or random (train) crop.
 
-``ImageNetSRTrain`` / ``ImageNetSRValidation`` (the autoencoder configs' data) add ``"LR_image"``: a square crop of
-side ``int(min(H, W) * U(min_crop_f, max_crop_f))`` area-resized to ``size`` is the HR ``"image"``, and its
-degradation to ``size // downscale_f`` is ``"LR_image"`` (both float32 in [-1, 1]).
+``ImageNetSRTrain`` / ``ImageNetSRValidation`` (the autoencoder and ``bsr_sr`` configs' data) add ``"LR_image"``: a
+square crop of side ``int(min(H, W) * U(min_crop_f, max_crop_f))`` area-resized to ``size`` is the HR ``"image"``,
+and its degradation to ``size // downscale_f`` (a resize, or the BSRGAN pipeline) is ``"LR_image"`` (both float32 in
+[-1, 1]).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.base import load_rgb, to_model_range
+from ldm.modules.image_degradation import degradation_fn_bsr, degradation_fn_bsr_light
 from ldm.util import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -230,8 +232,22 @@ DEGRADATIONS: dict[str, Resizer] = {
         for name in ("NEAREST", "BILINEAR", "BICUBIC", "BOX", "HAMMING", "LANCZOS")
     },
 }
-#: BSRGAN degradation pipelines: names that are recognised and refused (not implemented).
-BSRGAN_DEGRADATIONS = ("bsrgan", "bsrgan_light")
+#: BSRGAN degradation pipelines: ``degradation_bsrgan_variant`` of the full and of the light model.
+BSRGAN_DEGRADATIONS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    "bsrgan": degradation_fn_bsr,
+    "bsrgan_light": degradation_fn_bsr_light,
+}
+
+
+def bsrgan_degrade(
+    image: np.ndarray, height: int, width: int, degrade: Callable[..., dict[str, np.ndarray]], sf: int
+) -> np.ndarray:
+    """``(H, W, 3)`` uint8 → ``degrade(image, sf=sf)["image"]``, the uint8 ``(H // sf, W // sf, 3)`` LR image,
+    which must be ``(height, width, 3)``."""
+    low = degrade(image, sf=sf)["image"]
+    if low.shape[:2] != (height, width):
+        raise ValueError(f"BSRGAN degradation gave {low.shape[:2]}, expected {(height, width)}; size must be sf * LR.")
+    return low
 
 
 def read_indices(path: Path, length: int) -> list[int]:
@@ -255,7 +271,9 @@ class ImageNetSR(Dataset):
     ``(size // downscale_f, size // downscale_f, 3)``, float32 in [-1, 1]. Steps: a square crop of side
     ``int(min(H, W) * c)``, ``c ~ U(min_crop_f, max_crop_f)``, random or centred; area-resized to ``size``
     (OpenCV ``INTER_AREA``, see :func:`area_resize`); ``LR_image = degradation(image)``. Randomness uses the torch
-    RNG, so DataLoader workers differ without a worker seed.
+    RNG, so DataLoader workers differ without a worker seed; the BSRGAN pipelines (``"bsrgan"``, ``"bsrgan_light"``)
+    also draw from numpy's and ``random``'s global RNGs, as the original does (``worker_init_fn`` seeds numpy per
+    worker; torch seeds ``random``).
 
     Which base images are used: the indices (whitespace-separated integers into the base image list) in the text file
     ``hr_indices`` if given, else in ``data/<INDEX_NAME>.txt`` (relative to the working directory) if it exists, else
@@ -285,19 +303,20 @@ class ImageNetSR(Dataset):
                 f"ImageNetSR: need 0 < min_crop_f <= max_crop_f <= 1, got min_crop_f={min_crop_f}, "
                 f"max_crop_f={max_crop_f}."
             )
-        if degradation in BSRGAN_DEGRADATIONS:
-            raise NotImplementedError(
-                f"ImageNetSR: degradation {degradation!r} (BSRGAN) is not implemented; "
-                f"use one of {sorted(DEGRADATIONS)}."
+        if degradation not in DEGRADATIONS and degradation not in BSRGAN_DEGRADATIONS:
+            raise ConfigError(
+                f"ImageNetSR: unknown degradation {degradation!r}; "
+                f"use one of {sorted(DEGRADATIONS) + sorted(BSRGAN_DEGRADATIONS)}."
             )
-        if degradation not in DEGRADATIONS:
-            raise ConfigError(f"ImageNetSR: unknown degradation {degradation!r}; use one of {sorted(DEGRADATIONS)}.")
         self.size = size
         self.LR_size = size // downscale_f
         self.min_crop_f = min_crop_f
         self.max_crop_f = max_crop_f
         self.center_crop = not random_crop
-        self.degradation_process = DEGRADATIONS[degradation]
+        if degradation in BSRGAN_DEGRADATIONS:
+            self.degradation_process = partial(bsrgan_degrade, degrade=BSRGAN_DEGRADATIONS[degradation], sf=downscale_f)
+        else:
+            self.degradation_process = DEGRADATIONS[degradation]
         self.base = self.BASE(process_images=False, data_root=data_root)
         self.indices = self._indices(hr_indices)
 
