@@ -1,4 +1,5 @@
-"""The released LDM model-zoo configs (``models/**/config.yaml``) build offline, full size, on the meta device.
+"""The released LDM model-zoo configs (``models/**/config.yaml``, and the retrieval-augmented model's
+``configs/retrieval-augmented-diffusion/768x768.yaml``) build offline, full size, on the meta device.
 
 Also: ``taming.*`` targets resolve through the one alias table (logged once) when taming-transformers is absent,
 a ``taming.*`` target without an equivalent fails with an error naming it and the fix, and ``DummyLoss`` is a
@@ -30,6 +31,8 @@ RELEASED = {
                    "lsun_beds256", "lsun_churches256", "semantic_synthesis256", "semantic_synthesis512",
                    "text2img256")),
 }
+#: Shipped configs of released models whose checkpoints have no model-zoo folder.
+RDM_CONFIG = "configs/retrieval-augmented-diffusion/768x768.yaml"
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def test_zoo_configs_name_no_checkpoint_file() -> None:
         assert "ckpt_path" not in (ROOT / relative).read_text(), relative
 
 
-@pytest.mark.parametrize("relative", ZOO)
+@pytest.mark.parametrize("relative", [*ZOO, RDM_CONFIG])
 def test_zoo_config_builds_offline_on_meta(relative: str, no_taming: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = _model_config(relative)
