@@ -238,6 +238,22 @@ def test_with_scann_installed_its_searcher_is_trained_and_used(tmp_path: Path, m
     assert exact.backend == "exact" and exact(torch.tensor(np.stack([E0])), 3)["nns"].tolist() == [[0, 5, 2]]
 
 
+def test_searcher_method_train_searcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_database(tmp_path / "db", HAND)
+    searcher = Searcher("openimages", database_path=tmp_path / "db", searcher_savedir=tmp_path / "none")
+    monkeypatch.setitem(sys.modules, "scann", None)
+    searcher.train_searcher(3, searcher_savedir=tmp_path / "exact")
+    assert searcher.backend == "exact-file" and has_exact_searcher(tmp_path / "exact")
+    assert searcher(torch.tensor(np.stack([E1])), 3)["nns"].tolist() == [[1, 4, 2]]
+    with pytest.raises(ValueError, match=r"metric 'squared_l2'.*use metric='dot_product'"):
+        searcher.train_searcher(3, metric="squared_l2")
+    fake = _FakeScann()
+    monkeypatch.setitem(sys.modules, "scann", fake)
+    searcher.train_searcher(3, searcher_savedir=tmp_path / "scann")
+    assert [call[0] for call in fake.calls] == ["builder", "score_brute_force", "serialize"]
+    assert searcher.backend == "scann" and searcher(torch.tensor(np.stack([E1])), 3)["nns"].tolist() == [[1, 4, 2]]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # conditioning
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ldm.retrieval.database import DATABASES, EMBEDDING_KEY, database_folder, load_database, searcher_folder
 from ldm.retrieval.exact import max_inner_product, unit_rows
 from ldm.retrieval.exact_files import has_exact_searcher, read_exact_searcher, write_exact_searcher
-from ldm.retrieval.scann_backend import build_scann, is_scann_folder, plan_scann, scann_module
+from ldm.retrieval.scann_backend import ScannPlan, build_scann, is_scann_folder, scann_module
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ class Searcher:
         scann = scann_module()
         embeddings = self.database[EMBEDDING_KEY]
         if scann is not None:
-            plan = plan_scann(0, k)  # pool size 0: brute force, whatever the size
-            self.searcher = build_scann(scann, unit_rows(embeddings).numpy(), k, plan, metric)
+            brute_force = ScannPlan("brute_force", reorder_k=2 * k, aiq_threshold=0.2, dims_per_block=2)
+            self.searcher = build_scann(scann, unit_rows(embeddings).numpy(), k, brute_force, metric)
             if searcher_savedir is not None:
                 Path(searcher_savedir).mkdir(parents=True, exist_ok=True)
                 self.searcher.serialize(str(searcher_savedir))
