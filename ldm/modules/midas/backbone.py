@@ -38,6 +38,21 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], prefix_toke
     return torch.cat([prefix, image.flatten(2).transpose(1, 2)], dim=1)
 
 
+def embed_tokens(vit: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The ViT's token sequence before its first block, at any input size.
+
+    ``features`` ``(B, C, h, w)`` (the image, or the hybrid's ResNet output) → ``proj`` → ``(B, gh*gw, D)``
+    patch tokens, preceded by the class token (and the distillation token of a distilled ViT), plus the position
+    embedding resampled to ``(gh, gw)`` (:func:`resize_pos_embed`), then ``pos_drop``: ``(B, P + gh*gw, D)``.
+    """
+    grid = vit.patch_embed.proj(features)  # (B, D, gh, gw)
+    tokens = grid.flatten(2).transpose(1, 2)  # (B, gh*gw, D)
+    prefix = [vit.cls_token] + ([vit.dist_token] if getattr(vit, "dist_token", None) is not None else [])
+    prefix = [token.expand(tokens.shape[0], -1, -1) for token in prefix]
+    pos = resize_pos_embed(vit.pos_embed, (grid.shape[-2], grid.shape[-1]), prefix_tokens=len(prefix))
+    return vit.pos_drop(torch.cat([*prefix, tokens], dim=1) + pos)
+
+
 class ViTFeatureEncoder(nn.Module):
     """``pretrained`` of the DPT checkpoints: the timm ViT as ``model`` plus ``act_postprocess{1..4}``.
 
@@ -45,10 +60,11 @@ class ViTFeatureEncoder(nn.Module):
     :param stage_taps: ResNet stages whose outputs are the first maps (hybrid only; ``()`` for a plain ViT).
     :param block_taps: ViT blocks whose outputs give the remaining maps.
     :param widths: channels of the four maps after reassembly.
+    :param readout: what the class token contributes to the token maps ("ignore", "add" or "project").
     """
 
     def __init__(self, vit: nn.Module, stage_taps: Sequence[int], block_taps: Sequence[int],
-                 widths: Sequence[int]) -> None:
+                 widths: Sequence[int], readout: str = "project") -> None:
         super().__init__()
         if len(stage_taps) + len(block_taps) != 4 or len(widths) != 4:
             raise ValueError("DPT reads exactly four feature maps: len(stage_taps) + len(block_taps) == 4")
@@ -59,7 +75,8 @@ class ViTFeatureEncoder(nn.Module):
         # Level k (0..3) leaves the encoder at stride 4 * 2**k; token maps start at stride 16.
         for level in range(len(self.stage_taps), 4):
             rescale = {0: 4.0, 1: 2.0, 2: 1.0, 3: 0.5}[level]
-            self.add_module(f"act_postprocess{level + 1}", TokenReassemble(token_width, widths[level], rescale))
+            self.add_module(f"act_postprocess{level + 1}",
+                            TokenReassemble(token_width, widths[level], rescale, readout))
 
     @property
     def is_hybrid(self) -> bool:
@@ -83,11 +100,7 @@ class ViTFeatureEncoder(nn.Module):
             h = resnet.norm(h)  # identity for the non-pre-activation ResNetV2 of these models
         else:
             h = x
-        grid = vit.patch_embed.proj(h)  # (B, D, gh, gw)
-        tokens = grid.flatten(2).transpose(1, 2)  # (B, gh*gw, D)
-        cls = vit.cls_token.expand(tokens.shape[0], -1, -1)
-        pos = resize_pos_embed(vit.pos_embed, (grid.shape[-2], grid.shape[-1]))
-        tokens = vit.pos_drop(torch.cat([cls, tokens], dim=1) + pos)  # (B, 1 + gh*gw, D)
+        tokens = embed_tokens(vit, h)  # (B, 1 + gh*gw, D)
         block_tokens: list[torch.Tensor] = []
         for index, block in enumerate(vit.blocks[: max(self.block_taps) + 1]):
             tokens = block(tokens)

@@ -1,8 +1,11 @@
 """DPT "reassemble": ViT tokens → a spatial feature map at the stride its decoder level expects.
 
 Each ``TokenReassemble`` keeps the original checkpoint's layout of ``act_postprocess{k}`` (an ``nn.Sequential``
-there): slot ``0`` the readout projection, slot ``3`` the 1x1 channel projection, slot ``4`` the optional
+there): slot ``0`` the readout operation, slot ``3`` the 1x1 channel projection, slot ``4`` the optional
 resampling (transposed conv up, strided conv down). Slots 1 and 2 held parameter-free reshapes.
+
+The readout decides what the class ("readout") token(s) in front of the ``N`` patch tokens contribute:
+"ignore" drops them, "add" adds them to every patch token, "project" concatenates and projects (DPT's default).
 """
 
 from __future__ import annotations
@@ -11,21 +14,60 @@ import torch
 from torch import nn
 
 
+class Slice(nn.Module):
+    """Readout "ignore": ``(B, start_index + N, D)`` → the patch tokens ``(B, N, D)``."""
+
+    def __init__(self, start_index: int = 1) -> None:
+        super().__init__()
+        self.start_index = start_index
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.start_index:]
+
+
+class AddReadout(nn.Module):
+    """Readout "add": ``t_i' = t_i + r`` with ``r`` the class token (the mean of the class and distillation
+    tokens when ``start_index == 2``); ``(B, start_index + N, D)`` → ``(B, N, D)``."""
+
+    def __init__(self, start_index: int = 1) -> None:
+        super().__init__()
+        self.start_index = start_index
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        readout = tokens[:, :2].mean(dim=1) if self.start_index == 2 else tokens[:, 0]
+        return tokens[:, self.start_index:] + readout[:, None]
+
+
 class ProjectReadout(nn.Module):
     """Readout "project": every patch token is concatenated with the class token and projected back.
 
-    ``t_i' = GELU(W [t_i ; t_cls] + b)`` for the patch tokens ``t_i``; ``(B, 1 + N, D)`` → ``(B, N, D)``.
+    ``t_i' = GELU(W [t_i ; t_cls] + b)`` for the patch tokens ``t_i`` (those from ``start_index`` on);
+    ``(B, start_index + N, D)`` → ``(B, N, D)``.
     """
 
-    def __init__(self, width: int, prefix_tokens: int = 1) -> None:
+    def __init__(self, in_features: int, start_index: int = 1) -> None:
         super().__init__()
-        self.prefix_tokens = prefix_tokens
-        self.project = nn.Sequential(nn.Linear(2 * width, width), nn.GELU())
+        self.start_index = start_index
+        self.project = nn.Sequential(nn.Linear(2 * in_features, in_features), nn.GELU())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, self.prefix_tokens:]
+        patches = tokens[:, self.start_index:]
         cls = tokens[:, :1].expand_as(patches)
         return self.project(torch.cat([patches, cls], dim=-1))
+
+
+READOUTS = ("ignore", "add", "project")
+
+
+def make_readout(kind: str, width: int, start_index: int = 1) -> nn.Module:
+    """The readout module for ``kind`` in :data:`READOUTS` on tokens of ``width`` channels."""
+    if kind == "ignore":
+        return Slice(start_index)
+    if kind == "add":
+        return AddReadout(start_index)
+    if kind == "project":
+        return ProjectReadout(width, start_index)
+    raise ValueError(f"unknown readout {kind!r}; use one of {READOUTS}")
 
 
 def _resampler(channels: int, rescale: float) -> nn.Module | None:
@@ -42,12 +84,12 @@ def _resampler(channels: int, rescale: float) -> nn.Module | None:
 class TokenReassemble(nn.Module):
     """Tokens ``(B, 1 + gh*gw, D)`` → map ``(B, C, gh·s, gw·s)`` with ``s = rescale`` ∈ {4, 2, 1, 1/2}.
 
-    readout projection → reshape to the ``(gh, gw)`` grid → 1x1 conv ``D → C`` → resample.
+    readout (``make_readout(readout)``) → reshape to the ``(gh, gw)`` grid → 1x1 conv ``D → C`` → resample.
     """
 
-    def __init__(self, token_width: int, channels: int, rescale: float) -> None:
+    def __init__(self, token_width: int, channels: int, rescale: float, readout: str = "project") -> None:
         super().__init__()
-        self.add_module("0", ProjectReadout(token_width))
+        self.add_module("0", make_readout(readout, token_width))
         self.add_module("3", nn.Conv2d(token_width, channels, kernel_size=1))
         resample = _resampler(channels, rescale)
         if resample is not None:
