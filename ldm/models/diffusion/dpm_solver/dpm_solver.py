@@ -211,7 +211,9 @@ class DPM_Solver:  # the original's name
         models = {"model_s": model_s, "model_s1": model_s1, "model_s2": model_s2}
         return (x_t, models) if return_intermediate else x_t
 
-    def _multistep(self, x: torch.Tensor, history: list, times: list, t: torch.Tensor, solver_type: str):
+    def _multistep(
+        self, x: torch.Tensor, history: list, times: list, t: torch.Tensor, solver_type: str
+    ) -> torch.Tensor:
         """One multistep update from ``times[-1]`` to ``t`` with the Taylor terms of the polynomial through
         the len(history) ≤ 3 latest values (eq. 3); order 2 weighs its slope as ``solver_type`` says."""
         check_solver_type(solver_type)
@@ -370,7 +372,9 @@ class DPM_Solver:  # the original's name
                 x = self.denoise_to_zero_fn(x, torch.full((x.shape[0],), t_0, dtype=time_dtype, device=x.device))
         return x
 
-    def _run_multistep(self, x: torch.Tensor, grid: torch.Tensor, orders: list[int], solver_type: str):
+    def _run_multistep(
+        self, x: torch.Tensor, grid: torch.Tensor, orders: list[int], solver_type: str
+    ) -> torch.Tensor:
         """Multistep updates along ``grid`` with the given order per step; the model is not called at the end."""
         batch = x.shape[0]
         times = deque([grid[0].expand(batch)], maxlen=3)
@@ -383,7 +387,9 @@ class DPM_Solver:  # the original's name
                 history.append(self.model_fn(x, t))
         return x
 
-    def _singlestep_plan(self, steps, order, skip_type, t_T, t_0, method) -> tuple[torch.Tensor, list[int]]:
+    def _singlestep_plan(
+        self, steps: int, order: int, skip_type: str, t_T: float, t_0: float, method: str
+    ) -> tuple[torch.Tensor, list[int]]:
         """Float64 outer times and the order of each singlestep interval, for ``singlestep`` (DPM-Solver-fast)
         or ``singlestep_fixed``."""
         if method == "singlestep_fixed":
@@ -395,7 +401,17 @@ class DPM_Solver:  # the original's name
             return time_grid(self.noise_schedule, skip_type, t_T, t_0, len(orders)), orders
         return time_grid(self.noise_schedule, skip_type, t_T, t_0, steps)[outer_indices(orders)], orders
 
-    def _run_singlestep(self, x, steps, order, skip_type, ends, method, solver_type, time_dtype) -> torch.Tensor:
+    def _run_singlestep(
+        self,
+        x: torch.Tensor,
+        steps: int,
+        order: int,
+        skip_type: str,
+        ends: tuple[float, float],
+        method: str,
+        solver_type: str,
+        time_dtype: torch.dtype,
+    ) -> torch.Tensor:
         """Singlestep updates between the outer times; r_1, r_2 of each interval come from its own
         ``skip_type`` grid of ``order`` sub-intervals (the original's placement of the stages)."""
         outer, orders = self._singlestep_plan(steps, order, skip_type, *ends, method)
