@@ -25,6 +25,7 @@ class MidasNet_small(BaseModel):
     :param features: decoder width ``F``; with ``blocks["expand"]`` level ``k`` (1..4) works at ``F·2^(k-1)``
         channels and each fusion block halves its width, so the head always sees ``F``.
     :param backbone: "efficientnet_lite3" (or "resnext101_wsl"), see ``encoders``.
+    :param non_negative: end the head with a ReLU (depth ≥ 0).
     :param exportable: passed to timm (layer choices for export; the same weights and numbers).
     :param channels_last: feed channels-last input (a memory layout; the numbers do not change).
     :param align_corners: of the fusion blocks' bilinear upsampling (the head's never aligns corners).
