@@ -205,16 +205,16 @@ def test_attention_matches_plain_softmax():
     q, k, v = (f(x).view(2, 5, 8, 64).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
     weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(64), dim=-1)
     expected = attn.to_out((weights @ v).transpose(1, 2).reshape(2, 5, 512))
-    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attn(x)[0], expected, rtol=1e-5, atol=1e-6)  # (out, maps) as in the original
 
 
 def test_transformer_wrapper_is_prenorm_residual():
     torch.manual_seed(0)
     wrapper = TransformerWrapper(num_tokens=20, max_seq_len=6, attn_layers=Encoder(dim=16, depth=1)).eval()
     ids = torch.tensor([[1, 5, 19, 0], [3, 3, 3, 3]])
-    (norm_a, attn), (norm_f, ff) = wrapper.attn_layers.layers
+    (norm_a, attn, _), (norm_f, ff, _) = wrapper.attn_layers.layers  # [norm, block, residual] as in the original
     h = wrapper.token_emb.weight[ids] + wrapper.pos_emb.emb.weight[:4]
-    h = h + attn(norm_a(h))
+    h = h + attn(norm_a(h))[0]
     h = h + ff(norm_f(h))
     embeddings = wrapper(ids, return_embeddings=True)
     torch.testing.assert_close(embeddings, wrapper.norm(h))

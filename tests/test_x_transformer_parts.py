@@ -63,6 +63,7 @@ def test_norms_residual_and_gates():
     fn = lambda x: (x + 1, "kept")  # noqa: E731
     out, kept = Scale(0.5, fn)(x)
     assert torch.equal(out, (x + 1) * 0.5) and kept == "kept"
+    assert torch.equal(Scale(0.5, lambda x: x + 1)(x), (x + 1) * 0.5)  # a tensor output (the macaron feed-forward)
     zero, _ = Rezero(fn)(x)
     assert torch.equal(zero, torch.zeros_like(x))
     gating, state = GRUGating(8), torch.randn(2, 3, 8)

@@ -1,7 +1,7 @@
 """The small pieces the original ``ldm.modules.x_transformer`` (a copy of the x-transformers library) exposed beside
 its encoder: predicates and keyword-grouping helpers, the norm / residual / gating blocks and the sinusoidal
-positions. Nothing in ``ldm`` builds them; client code that imports them from ``ldm.modules.x_transformer`` gets
-working versions (re-exported there).
+positions. ``AttentionLayers`` (:mod:`ldm.modules.x_transformer_layers`) builds its stacks from them; all are
+re-exported from ``ldm.modules.x_transformer``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from einops import rearrange
 from torch import nn
+
+#: Channels per attention head unless ``attn_dim_head`` says otherwise.
+DEFAULT_DIM_HEAD = 64
 
 #: Attention maps before and after the softmax, and a layer stack's hidden states plus those maps.
 Intermediates = namedtuple("Intermediates", ["pre_softmax_attn", "post_softmax_attn"])
@@ -109,7 +112,7 @@ class FixedPositionalEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        frequencies = 10000.0 ** (-torch.arange(0, dim, 2).float() / dim)
+        frequencies = torch.reciprocal(10000.0 ** (torch.arange(0, dim, 2).float() / dim))
         self.register_buffer("inv_freq", frequencies)
 
     def forward(self, x: torch.Tensor, seq_dim: int = 1, offset: int = 0) -> torch.Tensor:
@@ -119,14 +122,21 @@ class FixedPositionalEmbedding(nn.Module):
 
 
 class Scale(nn.Module):
-    """``fn``'s first output times a constant ``value`` (other outputs passed through)."""
+    """``value · fn(x)``: a tensor output is scaled; of a tuple output (attention's ``(out, maps)``) the first item.
+
+    The macaron feed-forward (``AttentionLayers(macaron=True)``) is ``Scale(0.5, FeedForward)``; the original
+    unpacked the feed-forward's tensor as if it were a tuple and failed, a tensor is scaled here.
+    """
 
     def __init__(self, value: float, fn: nn.Module) -> None:
         super().__init__()
         self.value, self.fn = value, fn
 
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> tuple:
-        first, *others = self.fn(x, **kwargs)
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor | tuple:
+        result = self.fn(x, **kwargs)
+        if isinstance(result, torch.Tensor):
+            return result * self.value
+        first, *others = result
         return (first * self.value, *others)
 
 
