@@ -1,31 +1,50 @@
 """Safe checkpoint IO: read `.ckpt`/`.pt`/`.pth` pickles without running code, read/write `.safetensors`,
 unwrap Lightning checkpoints, swap in EMA weights and load state dicts with a clear report.
 
-Pickles are read with ``torch.load(weights_only=True)`` and an explicit allow-list of the harmless globals
-that real Lightning / Stable Diffusion v1 checkpoints reference (:data:`SAFE_GLOBALS`). Anything else is
-refused before it can run, and the error says how to convert the file (``scripts/convert_checkpoint.py``).
+Pickles are read by our own restricted unpickler (:mod:`ldm.checkpoint_unpickler`), never by ``pickle`` or
+``torch.load``: it can only build plain data, tensors that view the file's own storages, and the few
+allow-listed globals (:mod:`ldm.checkpoint_allowlist`), each rebuilt by our reconstructor. OmegaConf
+hyper-parameters come back as plain ``dict``/``list`` without interpolation (:mod:`ldm.checkpoint_config`).
+What a file may make us allocate is bounded by ``max_expansion`` times its size (:mod:`ldm.checkpoint_guard`,
+:mod:`ldm.checkpoint_graph`). Anything else is refused with one line that says what the file asked for;
+docs/security.md lists the rules and their tests.
 """
 
 from __future__ import annotations
 
-import _codecs
 import json
 import logging
-import pickle
-import typing
-from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy.dtypes
 import omegaconf
 import safetensors
 import safetensors.torch
 import torch
-from numpy._core.multiarray import scalar as numpy_scalar
 from torch import Tensor
+
+from ldm.checkpoint_allowlist import ALLOWED, ModelCheckpointStub, classify
+from ldm.checkpoint_archive import read_torch_file
+from ldm.checkpoint_errors import (
+    CheckpointError,
+    CheckpointExpansionError,
+    CheckpointFault,
+    ExpansionFault,
+    ForbiddenGlobals,
+    UnsafeCheckpointError,
+    shell_word,
+    shown,
+    shown_path,
+)
+from ldm.checkpoint_graph import finish
+from ldm.checkpoint_guard import DEFAULT_MAX_EXPANSION, ExpansionBudget
+
+__all__ = [
+    "CheckpointError", "CheckpointExpansionError", "DEFAULT_MAX_EXPANSION", "ModelCheckpointStub", "SAFE_GLOBALS",
+    "UnsafeCheckpointError", "apply_state_dict", "load_checkpoint", "load_state_dict_file", "state_dict_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,94 +57,67 @@ UNET_PREFIX = "model.diffusion_model."
 #: Saved by 2022 transformers, a non-persistent buffer today.
 CLIP_POSITION_IDS = "text_model.embeddings.position_ids"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read (corrupt, truncated, not a checkpoint, no state dict)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A pickle asks for a global outside the allow-list; nothing in it was executed."""
-
-    def __init__(self, message: str, globals_: list[str]):
-        super().__init__(message)
-        self.globals = globals_
-
-
-class ModelCheckpointStub:
-    """Inert stand-in for ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``.
-
-    Lightning 1.x checkpoints (Stable Diffusion v1) use that class as a key of ``checkpoint["callbacks"]``;
-    loading it needs no Lightning and runs none of its code.
-    """
-
-
-def _numpy_dtype_classes() -> list[type]:
-    """numpy 2 pickles a scalar's dtype with its class (``numpy.dtypes.Float64DType``, ...)."""
-    names = (
-        "Bool Int8 Int16 Int32 Int64 UInt8 UInt16 UInt32 UInt64 Float16 Float32 Float64 LongDouble Complex64 "
-        "Complex128 CLongDouble Long ULong LongLong ULongLong"
-    ).split()
-    return [getattr(numpy.dtypes, f"{name}DType") for name in names]
-
-
-def _omegaconf_classes() -> list[type]:
-    nodes = omegaconf.nodes
-    return [
-        omegaconf.DictConfig,
-        omegaconf.ListConfig,
-        omegaconf.base.ContainerMetadata,
-        omegaconf.base.Metadata,
-        nodes.AnyNode,
-        nodes.StringNode,
-        nodes.IntegerNode,
-        nodes.FloatNode,
-        nodes.BooleanNode,
-    ]
-
-
-#: Everything a safe load accepts beyond torch's own tensor/storage defaults.
-SAFE_GLOBALS: list[Any] = [
-    OrderedDict,
-    defaultdict,
-    dict,
-    list,
-    int,
-    typing.Any,
-    torch._utils._rebuild_tensor_v2,
-    torch.HalfStorage,
-    torch.FloatStorage,
-    torch.DoubleStorage,
-    torch.BFloat16Storage,
-    torch.IntStorage,
-    torch.LongStorage,
-    torch.ShortStorage,
-    torch.CharStorage,
-    torch.ByteStorage,
-    torch.BoolStorage,
-    (ModelCheckpointStub, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
-    (ModelCheckpointStub, "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint"),
-    numpy_scalar,
-    (numpy_scalar, "numpy.core.multiarray.scalar"),
-    numpy.dtype,
-    *_numpy_dtype_classes(),
-    _codecs.encode,
-    *_omegaconf_classes(),
-]
+#: Every global name a checkpoint pickle may use (what each may do: :data:`ldm.checkpoint_allowlist.ALLOWED`).
+SAFE_GLOBALS = frozenset(ALLOWED)
+#: How each kind of refused global is described (:func:`ldm.checkpoint_allowlist.classify`).
+_REFUSAL_REASONS = {
+    "code": "can run code",
+    "memory": "would make memory the file does not hold",
+    "legacy": "a legacy class",
+    "unknown": "not known to be harmless",
+}
+_LISTED = 8
 
 
 def _convert_hint(path: Path) -> str:
+    source, target = shell_word(path), shell_word(path.with_suffix(".safetensors"))
+    if source is None or target is None:
+        return (
+            "It looks like a legacy checkpoint: if you trust where it comes from, give it a printable name and "
+            "convert it once in a trusted environment with scripts/convert_checkpoint.py --unsafe-trust-pickle."
+        )
     return (
-        f"If you trust where the file comes from, convert it once in a trusted environment: "
-        f"`python scripts/convert_checkpoint.py {path} {path.with_suffix('.safetensors')} --unsafe-trust-pickle`, "
-        "then load the .safetensors file."
+        "It looks like a legacy checkpoint: if you trust where it comes from, convert it once in a trusted "
+        "environment and then load the .safetensors file: "
+        f"python scripts/convert_checkpoint.py {source} {target} --unsafe-trust-pickle"
     )
 
 
+def _refusal(path: Path, names: list[str], in_checkpoint: bool) -> UnsafeCheckpointError:
+    """One line: what the file asked for and why each is refused; the unsafe conversion only for legacy classes."""
+    kinds = [classify(name) for name in names]
+    listed = ", ".join(f"{name} ({_REFUSAL_REASONS[kind]})" for name, kind in zip(names[:_LISTED], kinds))
+    if len(names) > _LISTED:
+        listed += f", ... (+{len(names) - _LISTED} more)"
+    benign = in_checkpoint and all(kind == "legacy" for kind in kinds)
+    if "code" in kinds or "memory" in kinds:
+        advice = (
+            "A model checkpoint never needs these: treat the file as hostile and never unpickle it with full "
+            "Python."
+        )
+    elif not in_checkpoint:
+        advice = "It is not a torch.save checkpoint."
+    elif benign:
+        advice = _convert_hint(path)
+    else:
+        advice = (
+            "Checkpoints hold tensors, plain containers, numpy scalars, OmegaConf configs and Lightning's "
+            "ModelCheckpoint; if you made this file, save plain data instead (torch.save(model.state_dict(), ...) "
+            "or a .safetensors file)."
+        )
+    message = (
+        f"refusing to load {shown_path(path)}: its pickle asks for {listed}. Nothing in the file was executed. "
+        f"{advice}"
+    )
+    return UnsafeCheckpointError(message, names, benign)
+
+
 def _check_exists(path: Path, config_key: str | None) -> None:
+    where = f" (from `{config_key}`)" if config_key else ""
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint path {shown_path(path)}{where} is a directory; name the file in it")
     if not path.is_file():
-        where = f" (from `{config_key}`)" if config_key else ""
-        raise FileNotFoundError(f"checkpoint file not found: {path}{where}; check the path.")
+        raise FileNotFoundError(f"checkpoint file not found: {shown_path(path)}{where}; check the path.")
 
 
 def is_safetensors(path: Path) -> bool:
@@ -137,38 +129,30 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
-def _unsafe_globals_in(path: Path, error: Exception) -> list[str]:
+def _load_pickle(path: Path, max_expansion: float | None) -> dict[str, Any]:
+    budget = ExpansionBudget(path.stat().st_size, max_expansion)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # legacy (non-zip) files: fall back to the name in torch's message
-        found = []
-    if found:
-        return found
-    words = str(error).replace("`", " ").split()
-    return [words[i + 1] for i, word in enumerate(words[:-1]) if word == "GLOBAL"] or ["<unknown>"]
-
-
-def _load_pickle(path: Path) -> dict[str, Any]:
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a checkpoint ({error})") from error
-        names = _unsafe_globals_in(path, error)
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: its pickle asks for {', '.join(names)}, which is not on the allow-list of "
-            "harmless globals (tensors, storages, OrderedDict, numpy scalars/dtypes, Lightning's ModelCheckpoint, "
-            f"OmegaConf containers). Nothing in the file was executed. {_convert_hint(path)}",
-            names,
+        raw, storages = read_torch_file(path, budget)
+        obj = finish(raw, budget, storages.owns)
+    except ForbiddenGlobals as refusal:
+        raise _refusal(path, refusal.names, refusal.in_checkpoint) from None
+    except ExpansionFault as fault:
+        raise CheckpointExpansionError(
+            f"refusing to load {shown_path(path)}: {fault}. A checkpoint stores the bytes of its tensors, so the "
+            "file is malformed or hostile; if you trust it, load it with max_expansion=None "
+            "(scripts/convert_checkpoint.py: --allow-large-expansion)."
         ) from None
-    except Exception as error:  # torch.load fails on garbage bytes with many exception types
+    except CheckpointFault as fault:
+        raise CheckpointError(f"cannot read checkpoint {shown_path(path)}: {fault}") from None
+    except Exception as error:  # zipfile, mmap and OS errors on damaged files
         raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is corrupt, truncated or not a PyTorch checkpoint ({error})"
-        ) from error
+            f"cannot read checkpoint {shown_path(path)}: the file is corrupt, truncated or not a PyTorch checkpoint "
+            f"({type(error).__name__}: {shown(error)})"
+        ) from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+        raise CheckpointError(
+            f"checkpoint {shown_path(path)} holds a {type(obj).__name__}, expected a dict of tensors"
+        )
     return dict(obj)
 
 
@@ -178,20 +162,30 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (safetensors.SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read safetensors file {path}: corrupt or truncated ({error})") from error
+        raise CheckpointError(
+            f"cannot read safetensors file {shown_path(path)}: corrupt or truncated ({shown(error)})"
+        ) from error
     return {"state_dict": tensors, "metadata": metadata}
 
 
-def load_checkpoint(path: PathLike, *, config_key: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: PathLike, *, config_key: str | None = None, max_expansion: float | None = DEFAULT_MAX_EXPANSION
+) -> dict[str, Any]:
     """The whole checkpoint object, read safely on the CPU.
 
     A pickle (``.ckpt``/``.pt``/``.pth``) gives its top-level dict (a Lightning checkpoint: ``state_dict``,
     ``global_step``, ...); a ``.safetensors`` file gives ``{"state_dict": tensors, "metadata": {str: str}}``.
     ``config_key`` names where the path came from, for the error message when the file is missing.
+
+    A pickle may make the loader hold, and its result may expand to, at most
+    ``max_expansion * file_size + 1 MiB`` bytes (tensor bytes counted as ``numel * itemsize`` per occurrence);
+    ``max_expansion=None`` lifts that bound for a trusted file. Refusals raise :class:`UnsafeCheckpointError`
+    (a global outside the allow-list), :class:`CheckpointExpansionError` (the bound) or
+    :class:`CheckpointError` (anything else that is not a readable checkpoint), each as one line.
     """
     path = Path(path)
     _check_exists(path, config_key)
-    return _load_safetensors(path) if is_safetensors(path) else _load_pickle(path)
+    return _load_safetensors(path) if is_safetensors(path) else _load_pickle(path, max_expansion)
 
 
 def ema_key(key: str) -> str:
@@ -228,12 +222,15 @@ def state_dict_of(
     """
     state_dict = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"{path}: `state_dict` is a {type(state_dict).__name__}, expected a dict of tensors")
+        raise CheckpointError(
+            f"{shown_path(path)}: `state_dict` is a {type(state_dict).__name__}, expected a dict of tensors"
+        )
     bad = next((k for k, v in state_dict.items() if not isinstance(v, Tensor)), None)
     if bad is not None:
+        keys = sorted(shown(repr(key), 40) for key in checkpoint)[:8]
         raise CheckpointError(
-            f"{path} is not a state dict: entry {bad!r} is a {type(state_dict[bad]).__name__}; "
-            f"top-level keys are {sorted(checkpoint)[:8]}"
+            f"{shown_path(path)} is not a state dict: entry {shown(repr(bad))} is a "
+            f"{type(state_dict[bad]).__name__}; top-level keys are [{', '.join(keys)}]"
         )
     state_dict = dict(state_dict)
     if use_ema and not _has_ema_weights(state_dict):
@@ -245,11 +242,16 @@ def state_dict_of(
 
 
 def load_state_dict_file(
-    path: PathLike, *, use_ema: bool = False, config_key: str | None = None
+    path: PathLike,
+    *,
+    use_ema: bool = False,
+    config_key: str | None = None,
+    max_expansion: float | None = DEFAULT_MAX_EXPANSION,
 ) -> dict[str, Tensor]:
     """The tensors of a checkpoint file (Lightning ``state_dict`` unwrapped), optionally with EMA UNet weights
-    (see :func:`state_dict_of`)."""
-    return state_dict_of(load_checkpoint(path, config_key=config_key), path, use_ema=use_ema)
+    (see :func:`state_dict_of`; ``max_expansion`` as in :func:`load_checkpoint`)."""
+    checkpoint = load_checkpoint(path, config_key=config_key, max_expansion=max_expansion)
+    return state_dict_of(checkpoint, path, use_ema=use_ema)
 
 
 def global_step_of(checkpoint: Mapping[str, Any]) -> int | None:
@@ -349,17 +351,21 @@ def save_safetensors(
 
 
 def metadata_strings(checkpoint: Mapping[str, Any]) -> dict[str, str]:
-    """JSON strings of the checkpoint's top-level plain values (``global_step``, ``epoch``, hyper-parameters)."""
+    """JSON strings of the checkpoint's top-level plain values (``global_step``, ``epoch``, hyper-parameters).
+
+    OmegaConf values (present only after a trusted full unpickling) are stored unresolved: an interpolation
+    such as ``${oc.env:NAME}`` stays that text.
+    """
     strings = {}
     for key, value in checkpoint.items():
         if key == "state_dict":
             continue
-        if isinstance(value, (omegaconf.DictConfig, omegaconf.ListConfig)):
-            value = omegaconf.OmegaConf.to_container(value)
         try:
+            if isinstance(value, (omegaconf.DictConfig, omegaconf.ListConfig)):
+                value = omegaconf.OmegaConf.to_container(value, resolve=False)
             strings[key] = json.dumps(value)
-        except (TypeError, ValueError):
-            logger.info("not kept in the safetensors metadata (not a plain value): %s", key)
+        except (TypeError, ValueError, RecursionError, omegaconf.errors.OmegaConfBaseException):
+            logger.info("not kept in the safetensors metadata (not a plain value): %s", shown(key))
     return strings
 
 
