@@ -1,9 +1,10 @@
-"""Checkpoint writes that survive a kill at any moment, and ``last.ckpt`` on SIGUSR1 or a failed fit.
+"""Checkpoint writes that survive a kill at any moment, safe reads, and ``last.ckpt`` on SIGUSR1 or a failed fit.
 
 Every write goes to a temporary file in the destination folder, is fsync'ed, then ``os.replace``'d over
-the target (atomic on POSIX), so a reader sees either the old or the new complete file. Checkpoints are
-stored with plain containers only (OmegaConf nodes and numpy scalars converted), so Lightning's
-``fit(ckpt_path=...)`` can read them back with ``torch.load(weights_only=True)``.
+the target (atomic on POSIX), so a reader sees either the old or the new complete file; a write that fails (a full
+disk) raises :class:`CheckpointWriteError` and leaves the previous file as it was. Checkpoints are stored with
+plain containers only (OmegaConf nodes and numpy scalars converted), and Lightning reads them back through
+:func:`ldm.checkpoint.load_checkpoint` (allow-listed unpickling: nothing in the file can run code).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
+
+from ldm.checkpoint import load_checkpoint
+from ldm.cli.early_signals import take_checkpoint_request
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +64,28 @@ def to_safe_types(obj: Any) -> Any:
     return obj
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, read-only folder); the previous file is intact."""
+
+
+#: ``<folder>/.<name>.<random>.tmp``: what :func:`atomic_torch_save` writes before the rename.
+TEMP_PATTERN = ".*.tmp"
+
+
+def remove_stale_temp_files(folder: _PATH) -> list[Path]:
+    """Delete the temporary files that checkpoint writes killed mid-way left in ``folder`` (recursively); returns
+    them. Only this module's names match: a dot, a checkpoint's name, a random part, ``.tmp``."""
+    removed = []
+    for path in Path(folder).rglob(TEMP_PATTERN):
+        if path.is_file() and ".ckpt." in path.name:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    if removed:
+        logger.info("removed %d temporary file(s) of interrupted checkpoint writes in %s", len(removed), folder)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -88,7 +114,19 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning CheckpointIO (``Trainer(plugins=[AtomicCheckpointIO()])``) whose every save is atomic."""
+    """Lightning CheckpointIO (``Trainer(plugins=[AtomicCheckpointIO()])``) whose every save is atomic and every
+    load goes through :func:`ldm.checkpoint.load_checkpoint` (never ``torch.load(weights_only=False)``).
+
+    :meth:`preload` hands it a checkpoint already read (and checked) for a path, which the next load of that path
+    returns instead of reading the file again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: dict[str, dict[str, Any]] = {}
+
+    def preload(self, path: _PATH, checkpoint: dict[str, Any]) -> None:
+        self._preloaded[os.fspath(path)] = checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -97,7 +135,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         for key in HPARAMS_TYPE_KEYS:
             if key in checkpoint and not isinstance(checkpoint[key], str):
                 checkpoint.pop(key)
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as error:
+            failure = CheckpointWriteError(
+                f"cannot write checkpoint {path}: {error.strerror or error}; the previous file, if any, is unchanged"
+            )
+            failure.errno = error.errno
+            raise failure from error
+
+    def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """The checkpoint at ``path`` on the CPU, read safely (``map_location`` and ``weights_only`` are ignored:
+        tensors stay on the CPU and nothing but allow-listed types is ever unpickled)."""
+        preloaded = self._preloaded.pop(os.fspath(path), None)
+        return preloaded if preloaded is not None else load_checkpoint(path)
 
 
 def save_last_checkpoint(trainer: pl.Trainer, path: _PATH) -> None:
@@ -109,11 +160,14 @@ def save_last_checkpoint(trainer: pl.Trainer, path: _PATH) -> None:
 
 
 class SignalCheckpoint(Callback):
-    """Writes ``<ckptdir>/last.ckpt`` after SIGUSR1 (at the next batch end) and when fitting fails.
+    """Writes ``<ckptdir>/last.ckpt`` after SIGUSR1 (at the next batch end) and when fitting fails or is stopped
+    by SIGTERM.
 
     The signal handler only sets a flag; the checkpoint is written between batches, where the model and
-    optimizer state are consistent. A failure before the first optimizer step writes nothing, so a failed
-    start can never overwrite a good ``last.ckpt``.
+    optimizer state are consistent. A SIGUSR1 that arrived during start-up (see :mod:`ldm.cli.early_signals`) is
+    honoured at the first batch end. A failure before the first optimizer step writes nothing, so a failed
+    start can never overwrite a good ``last.ckpt``; a failure to write it (a full disk) is logged and leaves the
+    previous file. Stale temporary files of writes killed mid-way are removed when fitting starts.
     """
 
     def __init__(self, ckptdir: str, signum: int = signal.SIGUSR1):
@@ -127,8 +181,13 @@ class SignalCheckpoint(Callback):
         self.requested = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == TrainerFn.FITTING and threading.current_thread() is threading.main_thread():
+        if stage != TrainerFn.FITTING:
+            return
+        if trainer.is_global_zero and os.path.isdir(os.path.dirname(self.path)):
+            remove_stale_temp_files(os.path.dirname(self.path))
+        if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(self.signum, self._request)
+            self.requested = self.requested or take_checkpoint_request()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._previous_handler is not None:
@@ -147,5 +206,11 @@ class SignalCheckpoint(Callback):
         self._save_if_requested(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
+            return
+        if isinstance(exception, CheckpointWriteError):  # the disk refused the last write: keep its previous file
+            return
+        try:
             save_last_checkpoint(trainer, self.path)
+        except Exception as error:  # the fit's own exception is the one to report
+            logger.warning("could not write %s after the failure: %s", self.path, error)

@@ -12,10 +12,12 @@ from pytorch_lightning import LightningModule, Trainer, seed_everything
 from pytorch_lightning.utilities import rank_zero_info
 
 from ldm.callbacks import AtomicCheckpointIO
+from ldm.checkpoint import CheckpointError
 from ldm.cli.config import legacy_resume, load_config, trainer_config
 from ldm.cli.errors import UsageError
 from ldm.cli.paths import RunPaths, new_run, resolve_resume, run_timestamp
-from ldm.util import instantiate_from_config
+from ldm.cli.resumable_data import resumable_train_data
+from ldm.util import ConfigError, instantiate_from_config
 
 
 def logger_config(lightning_config: DictConfig, paths: RunPaths) -> DictConfig:
@@ -51,8 +53,8 @@ def callbacks_config(
     opt: argparse.Namespace, now: str, paths: RunPaths, config: DictConfig, lightning_config: DictConfig,
     modelckpt: DictConfig,
 ) -> DictConfig:
-    """The default callbacks (setup, image logger, learning-rate monitor, CUDA stats, ``signal_checkpoint``),
-    merged with ``lightning.callbacks``.
+    """The default callbacks (setup, image logger, learning-rate monitor, CUDA stats, ``signal_checkpoint``,
+    ``rng_state``), merged with ``lightning.callbacks``.
 
     An ``ignore_keys_callback`` entry gets ``params.ckpt_path`` = the checkpoint resumed from, and is dropped
     when nothing is resumed.
@@ -73,6 +75,7 @@ def callbacks_config(
         },
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
         "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": paths.ckptdir}},
+        "rng_state": {"target": "ldm.callbacks.RNGStateCallback"},
         "checkpoint_callback": modelckpt,
     }
     user = lightning_config.get("callbacks", OmegaConf.create())
@@ -128,6 +131,29 @@ def scale_learning_rate(model: Any, config: DictConfig, trainer: Trainer, scale_
     return model.learning_rate
 
 
+def build_model(config: DictConfig) -> LightningModule:
+    """``config.model`` instantiated; a checkpoint it names (``ckpt_path``, a first stage's ``ckpt_path``) that is
+    refused, corrupt or does not fit becomes a :class:`UsageError` (one line)."""
+    try:
+        return instantiate_from_config(config.model, name="model")
+    except (ConfigError, FileNotFoundError):
+        raise
+    except CheckpointError as error:
+        raise UsageError(f"model: {error}") from error
+    except ValueError as error:  # a checkpoint that does not fit the config (ldm.checkpoint.apply_state_dict)
+        raise UsageError(f"model: {error}") from error
+
+
+def make_data_resumable(data: Any, trainer: Trainer, seed: int) -> None:
+    """Single-process runs: the train dataloader resumes mid-epoch exactly (:mod:`ldm.cli.resumable_data`), counting
+    the batches the training loop processed. Distributed runs keep Lightning's ``DistributedSampler``."""
+    if trainer.world_size != 1 or trainer.overfit_batches:
+        return
+    position = resumable_train_data(data, seed)
+    if position is not None:
+        position.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
 def build(
     opt: argparse.Namespace, cli_trainer: dict[str, Any], dotlist: list[str]
 ) -> tuple[RunPaths, LightningModule, Any, Trainer]:
@@ -148,7 +174,7 @@ def build(
     accumulate = int(lightning_config.trainer.accumulate_grad_batches)
 
     seed_everything(opt.seed)
-    model = instantiate_from_config(config.model, name="model")
+    model = build_model(config)
     trainer_kwargs = OmegaConf.to_container(lightning_config.trainer, resolve=True)
     trainer_kwargs["accumulate_grad_batches"] = accumulation_for(model, accumulate)
     data = instantiate_from_config(config.data, name="data")
@@ -163,5 +189,6 @@ def build(
         default_root_dir=paths.logdir,
     )
     trainer.logdir = paths.logdir
+    make_data_resumable(data, trainer, opt.seed)
     scale_learning_rate(model, config, trainer, opt.scale_lr, accumulate)
     return paths, model, data, trainer
