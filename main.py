@@ -7,9 +7,15 @@ The implementation lives in :mod:`ldm.cli`; this module is the entry point and r
 and users import from ``main`` (``main.DataModuleFromConfig``, ``main.ImageLogger``, ``main.get_parser``, ...).
 """
 
+# ruff: noqa: E402 (the SIGUSR1 handler goes in before the slow imports)
 from __future__ import annotations
 
 import sys
+
+if __name__ == "__main__":
+    from ldm.cli.early_signals import hold_checkpoint_signal
+
+    hold_checkpoint_signal()  # a SIGUSR1 while the run starts is kept for later instead of killing it
 
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 

@@ -131,17 +131,31 @@ def scale_learning_rate(model: Any, config: DictConfig, trainer: Trainer, scale_
     return model.learning_rate
 
 
+def checkpoint_keys(node: Any, prefix: str = "model") -> dict[str, str]:
+    """``{path: config key}`` of every ``ckpt_path`` set in ``node`` (plain containers), e.g. ``{"ae.ckpt":
+    "model.params.first_stage_config.params.ckpt_path"}``."""
+    found: dict[str, str] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "ckpt_path" and isinstance(value, str):
+                found[value] = f"{prefix}.{key}"
+            else:
+                found.update(checkpoint_keys(value, f"{prefix}.{key}"))
+    return found
+
+
 def build_model(config: DictConfig) -> LightningModule:
     """``config.model`` instantiated; a checkpoint it names (``ckpt_path``, a first stage's ``ckpt_path``) that is
-    refused, corrupt or does not fit becomes a :class:`UsageError` (one line)."""
+    refused, corrupt or does not fit becomes a :class:`UsageError`: one line, naming the config key."""
     try:
         return instantiate_from_config(config.model, name="model")
     except (ConfigError, FileNotFoundError):
         raise
-    except CheckpointError as error:
-        raise UsageError(f"model: {error}") from error
-    except ValueError as error:  # a checkpoint that does not fit the config (ldm.checkpoint.apply_state_dict)
-        raise UsageError(f"model: {error}") from error
+    except (CheckpointError, ValueError) as error:  # ValueError: a checkpoint that does not fit the config
+        message = str(error)
+        keys = checkpoint_keys(OmegaConf.to_container(config.model, resolve=False))
+        where = next((key for path, key in keys.items() if path in message), "model")
+        raise UsageError(f"{where}: {message}") from error
 
 
 def make_data_resumable(data: Any, trainer: Trainer, seed: int) -> None:
