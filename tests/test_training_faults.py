@@ -15,11 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 import main
+from ldm.callbacks import AtomicCheckpointIO, ImageLogger, SignalCheckpoint
 from ldm.checkpoint import load_checkpoint
+from tests.toy_model import ToyAutoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "configs"
@@ -263,3 +267,36 @@ def test_stale_temporary_files_are_removed_on_resume(toy_run: Path, tmp_path: Pa
     assert main.main(["-r", str(logdir), "-t", "--max_steps", "3", *QUIET]) == 0
     assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
     assert load_checkpoint(ckptdir / "last.ckpt")["global_step"] == 3
+
+
+def test_image_logger_on_a_full_disk_leaves_no_truncated_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fills_the_disk(image: Image.Image, handle, format: str | None = None) -> None:
+        handle.write(b"\x89PNG\r\n\x1a\n half an image")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", fills_the_disk)
+    with pytest.raises(OSError, match=os.strerror(errno.ENOSPC)):
+        ImageLogger(batch_frequency=1, max_images=2).log_local(
+            str(tmp_path), "train", {"inputs": torch.zeros(2, 3, 4, 4)}, global_step=1, current_epoch=0, batch_idx=0)
+    assert list((tmp_path / "images" / "train").iterdir()) == []
+
+
+class SignalAtFirstBatch(pl.Callback):
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 0 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_sigusr1_inside_an_accumulation_window_waits_for_its_end(tmp_path: Path) -> None:
+    """With two batches per optimizer step, the request after the first batch is written after the second (the
+    first one's gradients are not in any checkpoint)."""
+    images = [{"image": np.full((4, 4, 3), value, dtype=np.float32)} for value in np.linspace(-1, 1, 8)]
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=2, accumulate_grad_batches=2, logger=False, limit_val_batches=0,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()], callbacks=[SignalAtFirstBatch(), SignalCheckpoint(str(tmp_path))],
+    )
+    trainer.fit(ToyAutoencoder(monitor=None), DataLoader(images, batch_size=2))
+    checkpoint = load_checkpoint(tmp_path / "last.ckpt")
+    assert checkpoint["global_step"] == 1
+    assert checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 2

@@ -16,9 +16,9 @@ import signal
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pytorch_lightning as pl
@@ -95,14 +95,17 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_torch_save(obj: Any, path: _PATH) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder, fsync and ``os.replace``."""
+@contextlib.contextmanager
+def atomic_file(path: _PATH) -> Iterator[BinaryIO]:
+    """A binary handle whose content replaces ``path`` only once it is completely written: a temporary file in the
+    same folder, fsync'ed, then ``os.replace``'d over ``path``. If the block fails (a full disk, an interrupt) the
+    temporary file is deleted and ``path`` is unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -111,6 +114,12 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: _PATH) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_file`."""
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -159,15 +168,27 @@ def save_last_checkpoint(trainer: pl.Trainer, path: _PATH) -> None:
         logger.info("Summoned checkpoint at global step %d: %s", trainer.global_step, path)
 
 
+def mid_accumulation(trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int) -> bool:
+    """Whether batch ``batch_idx`` left gradients that wait for the next batches of its accumulation window (a
+    checkpoint written now would lose them). The window is the Trainer's ``accumulate_grad_batches``, or the
+    module's own for modules that optimise manually."""
+    if pl_module.automatic_optimization:
+        window = trainer.accumulate_grad_batches
+    else:
+        window = getattr(pl_module, "accumulate_grad_batches", 1)
+    return (batch_idx + 1) % max(1, int(window)) != 0 and not trainer.is_last_batch
+
+
 class SignalCheckpoint(Callback):
     """Writes ``<ckptdir>/last.ckpt`` after SIGUSR1 (at the next batch end) and when fitting fails or is stopped
     by SIGTERM.
 
     The signal handler only sets a flag; the checkpoint is written between batches, where the model and
-    optimizer state are consistent. A SIGUSR1 that arrived during start-up (see :mod:`ldm.cli.early_signals`) is
-    honoured at the first batch end. A failure before the first optimizer step writes nothing, so a failed
-    start can never overwrite a good ``last.ckpt``; a failure to write it (a full disk) is logged and leaves the
-    previous file. Stale temporary files of writes killed mid-way are removed when fitting starts.
+    optimizer state are consistent, at the end of a gradient-accumulation window. A SIGUSR1 that arrived during
+    start-up (see :mod:`ldm.cli.early_signals`) is honoured at the first such point. A failure before the first
+    optimizer step writes nothing, so a failed start can never overwrite a good ``last.ckpt``; a failure to write
+    it (a full disk) is logged and leaves the previous file. Stale temporary files of writes killed mid-way are
+    removed when fitting starts.
     """
 
     def __init__(self, ckptdir: str, signum: int = signal.SIGUSR1):
@@ -199,8 +220,11 @@ class SignalCheckpoint(Callback):
             self.requested = False
             save_last_checkpoint(trainer, self.path)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._save_if_requested(trainer)
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not mid_accumulation(trainer, pl_module, batch_idx):
+            self._save_if_requested(trainer)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._save_if_requested(trainer)

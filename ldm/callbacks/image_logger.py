@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from ldm.callbacks.checkpointing import atomic_file
 from ldm.image_io import make_grid
 
 
@@ -78,7 +79,8 @@ class ImageLogger(Callback):
                 grid = (grid + 1.0) / 2.0
             array = (grid.permute(1, 2, 0).float().numpy() * 255).clip(0, 255).astype(np.uint8)
             filename = f"{key}_gs-{global_step:06}_e-{current_epoch:06}_b-{batch_idx:06}.png"
-            Image.fromarray(array).save(os.path.join(root, filename))
+            with atomic_file(os.path.join(root, filename)) as handle:  # a full disk leaves no truncated PNG
+                Image.fromarray(array).save(handle, format="PNG")
 
     @rank_zero_only
     def log_to_logger(self, trainer: pl.Trainer, images: dict[str, torch.Tensor], split: str) -> None:
