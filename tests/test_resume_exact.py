@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import main
+from ldm.callbacks import AtomicCheckpointIO, rng_restore, rng_snapshot
+from ldm.checkpoint import load_checkpoint
+from ldm.cli.resumable_data import SeededItems
 from ldm.modules.ema import LitEma
 from tests.toy_model import ToyAutoencoder
 
@@ -150,6 +153,15 @@ def test_resumed_run_equals_the_uninterrupted_run_bit_for_bit(runs: Callable, wo
     assert final["global_step"] == STEPS and differing(load(whole, KILL_AT), final)  # it did train after the kill
 
 
+def test_stopping_at_max_steps_and_continuing_to_more_steps_is_bit_exact(runs: Callable, tmp_path: Path) -> None:
+    """``--max_steps 5``, then ``-r --max_steps 10``: the same as one 10-step run."""
+    images = make_images(tmp_path / "images")
+    assert main.main(run_args(images, tmp_path / "logs", -1, "--max_steps", str(KILL_AT))) == 0
+    assert resume(logdir_of(tmp_path / "logs")) == 0
+    for step in range(KILL_AT + 1, STEPS + 1):
+        assert not differing(load(runs(0)["whole"], step), load(logdir_of(tmp_path / "logs"), step)), f"step {step}"
+
+
 def test_resume_from_an_epoch_end_step_checkpoint_is_bit_exact(runs: Callable, tmp_path: Path) -> None:
     """``-r <logdir>/checkpoints/step=004.ckpt``: written by ModelCheckpoint at the last batch of an epoch, before
     the module's on_train_batch_end (its EMA update), which the resume makes up for."""
@@ -210,3 +222,36 @@ def test_latent_diffusion_resumes_bit_for_bit(tmp_path: Path) -> None:
     for step in (3, 4):
         assert not differing(load(whole, step), load(copy, step)), f"step {step}"
     assert any(k.startswith("model_ema.") for k in load(copy, 4)["state_dict"])
+
+
+def test_rng_snapshot_survives_the_safe_loader_and_restores_every_stream(tmp_path: Path) -> None:
+    """Python's ``random`` (with its Gaussian cache), numpy's legacy generator (with its own) and torch's CPU
+    generator continue exactly where the snapshot was taken, after a save and a safe load."""
+    random.gauss(0, 1)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    AtomicCheckpointIO().save_checkpoint({"rng": rng_snapshot()}, tmp_path / "rng.ckpt")
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
+    rng_restore(load_checkpoint(tmp_path / "rng.ckpt")["rng"])
+    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == (
+        expected)
+
+
+class ThreeDraws(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_seeded_items_depend_on_their_seed_only_and_leave_the_callers_generators_alone() -> None:
+    items = SeededItems(ThreeDraws())
+    snapshot = rng_snapshot()
+    first = items[(3, 99)]
+    after = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    rng_restore(snapshot)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == after  # nothing was consumed
+    torch.manual_seed(1234)
+    np.random.seed(5)
+    assert items[(3, 99)] == first and items[(3, 100)] != first
+    assert len(set(items[(3, 99)])) == 3  # three independent draws, not one seed reused

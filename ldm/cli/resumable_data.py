@@ -33,6 +33,7 @@ from torch.utils.data import (
     RandomSampler,
     Sampler,
     SequentialSampler,
+    get_worker_info,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ class EpochPosition:
     """Where the train data stands: ``epoch`` (-1 before the first) and, after a resume, the batches to skip.
 
     Shared by every loader :func:`resumable_train_data` builds, so ``reload_dataloaders_every_n_epochs`` keeps
-    counting epochs. ``batches_done`` is set by :class:`ldm.callbacks.RNGStateCallback` to the training loop's
+    counting epochs. ``batches_done`` is set by :func:`ldm.cli.trainer.make_data_resumable` to the training loop's
     count of processed batches, which is what a checkpoint must record (a batch fetched for a step that then failed
-    was not consumed).
+    was not consumed); without it the loader counts the batches it served.
     """
 
     root: int
@@ -75,9 +76,17 @@ class EpochPosition:
         return self.epoch, 0
 
 
+def _seed_generators(seed: int) -> None:
+    """Python's ``random``, numpy's global generator and torch's CPU generator seeded from one 64-bit ``seed``."""
+    random.seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    torch.default_generator.manual_seed(seed)
+
+
 class SeededItems(Dataset):
     """``dataset[(index, seed)]`` is ``dataset[index]`` drawn with Python's, numpy's and torch's CPU generators
-    seeded from ``seed``; the generators' previous states come back afterwards. A plain index passes through."""
+    seeded from ``seed``. In the main process (``num_workers=0``) the generators' previous states come back
+    afterwards, so loading data does not consume the model's random numbers. A plain index passes through."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -94,11 +103,12 @@ class SeededItems(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, seed = key
+        if get_worker_info() is not None:  # a worker's generators serve nothing else
+            _seed_generators(seed)
+            return self.dataset[index]
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
-            random.seed(seed)
-            np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
-            torch.manual_seed(seed)
+            _seed_generators(seed)
             return self.dataset[index]
         finally:
             random.setstate(saved[0])
