@@ -25,7 +25,7 @@ from PIL import Image
 import main
 from ldm.callbacks import AtomicCheckpointIO, rng_restore, rng_snapshot
 from ldm.checkpoint import load_checkpoint
-from ldm.cli.resumable_data import SeededItems
+from ldm.cli.resumable_data import ResumableLoader, SeededItems
 from ldm.modules.ema import LitEma
 from tests.toy_model import ToyAutoencoder
 
@@ -255,3 +255,14 @@ def test_seeded_items_depend_on_their_seed_only_and_leave_the_callers_generators
     np.random.seed(5)
     assert items[(3, 99)] == first and items[(3, 100)] != first
     assert len(set(items[(3, 99)])) == 3  # three independent draws, not one seed reused
+
+
+@pytest.mark.parametrize(("strategy", "resumable"), [("auto", True), ("ddp", False)])
+def test_only_single_device_runs_get_the_resumable_loader(tmp_path: Path, strategy: str, resumable: bool) -> None:
+    """A parallel strategy keeps Lightning's distributed sampler (which would replace the resumable order)."""
+    argv = [*run_args(make_images(tmp_path / "images"), tmp_path / "logs", -1), "--strategy", strategy,
+            "--devices", "1"]
+    opt, unknown = main.get_parser().parse_known_args(argv)
+    _, _, data, _ = main.build(opt, {k: v for k, v in vars(opt).items() if k in main.trainer_arg_names()}, unknown)
+    data.setup("fit")
+    assert isinstance(data.train_dataloader(), ResumableLoader) == resumable

@@ -155,6 +155,8 @@ class ResumableLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         epoch, skip = self.position.begin_epoch()
+        if not isinstance(self.sampler, EpochOrder):  # replaced (a distributed sampler): a plain DataLoader then
+            return super().__iter__()
         self.sampler.plan(epoch, skip * self.batch_size)
         self.generator.manual_seed(mix(self.position.root, epoch))
         self._served = skip

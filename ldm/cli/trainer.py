@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import LightningModule, Trainer, seed_everything
+from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_info
 
 from ldm.callbacks import AtomicCheckpointIO
@@ -159,9 +160,9 @@ def build_model(config: DictConfig) -> LightningModule:
 
 
 def make_data_resumable(data: Any, trainer: Trainer, seed: int) -> None:
-    """Single-process runs: the train dataloader resumes mid-epoch exactly (:mod:`ldm.cli.resumable_data`), counting
-    the batches the training loop processed. Distributed runs keep Lightning's ``DistributedSampler``."""
-    if trainer.world_size != 1 or trainer.overfit_batches:
+    """Single-device runs: the train dataloader resumes mid-epoch exactly (:mod:`ldm.cli.resumable_data`), counting
+    the batches the training loop processed. Parallel strategies (DDP, ...) keep Lightning's distributed sampler."""
+    if isinstance(trainer.strategy, ParallelStrategy) or trainer.overfit_batches:
         return
     position = resumable_train_data(data, seed)
     if position is not None:
