@@ -68,7 +68,7 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, quota, read-only folder); the previous file is intact."""
 
 
-#: ``<folder>/.<name>.<random>.tmp``: what :func:`atomic_torch_save` writes before the rename.
+#: ``<folder>/.<name>.<random>.tmp``: what :func:`atomic_file` writes before the rename.
 TEMP_PATTERN = ".*.tmp"
 
 
