@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import omegaconf
 import safetensors
 import safetensors.torch
@@ -37,6 +38,7 @@ from ldm.checkpoint_errors import (
     shell_word,
     shown,
     shown_path,
+    shown_repr,
 )
 from ldm.checkpoint_graph import finish
 from ldm.checkpoint_guard import DEFAULT_MAX_EXPANSION, ExpansionBudget
@@ -116,6 +118,8 @@ def _check_exists(path: Path, config_key: str | None) -> None:
     where = f" (from `{config_key}`)" if config_key else ""
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint path {shown_path(path)}{where} is a directory; name the file in it")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"checkpoint path {shown_path(path)}{where} is not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {shown_path(path)}{where}; check the path.")
 
@@ -225,11 +229,16 @@ def state_dict_of(
         raise CheckpointError(
             f"{shown_path(path)}: `state_dict` is a {type(state_dict).__name__}, expected a dict of tensors"
         )
+    odd_keys = [k for k in state_dict if not isinstance(k, str)]
+    if odd_keys:
+        raise CheckpointError(
+            f"{shown_path(path)} is not a state dict: key {shown_repr(odd_keys[0])} is not a string"
+        )
     bad = next((k for k, v in state_dict.items() if not isinstance(v, Tensor)), None)
     if bad is not None:
-        keys = sorted(shown(repr(key), 40) for key in checkpoint)[:8]
+        keys = sorted(shown_repr(key, 40) for key in checkpoint)[:8]
         raise CheckpointError(
-            f"{shown_path(path)} is not a state dict: entry {shown(repr(bad))} is a "
+            f"{shown_path(path)} is not a state dict: entry {shown_repr(bad)} is a "
             f"{type(state_dict[bad]).__name__}; top-level keys are [{', '.join(keys)}]"
         )
     state_dict = dict(state_dict)
@@ -255,9 +264,19 @@ def load_state_dict_file(
 
 
 def global_step_of(checkpoint: Mapping[str, Any]) -> int | None:
-    """``global_step`` of a Lightning checkpoint, or of a converted one's safetensors metadata; None if absent."""
-    step = checkpoint.get("global_step", metadata_values(checkpoint.get("metadata", {})).get("global_step"))
-    return None if step is None else int(step)
+    """``global_step`` of a Lightning checkpoint, or of a converted one's safetensors metadata; None if absent
+    or not a whole number."""
+    step = checkpoint.get("global_step")
+    metadata = checkpoint.get("metadata")
+    if step is None and isinstance(metadata, Mapping):
+        step = metadata_values(metadata).get("global_step")
+    if isinstance(step, float) and step.is_integer():
+        step = int(step)
+    if step is None or isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        if step is not None:
+            logger.warning("ignoring a global_step that is not a whole number: %s", shown_repr(step, 40))
+        return None
+    return int(step)
 
 
 @dataclass
@@ -377,7 +396,7 @@ def metadata_values(metadata: Mapping[str, str]) -> dict[str, Any]:
             continue
         try:
             values[key] = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, TypeError, RecursionError):  # not JSON, too deep, or a number too long to read
             values[key] = text
     return values
 

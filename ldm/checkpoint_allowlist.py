@@ -7,6 +7,9 @@ just stores them as values. Here every allowed name maps to an :class:`Allowed` 
 * ``call``: our own reconstructor for a REDUCE, which checks its arguments (never the real callable);
 * ``new``: our own reconstructor for a NEWOBJ.
 
+Reconstructors receive tokens among their arguments already replaced by their ``value`` (a ``defaultdict``
+factory arrives as ``dict``; ``_rebuild_tensor_v3``'s dtype as ``torch.uint16``).
+
 A name without an entry, or an entry used in a way it lacks (e.g. calling ``torch.FloatStorage(n)``), refuses
 the file before anything runs. Tensors come only from :mod:`ldm.checkpoint_guard`'s checked rebuild functions;
 OmegaConf classes only from :mod:`ldm.checkpoint_config`'s inert stand-ins. :func:`classify` sorts refused
@@ -26,7 +29,7 @@ import torch
 
 from ldm import checkpoint_guard as guard
 from ldm.checkpoint_config import ContainerStandIn, InertConfig, MetadataStandIn, NodeStandIn, stand_in_factory
-from ldm.checkpoint_errors import CheckpointFault, shown
+from ldm.checkpoint_errors import CheckpointFault, shown, shown_repr
 
 
 class _NoValue:
@@ -93,7 +96,7 @@ def _default_dict(factory: Any = None) -> defaultdict:
         return defaultdict()
     if any(factory is kind for kind in _DEFAULT_FACTORIES):
         return defaultdict(factory)
-    raise CheckpointFault(f"a defaultdict's factory is {shown(repr(factory))}; only dict/list/int/float are read")
+    raise CheckpointFault(f"a defaultdict's factory is {shown_repr(factory)}; only dict/list/int/float are read")
 
 
 def _set(items: Any = ()) -> set:
@@ -117,7 +120,7 @@ NUMPY_CODES = frozenset("b1 i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8 f16 c8 c16 c32".spl
 
 def _numpy_dtype(code: Any, align: Any = False, copy: Any = True) -> np.dtype:
     if code not in NUMPY_CODES or type(align) is not bool or type(copy) is not bool:
-        raise CheckpointFault(f"numpy dtype {shown(repr(code))} is not a plain numeric type")
+        raise CheckpointFault(f"numpy dtype {shown_repr(code)} is not a plain numeric type")
     return np.dtype(code)
 
 
@@ -130,7 +133,7 @@ def _check_numpy_dtype_state(state: Any) -> None:
         and state[1] in ("<", "|", "=")
         and state[2:] == (None, None, None, -1, -1, 0)
     ):
-        raise CheckpointFault(f"numpy dtype state {shown(repr(state), 60)} is not that of a little-endian number")
+        raise CheckpointFault(f"numpy dtype state {shown_repr(state, 60)} is not that of a little-endian number")
 
 
 def _numpy_scalar(dtype: Any, data: Any) -> np.generic:

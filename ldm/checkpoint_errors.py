@@ -55,10 +55,21 @@ class ForbiddenGlobals(CheckpointFault):
 
 def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     """``text`` as one printable line: non-printable characters escaped, cut to ``limit`` characters."""
-    value = str(text)
+    try:
+        value = str(text)
+    except Exception:  # e.g. an int too long to print
+        value = f"<{type(text).__name__}>"
     if not value.isprintable():
         value = value.encode("unicode_escape").decode("ascii")
     return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def shown_repr(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` through :func:`shown` (never raises)."""
+    try:
+        return shown(repr(value), limit)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def shell_word(path: str | Path) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ldm.checkpoint_errors import CheckpointFault, ExpansionFault, shown
+from ldm.checkpoint_errors import CheckpointFault, ExpansionFault, shown, shown_repr
 
 #: Default factor: a file may make us hold / produce at most this many times its own size (+ the slack).
 DEFAULT_MAX_EXPANSION = 4.0
@@ -72,7 +72,7 @@ class ExpansionBudget:
 
     def describe(self, nbytes: int) -> str:
         return (
-            f"{human_bytes(nbytes)} from a {human_bytes(self.file_size)} file, more than the limit of "
+            f"{human_bytes(nbytes)} from a file of {human_bytes(self.file_size)}, more than the limit of "
             f"{self.max_expansion:g}x its size + {human_bytes(EXPANSION_SLACK)}"
         )
 
@@ -92,7 +92,7 @@ class ArchiveStorage:
 
 def _index(value: Any, what: str) -> int:
     if type(value) is not int or not 0 <= value < 2**62:
-        raise CheckpointFault(f"tensor {what} {shown(repr(value))} is not a non-negative int")
+        raise CheckpointFault(f"tensor {what} {shown_repr(value)} is not a non-negative int")
     return value
 
 
@@ -163,7 +163,7 @@ def rebuild_tensor_v3(
 ) -> Tensor:
     """``torch._utils._rebuild_tensor_v3`` (dtypes without a legacy storage class, e.g. uint16)."""
     if not isinstance(dtype, torch.dtype):
-        raise CheckpointFault(f"tensor dtype {shown(repr(dtype))} is not a torch dtype")
+        raise CheckpointFault(f"tensor dtype {shown_repr(dtype)} is not a torch dtype")
     _check_hooks(hooks)
     if metadata:
         raise CheckpointFault("a tensor carries extra metadata; a checkpoint's tensors have none")
@@ -187,7 +187,7 @@ def check_key(key: Any, *, token_type: type) -> None:
         return
     if kind is tuple and len(key) <= MAX_DIMS and all(type(item) in (str, bytes) for item in key):
         return
-    raise CheckpointFault(f"a dict key or set item is a {shown(kind.__name__)} ({shown(repr(key), 40)})")
+    raise CheckpointFault(f"a dict key or set item is a {shown(kind.__name__)} ({shown_repr(key, 40)})")
 
 
 def tensor_bytes(tensors: Iterable[Tensor]) -> int:

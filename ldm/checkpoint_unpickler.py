@@ -138,6 +138,7 @@ class RestrictedUnpickler:
         self._take(8)
 
     def _op_mark(self) -> None:
+        self.budget.charge(ITEM_COST, "the pickle's objects")
         self.marks.append(len(self.stack))
 
     def _op_pop(self) -> None:
@@ -291,20 +292,28 @@ class RestrictedUnpickler:
             guard.check_key(item, token_type=Allowed)
         self._push(frozenset(items), ITEM_COST * len(items))
 
+    def _remember(self, index: int) -> None:
+        self.budget.charge(OBJECT_COST, "the pickle's objects")
+        self.memo[index] = self.stack[-1]
+
+    def _recall(self, index: int) -> None:
+        self.budget.charge(ITEM_COST, "the pickle's objects")
+        self.stack.append(self.memo[index])
+
     def _op_binput(self) -> None:
-        self.memo[self._uint(1)] = self.stack[-1]
+        self._remember(self._uint(1))
 
     def _op_long_binput(self) -> None:
-        self.memo[self._uint(4)] = self.stack[-1]
+        self._remember(self._uint(4))
 
     def _op_memoize(self) -> None:
-        self.memo[len(self.memo)] = self.stack[-1]
+        self._remember(len(self.memo))
 
     def _op_binget(self) -> None:
-        self.stack.append(self.memo[self._uint(1)])
+        self._recall(self._uint(1))
 
     def _op_long_binget(self) -> None:
-        self.stack.append(self.memo[self._uint(4)])
+        self._recall(self._uint(4))
 
     def _resolve(self, module: Any, name: Any) -> None:
         if type(module) is not str or type(name) is not str:

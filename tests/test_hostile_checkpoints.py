@@ -421,6 +421,54 @@ def test_pickle_objects_count_against_the_bound(tmp_path):
     one_line_error(info.value)
 
 
+@pytest.mark.parametrize(("key", "match"), [(2**61 + 5, "a dict key or set item is a int"),
+                                            ((1, 2), "a dict key or set item is a tuple")])
+def test_keys_that_could_collide_in_hash_are_refused(tmp_path, key, match):
+    """Big ints share hashes (n and n + 2**61 - 1), tuples of ints can be solved for one: a file of such keys
+    would make dict insertion quadratic."""
+    path = write_archive(tmp_path / "keys.ckpt", {"state_dict": {}, "table": {key: 1}})
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+def test_damaged_pickles_always_end_in_one_checkpoint_error(tmp_path):
+    """400 seeded mutations (flips, cuts, insertions, splices) of a rich checkpoint's data.pkl: each loads or is
+    a one-line CheckpointError; never another exception type."""
+    import random
+
+    source = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "loss": np.float64(0.5), "tags": {"a"},
+                "hyper_parameters": OmegaConf.create({"a": [1, {"b": "${oc.env:HOME}"}]})}, source)
+    with zipfile.ZipFile(source) as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    pkl_name = next(name for name in records if name.endswith("data.pkl"))
+    rng = random.Random(22)
+    path = tmp_path / "damaged.ckpt"
+    outcomes = collections.Counter()
+    for _ in range(400):
+        pkl = bytearray(records[pkl_name])
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(pkl))
+            choice = rng.random()
+            if choice < 0.5:
+                pkl[at] = rng.randrange(256)
+            elif choice < 0.75:
+                del pkl[at : at + rng.randint(1, 8)]
+            else:
+                start = rng.randrange(len(pkl))
+                pkl[at:at] = pkl[start : start + rng.randint(1, 30)]
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in records.items():
+                archive.writestr(name, bytes(pkl) if name == pkl_name else data)
+        try:
+            load_checkpoint(path)
+            outcomes["loaded"] += 1
+        except CheckpointError as error:
+            one_line_error(error)
+            outcomes[type(error).__name__] += 1
+    assert outcomes["CheckpointError"] > 100 and sum(outcomes.values()) == 400, outcomes
+
+
 # ----------------------------------------------------------------------------------------------- 6: refusal messages
 
 
