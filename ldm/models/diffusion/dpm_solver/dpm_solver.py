@@ -16,8 +16,9 @@ equation in ``exp_integrator`` and the step plans in ``step_plans``. Where this 
 
 - a discrete schedule holds log α constant outside t ∈ [1/N, 1] (the original extrapolates it linearly) and calls
   the model at τ = N t − 1 for any N (the original's (t − 1/N)·1000 equals this for N = 1000 only);
-- the third-order multistep update weighs the second difference by the exact Taylor weight, so it is third order
-  (the original's is half as large, which leaves the update second order);
+- the third-order multistep update gives the original's numbers with ``solver_type="dpm_solver"`` (the default;
+  its second difference has half the Taylor weight, so the update is second order) and the exact Taylor weight,
+  a third-order update, with ``solver_type="taylor"`` (the original ignores ``solver_type`` there);
 - multistep order 3 with ``lower_order_final`` and singlestep order 1 with ``skip_type="logSNR"`` work (both
   crash in the original), a multistep run may be shorter than its order, ``"score"`` models are accepted;
 - bad arguments raise ``ValueError`` instead of ``assert``; the adaptive solver logs its model calls.
@@ -223,6 +224,8 @@ class DPM_Solver:  # the original's name
         weights = step.weights(len(terms))
         if len(terms) == 2:
             weights[1] = step.slope_weight(solver_type)
+        if len(terms) == 3 and solver_type == "dpm_solver":
+            weights[2] = 0.5 * weights[2]  # the original's 3M weight (second order); "taylor" keeps the exact one
         return step.advance(x, list(zip(weights, terms)))
 
     def multistep_dpm_solver_second_update(
@@ -246,7 +249,9 @@ class DPM_Solver:  # the original's name
         solver_type: str = "dpm_solver",
     ) -> torch.Tensor:
         """Multistep DPM-Solver-3 (3M) from ``t_prev_list[-1]`` to ``t``: D_1 and D_2 of the quadratic through the
-        last three model values, weighted by w_1 and w_2 of eq. (4) (third order; see the module docstring)."""
+        last three model values, weighted by w_1 and w_2 of eq. (4). ``solver_type="dpm_solver"`` (the default)
+        gives the original's numbers, which weigh D_2 by w_2/2 (so the update is second order); ``"taylor"`` uses
+        the exact w_2 (third order; the original ignores ``solver_type`` here)."""
         return self._multistep(x, model_prev_list[-3:], t_prev_list[-3:], t, solver_type)
 
     def singlestep_dpm_solver_update(
