@@ -74,15 +74,16 @@ def autocast(f: Callable[..., T]) -> Callable[..., T]:
     return under_autocast
 
 
-def exists(value: Any) -> bool:
-    return value is not None
+def exists(x: Any) -> bool:
+    """Whether ``x`` is not None."""
+    return x is not None
 
 
-def default(value: T | None, fallback: T | Callable[[], T]) -> T:
-    """``value`` unless it is None, else ``fallback`` (called first if it is a function)."""
-    if value is not None:
-        return value
-    return fallback() if inspect.isfunction(fallback) else fallback
+def default(val: T | None, d: T | Callable[[], T]) -> T:
+    """``val`` unless it is None, else ``d`` (called first if it is a function)."""
+    if val is not None:
+        return val
+    return d() if inspect.isfunction(d) else d
 
 
 def mean_flat(tensor: torch.Tensor) -> torch.Tensor:

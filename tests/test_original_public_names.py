@@ -57,3 +57,35 @@ def test_every_name_not_listed_missing_imports():
 def test_every_name_listed_missing_is_still_missing():
     present = [key for key in _entries("original_public_names_missing.txt") if _resolves(key)]
     assert present == [], f"now provided; delete these lines from original_public_names_missing.txt: {present}"
+
+
+def _positional_parameters(obj: object) -> list[str] | None:
+    """Names of the positional parameters of a function, or of a class's ``__init__`` without ``self``."""
+    import inspect
+
+    try:
+        signature = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+    except (TypeError, ValueError):  # builtins and C types without a signature
+        return None
+    params = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if inspect.isclass(obj) and params and params[0].name == "self":
+        params = params[1:]
+    return [p.name for p in params]
+
+
+def test_every_original_signature_is_kept():
+    """Positional parameters keep the original's names and order (clients call them positionally and by
+    keyword); ours may add parameters after them. The originals' lists: original_public_signatures.txt."""
+    wrong = []
+    for line in (DATA / "original_public_signatures.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, variants = line.split(None, 1)
+        module_name, attribute = key.split(":")
+        ours = _positional_parameters(getattr(importlib.import_module(module_name), attribute))
+        if ours is None:
+            continue
+        options = [[] if v.strip() == "-" else v.strip().split(",") for v in variants.split(" | ")]
+        if not any(ours[: len(option)] == option for option in options):
+            wrong.append(f"{key}: ours {ours}, original {variants}")
+    assert wrong == [], "\n".join(wrong)

@@ -163,12 +163,20 @@ class ImageNetBase(Dataset):
         return {"image": self.load_image(self.abspaths[i]), **self.labels(i)}
 
 
-class ImageNetTrain(ImageNetBase):
+class _ImageNetSplit(ImageNetBase):
+    """The original's split constructor: ``(process_images=True, data_root=None, config=None)``, in that order."""
+
+    def __init__(self, process_images: bool = True, data_root: str | None = None,
+                 config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(config=config, process_images=process_images, data_root=data_root)
+
+
+class ImageNetTrain(_ImageNetSplit):
     NAME = "ILSVRC2012_train"
     RANDOM_CROP_DEFAULT = True
 
 
-class ImageNetValidation(ImageNetBase):
+class ImageNetValidation(_ImageNetSplit):
     NAME = "ILSVRC2012_validation"
     RANDOM_CROP_DEFAULT = False
 

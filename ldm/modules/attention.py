@@ -18,7 +18,7 @@ from einops import rearrange
 
 from ldm.legacy.attention import LinearAttention, SpatialSelfAttention
 from ldm.modules.diffusionmodules.util import checkpoint, zero_module
-from ldm.util import SettingError, default, exists
+from ldm.util import SettingError, default
 
 __all__ = [
     "GEGLU",
@@ -37,6 +37,11 @@ __all__ = [
     "uniq",
     "zero_module",
 ]
+
+
+def exists(val: object) -> bool:
+    """Whether ``val`` is not None (the original's name here; ``ldm.util.exists`` calls its argument ``x``)."""
+    return val is not None
 
 # --------------------------------------------------------------------------------------------------------
 # Small helpers (the module's public functions)

@@ -333,16 +333,16 @@ class AttentionPool2d(nn.Module):
 FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LayerNorm)
 
 
-def convert_module_to_f16(module: nn.Module) -> None:
-    """Cast the parameters of a conv / linear / layer-norm layer to float16 (group norms stay float32)."""
-    if isinstance(module, FP16_LAYERS):
-        module.to(torch.float16)
+def convert_module_to_f16(x: nn.Module) -> None:
+    """Cast the parameters of a conv / linear / layer-norm layer ``x`` to float16 (group norms stay float32)."""
+    if isinstance(x, FP16_LAYERS):
+        x.to(torch.float16)
 
 
-def convert_module_to_f32(module: nn.Module) -> None:
-    """Undo :func:`convert_module_to_f16`."""
-    if isinstance(module, FP16_LAYERS):
-        module.to(torch.float32)
+def convert_module_to_f32(x: nn.Module) -> None:
+    """Undo :func:`convert_module_to_f16` on ``x``."""
+    if isinstance(x, FP16_LAYERS):
+        x.to(torch.float32)
 
 
 def cast_torso(modules: Iterable[nn.Module], dtype: torch.dtype) -> None:
