@@ -99,9 +99,9 @@ def add_sampling_arguments(
     arg("--scale", type=float, default=scale,
         help="unconditional guidance scale: eps = eps(x, uncond) + scale * (eps(x, cond) - eps(x, uncond))")
     arg("--from-file", type=str, help="if specified, load prompts from this file (one per line)")
-    arg("--config", type=str, default=SD_CONFIG, help=f"path to config which constructs model (default: {SD_CONFIG})")
+    arg("--config", type=str, default=SD_CONFIG, help="path to config which constructs model (default: %(default)s)")
     arg("--ckpt", type=str, default=SD_CKPT,
-        help=f"path to checkpoint of model, .ckpt or .safetensors (default: {SD_CKPT})")
+        help="path to checkpoint of model, .ckpt or .safetensors (default: %(default)s)")
     arg("--parameterization", type=str, choices=["eps", "x0", "v"], default=None,
         help="what the model predicts, replacing the config's model.params.parameterization (default: the "
         "config's; an SD 2.x checkpoint that looks like the other kind gets a warning naming the right config)")
