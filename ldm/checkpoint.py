@@ -26,6 +26,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from ldm.atomic_write import atomic_file, atomic_path
 from ldm.checkpoint_allowlist import ALLOWED, ModelCheckpointStub, classify
 from ldm.checkpoint_archive import read_torch_file
 from ldm.checkpoint_errors import (
@@ -45,7 +46,8 @@ from ldm.checkpoint_guard import DEFAULT_MAX_EXPANSION, ExpansionBudget
 
 __all__ = [
     "CheckpointError", "CheckpointExpansionError", "DEFAULT_MAX_EXPANSION", "ModelCheckpointStub", "SAFE_GLOBALS",
-    "UnsafeCheckpointError", "apply_state_dict", "load_checkpoint", "load_state_dict_file", "state_dict_of",
+    "UnsafeCheckpointError", "apply_state_dict", "load_checkpoint", "load_state_dict_file", "load_torch_object",
+    "state_dict_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,11 +135,17 @@ def is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
-def _load_pickle(path: Path, max_expansion: float | None) -> dict[str, Any]:
+def load_torch_object(path: PathLike, *, max_expansion: float | None = DEFAULT_MAX_EXPANSION) -> Any:
+    """Whatever a ``torch.save`` pickle at ``path`` holds (a dict, a tuple of tensors, ...), through the same
+    restricted unpickler and allocation bound as :func:`load_checkpoint`; for small weight and statistics files
+    that are not checkpoints (LPIPS heads, CLIP statistics, plain state dicts)."""
+    path = Path(path)
+    _check_exists(path, None)
     budget = ExpansionBudget(path.stat().st_size, max_expansion)
     try:
-        raw, storages = read_torch_file(path, budget)
-        obj = finish(raw, budget, storages.owns)
+        with torch.device("cpu"):  # a caller's default-device context (e.g. a meta build) must not reach the loader
+            raw, storages = read_torch_file(path, budget)
+            obj = finish(raw, budget, storages.owns)
     except ForbiddenGlobals as refusal:
         raise _refusal(path, refusal.names, refusal.in_checkpoint) from None
     except ExpansionFault as fault:
@@ -153,6 +161,11 @@ def _load_pickle(path: Path, max_expansion: float | None) -> dict[str, Any]:
             f"cannot read checkpoint {shown_path(path)}: the file is corrupt, truncated or not a PyTorch checkpoint "
             f"({type(error).__name__}: {shown(error)})"
         ) from None
+    return obj
+
+
+def _load_pickle(path: Path, max_expansion: float | None) -> dict[str, Any]:
+    obj = load_torch_object(path, max_expansion=max_expansion)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"checkpoint {shown_path(path)} holds a {type(obj).__name__}, expected a dict of tensors"
@@ -358,7 +371,8 @@ def apply_state_dict(
 def save_safetensors(
     path: PathLike, state_dict: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write tensors to ``path`` (contiguous; tensors sharing storage are copied, as safetensors requires)."""
+    """Write tensors to ``path`` atomically (contiguous; tensors sharing storage are copied, as safetensors
+    requires)."""
     seen: set[int] = set()
     tensors = {}
     for key, value in state_dict.items():
@@ -366,7 +380,8 @@ def save_safetensors(
         storage = value.untyped_storage().data_ptr()
         tensors[key] = value.clone() if storage in seen else value
         seen.add(storage)
-    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
 
 
 def metadata_strings(checkpoint: Mapping[str, Any]) -> dict[str, str]:
@@ -402,5 +417,6 @@ def metadata_values(metadata: Mapping[str, str]) -> dict[str, Any]:
 
 
 def save_checkpoint(path: PathLike, state_dict: Mapping[str, Tensor], **extra: Any) -> None:
-    """Write a Lightning-layout checkpoint ``{"state_dict": ..., **extra}`` (e.g. ``global_step``)."""
-    torch.save({"state_dict": dict(state_dict), **extra}, path)
+    """Write a Lightning-layout checkpoint ``{"state_dict": ..., **extra}`` (e.g. ``global_step``), atomically."""
+    with atomic_file(path) as handle:
+        torch.save({"state_dict": dict(state_dict), **extra}, handle)

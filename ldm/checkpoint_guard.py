@@ -128,6 +128,9 @@ def view_of_storage(storage: Any, offset: Any, size: Any, stride: Any, dtype: to
 
 
 def _check_hooks(hooks: Any) -> None:
+    """Old torch wrote ``None``, newer an empty (ordered) dict; anything else would be code to run."""
+    if hooks is None:
+        return
     if type(hooks) not in (dict, OrderedDict) or hooks:
         raise CheckpointFault("a tensor carries backward hooks; a checkpoint's tensors have none")
 

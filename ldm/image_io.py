@@ -14,6 +14,8 @@ import torch
 from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
+from ldm.atomic_write import atomic_file
+
 logger = logging.getLogger(__name__)
 
 Watermark = Callable[[Image.Image], Image.Image]
@@ -103,6 +105,15 @@ def next_index(folder: Path, pattern: str) -> int:
     return max(numbers, default=-1) + 1
 
 
+def save_picture(picture: Image.Image, path: Path) -> None:
+    """``picture.save(path)`` atomically (format from the suffix): a full disk or a kill leaves no truncated file."""
+    image_format = Image.registered_extensions().get(Path(path).suffix.lower())
+    if image_format is None:
+        raise ValueError(f"cannot tell the image format of {path}: use a .png or .jpg name")
+    with atomic_file(path) as handle:
+        picture.save(handle, format=image_format)
+
+
 def save_samples(images: torch.Tensor, folder: Path, watermark: Watermark | None = None) -> list[Path]:
     """Save ``(B, 3, H, W)`` images in [0, 1] as ``folder/00000.png, ...`` numbered after the existing ones."""
     index = next_index(folder, r"(\d+)\.png")
@@ -110,7 +121,7 @@ def save_samples(images: torch.Tensor, folder: Path, watermark: Watermark | None
     for offset, image in enumerate(images):
         picture = to_pil(image)
         paths.append(folder / f"{index + offset:05}.png")
-        (watermark(picture) if watermark else picture).save(paths[-1])
+        save_picture(watermark(picture) if watermark else picture, paths[-1])
     return paths
 
 
@@ -120,7 +131,7 @@ def save_grid(batches: list[torch.Tensor], outdir: Path, n_rows: int, watermark:
     index = next_index(outdir, r"grid-(\d+)\.png")
     path = outdir / f"grid-{index:04}.png"
     picture = to_pil(grid)
-    (watermark(picture) if watermark else picture).save(path)
+    save_picture(watermark(picture) if watermark else picture, path)
     return path
 
 

@@ -40,7 +40,7 @@ from ldm.conditioned_sampling import (
     pil_to_mask,
     pil_to_pixels,
 )
-from ldm.image_io import make_watermarker, read_image, to_pil, to_unit_range
+from ldm.image_io import make_watermarker, read_image, save_picture, to_pil, to_unit_range
 from ldm.inference import decode_latents, latent_factor, pixel_multiple, prompt_batches
 from ldm.models.diffusion.named_samplers import NamedSampler, sampler_choice
 from ldm.sampling_cli import (
@@ -170,7 +170,7 @@ def inpaint_folder(opt: argparse.Namespace, loaded: LoadedModel, sampler: NamedS
             predicted = np.asarray(to_pil(to_unit_range(decode_latents(model, latents))[0]))
             inpainted = paste_prediction(image_u8, predicted, mask[0, 0].numpy())
             written.append(outdir / image_path.name)
-            Image.fromarray(inpainted).save(written[-1])
+            save_picture(Image.fromarray(inpainted), written[-1])
     return written
 
 

@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import trange
 
+from ldm.atomic_write import atomic_file
 from ldm.checkpoint import global_step_of, load_checkpoint, state_dict_of
-from ldm.image_io import to_pil, to_unit_range
+from ldm.image_io import save_picture, to_pil, to_unit_range
 from ldm.inference import (
     choose_device,
     decode_latents,
@@ -208,10 +209,11 @@ def main(argv: list[str] | None = None) -> Path:
     for first in trange(0, opt.n_samples, opt.batch_size, desc="Sampling Batches"):
         images = sample_batch(model, sampler, opt, min(opt.batch_size, opt.n_samples - first), first)
         for offset, image in enumerate(images):
-            custom_to_pil(image).save(outdir / "img" / f"sample_{first + offset:06}.png")
+            save_picture(custom_to_pil(image), outdir / "img" / f"sample_{first + offset:06}.png")
         arrays.append(custom_to_np(images).numpy())
     samples = np.concatenate(arrays)
-    np.savez(outdir / "numpy" / f"{'x'.join(map(str, samples.shape))}-samples.npz", samples)
+    with atomic_file(outdir / "numpy" / f"{'x'.join(map(str, samples.shape))}-samples.npz") as handle:
+        np.savez(handle, samples)
     logger.info("sampling of %d images finished in %s", len(samples), outdir)
     return outdir
 

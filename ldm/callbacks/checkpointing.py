@@ -13,12 +13,11 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -29,6 +28,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 
+from ldm.atomic_write import atomic_file
 from ldm.checkpoint import load_checkpoint
 from ldm.cli.early_signals import take_checkpoint_request
 
@@ -84,36 +84,6 @@ def remove_stale_temp_files(folder: _PATH) -> list[Path]:
     if removed:
         logger.info("removed %d temporary file(s) of interrupted checkpoint writes in %s", len(removed), folder)
     return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: _PATH) -> Iterator[BinaryIO]:
-    """A binary handle whose content replaces ``path`` only once it is completely written: a temporary file in the
-    same folder, fsync'ed, then ``os.replace``'d over ``path``. If the block fails (a full disk, an interrupt) the
-    temporary file is deleted and ``path`` is unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def atomic_torch_save(obj: Any, path: _PATH) -> None:

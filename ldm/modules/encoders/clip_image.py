@@ -19,6 +19,8 @@ from open_clip.model import build_model_from_openai_state_dict
 from open_clip.pretrained import get_pretrained_cfg
 from torch import nn
 
+from ldm.checkpoint import load_torch_object
+
 logger = logging.getLogger(__name__)
 
 #: Per-channel RGB statistics of OpenAI CLIP's training images (also used by the OpenCLIP image embedder).
@@ -116,7 +118,7 @@ def read_openai_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if _is_torchscript(path):
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    content = load_torch_object(path)
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         content = content["state_dict"]
     if not isinstance(content, dict) or "visual.conv1.weight" not in content:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ldm.checkpoint import load_torch_object
 from ldm.modules.diffusionmodules.upscaling import ImageConcatWithNoiseAugmentation, as_noise_levels
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
@@ -37,7 +38,7 @@ def load_clip_stats(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"noise_aug_config.params.clip_stats_path = {str(path)!r}: no such file. Put the CLIP embedding "
             "statistics (a (mean, std) pair saved with torch.save) there, or set the key to null for mean 0, std 1."
         )
-    stats = torch.load(path, map_location="cpu", weights_only=True)
+    stats = load_torch_object(path)
     if not (isinstance(stats, (tuple, list)) and len(stats) == 2 and all(torch.is_tensor(s) for s in stats)):
         raise ValueError(f"{path}: expected a (mean, std) pair of tensors, got {type(stats).__name__}.")
     mean, std = stats

@@ -20,6 +20,8 @@ from typing import Union
 import torch
 from torch import nn
 
+from ldm.checkpoint import load_torch_object
+
 logger = logging.getLogger(__name__)
 
 #: torchvision's ``VGG16_Weights.IMAGENET1K_V1``; ``torch.hub`` keeps it as ``<hub dir>/checkpoints/<file name>``.
@@ -79,7 +81,7 @@ def load_vgg16_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise PerceptualWeightsError(f"perceptual_backbone: no VGG16 weights file at {path}. " + _how_to_supply())
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_object(path)
 
 
 class VGG16Features(nn.Module):
@@ -185,7 +187,7 @@ class LPIPS(nn.Module):
         self.eval()
 
     def _load(self, backbone: Backbone) -> None:
-        lins = torch.load(lin_weights_path(), map_location="cpu", weights_only=True)
+        lins = load_torch_object(lin_weights_path())
         if not self.use_dropout:  # the shipped file holds the with-dropout keys lin<i>.model.1.weight
             lins = {k.replace(".model.1.", ".model.0."): v for k, v in lins.items()}
         self.load_state_dict(lins, strict=False)
