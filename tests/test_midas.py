@@ -104,10 +104,17 @@ def test_dpt_large_builds_with_the_vit_large_layout() -> None:
     assert sum(k.endswith("attn.qkv.weight") for k in shapes) == 24
 
 
-@pytest.mark.parametrize("model_type", ["midas_v21", "midas_v21_small", "DPT_Hybrid"])
-def test_unbuildable_model_types_raise_naming_the_supported_ones(model_type: str) -> None:
+@pytest.mark.parametrize("model_type", ["DPT_Hybrid", "midas_v3"])
+def test_unknown_model_types_raise_naming_the_supported_ones(model_type: str) -> None:
     with pytest.raises(ValueError, match="dpt_hybrid"):
         MiDaSInference(model_type)
+
+
+@pytest.mark.parametrize(("model_type", "network"), [("midas_v21", "MidasNet"), ("midas_v21_small", "MidasNet_small")])
+def test_the_v21_releases_build_offline(model_type: str, network: str) -> None:
+    with torch.device("meta"):
+        model = MiDaSInference(model_type)
+    assert type(model.model).__name__ == network and not model.training
 
 
 def test_stays_frozen_in_eval_mode() -> None:

@@ -10,13 +10,12 @@ import torch
 from torch import nn
 
 from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
-from ldm.modules.midas.dpt import DPTDepthModel
-from ldm.modules.midas.loading import DPT_BACKBONES as DPT_BACKBONE
 from ldm.modules.midas.loading import ISL_PATHS as ISL_PATHS
+from ldm.modules.midas.loading import build_network
 from ldm.modules.midas.loading import load_midas_transform as load_midas_transform
 from ldm.modules.midas.loading import load_model as load_model
 
-# Known to the original API but built there from torch.hub code (ResNeXt-101 WSL, EfficientNet-Lite3).
+# Built in the original from torch.hub code (ResNeXt-101 WSL, EfficientNet-Lite3); here from torchvision / timm.
 HUB_ONLY = ("midas_v21", "midas_v21_small")
 
 
@@ -31,11 +30,10 @@ class MiDaSInference(nn.Module):
 
     def __init__(self, model_type: str) -> None:
         super().__init__()
-        if model_type not in DPT_BACKBONE:
-            known = "known to the original but not buildable offline" if model_type in HUB_ONLY else "unknown"
-            raise ValueError(f"MiDaS model_type {model_type!r} is {known}; use one of {sorted(DPT_BACKBONE)}")
+        if model_type not in self.MODEL_TYPES_ISL:
+            raise ValueError(f"MiDaS model_type {model_type!r} is unknown; use one of {list(self.MODEL_TYPES_ISL)}")
         self.model_type = model_type
-        self.model = DPTDepthModel(backbone=DPT_BACKBONE[model_type], non_negative=True)
+        self.model = build_network(model_type)
         self.requires_grad_(False)
         self.train(False)
 
