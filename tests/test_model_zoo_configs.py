@@ -136,3 +136,36 @@ def test_installed_taming_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_non_taming_targets_pass_through(no_taming: None) -> None:
     assert taming_aliases.resolve_target("ldm.modules.losses.DummyLoss") == "ldm.modules.losses.DummyLoss"
+
+
+#: Keys naming released weight or statistics files, which the architecture check does not need.
+WEIGHT_FILE_KEYS = ("ckpt_path", "clip_stats_path")
+
+
+def _without_weight_files(node):
+    """A plain copy of a config node with every weight-file key set to null (a missing one is tested above)."""
+    if isinstance(node, dict):
+        return {key: None if key in WEIGHT_FILE_KEYS else _without_weight_files(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_without_weight_files(value) for value in node]
+    return node
+
+
+SHIPPED = sorted(path.relative_to(ROOT).as_posix() for pattern in ("configs/**/*.yaml", "models/**/config.yaml")
+                 for path in ROOT.glob(pattern) if "model" in OmegaConf.load(path))
+
+
+def test_every_shipped_config_is_enumerated() -> None:
+    assert len(SHIPPED) >= 45 and RDM_CONFIG in SHIPPED and "configs/stable-diffusion/v2-inference-v.yaml" in SHIPPED
+
+
+@pytest.mark.parametrize("relative", SHIPPED)
+def test_every_shipped_config_builds_on_meta(relative: str, no_taming: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every config this repository ships (original, demo and zoo) builds full size on the meta device, offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = OmegaConf.to_container(OmegaConf.load(ROOT / relative).model, resolve=False)
+    config = OmegaConf.create(_without_weight_files(raw))
+    with torch.device("meta"):
+        model = instantiate_from_config(config)
+    assert type(model) is get_obj_from_str(config.target)
+    assert any(p.is_meta for p in model.parameters())
