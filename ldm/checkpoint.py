@@ -331,11 +331,15 @@ def apply_state_dict(
 ) -> LoadReport:
     """Load ``state_dict`` into ``module`` and report what did not match.
 
-    Keys starting with any ``ignore_keys`` prefix are dropped first (``init_from_ckpt``'s ``ignore_keys``), then the
-    tolerated extras (EMA buffers, CLIP ``position_ids``, a standalone VAE's ``loss.*``) the module lacks.
+    Keys starting with any ``ignore_keys`` prefix (a single string is one prefix) are dropped first
+    (``init_from_ckpt``'s ``ignore_keys``), then the tolerated extras (EMA buffers, CLIP ``position_ids``, a
+    standalone VAE's ``loss.*``) the module lacks.
     A shape difference raises ``ValueError`` naming the first such key and both shapes. Missing/unexpected keys
     are logged as one line; with ``strict`` any left (other than missing ones under an ignored prefix) raise.
     """
+    if isinstance(ignore_keys, str):  # ignore_keys=first_stage_model in a config: one prefix, not its characters
+        logger.info("%s: ignore_keys %r is one prefix", what, ignore_keys)
+        ignore_keys = [ignore_keys]
     prefixes = tuple(ignore_keys)
     own = module.state_dict()
     report = LoadReport()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
 from ldm.atomic_write import atomic_file
+from ldm.cli.validation import require_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +46,58 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Te
     return grid
 
 
-def read_rgb_image(path: str | Path) -> Image.Image:
-    """The image file as RGB; a missing or unreadable file raises an error naming it."""
-    return read_image(path, "--init-img", "init image")
+#: Pixels an init image may have unless the caller passes another bound (``--max_pixels``): 4096 x 4096.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Modes Pillow gives 16-bit and 32-bit images; ``convert`` would clip their values to 255 (white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-def read_image(path: str | Path, flag: str, what: str = "image", mode: str = "RGB") -> Image.Image:
-    """The image file converted to ``mode`` (``"RGB"``, ``"L"``, ...); a missing or unreadable file raises an error
-    naming it as ``what`` and the ``flag`` it came from."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path} (from {flag})")
+def read_rgb_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image file as RGB; a missing, unreadable or too large file raises an error naming it."""
+    return read_image(path, "--init-img", "init image", max_pixels=max_pixels)
+
+
+def read_image(path: str | Path, flag: str, what: str = "image", mode: str = "RGB",
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image file converted to ``mode`` (``"RGB"``, ``"L"``, ...); a missing, unreadable or too large file
+    (more than ``max_pixels``, read from the header before any pixel is decoded) raises an error naming it as
+    ``what`` and the ``flag`` it came from. 16-bit and float images are scaled to 8 bits
+    (:func:`wide_to_8bit`), not clipped."""
+    path = require_file(path, flag, what)
     try:
-        with Image.open(path) as file:
+        with warnings.catch_warnings():  # the size is checked against max_pixels below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            file = Image.open(path)
+        with file:
+            width, height = file.size
+            if width * height > max_pixels:
+                raise ValueError(f"{what} {path} (from {flag}) is {width}x{height} = {width * height} pixels, above "
+                                 f"--max_pixels {max_pixels}; shrink it, or raise --max_pixels if the memory is there")
+            if file.mode in _WIDE_MODES:
+                return wide_to_8bit(file, f"{what} {path} (from {flag})").convert(mode)
             return file.convert(mode)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{what} {path} (from {flag}) is too large to decode ({error})") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
+        if str(error).startswith(f"{what} {path}"):
+            raise
         raise ValueError(f"cannot read {what} {path}: not a readable image file ({error})") from error
+
+
+def wide_to_8bit(image: Image.Image, source: str) -> Image.Image:
+    """A 16-bit or float single-channel image as 8-bit ``"L"``: x / 65535 for 16-bit integers (``I;16*``, and
+    ``I`` when every value lies in [0, 65535]), x itself for floats in [0, 1]; then round(255 x). Values outside
+    those ranges (or nan) raise ``ValueError`` naming ``source``."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale, limit = 1.0, "[0, 1]"
+    else:
+        scale, limit = 65535.0, "[0, 65535]"
+    if values.size and not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= scale):
+        low, high = np.nanmin(values), np.nanmax(values)
+        raise ValueError(f"{source} is a {image.mode} image with values from {low:g} to {high:g} (or nan); only "
+                         f"{limit} maps to black..white: rescale it or save it as 8- or 16-bit")
+    return Image.fromarray(np.round(values / scale * 255.0).astype(np.uint8))
 
 
 def image_to_tensor(image: Image.Image, factor: int) -> torch.Tensor:

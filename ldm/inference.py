@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoint import apply_state_dict, global_step_of, load_checkpoint, state_dict_of
+from ldm.cli.validation import require_file
+from ldm.config_file import check_complete, read_config
 from ldm.models.diffusion.named_samplers import SAMPLERS as SAMPLERS  # the sampler table, by display name
 from ldm.models.diffusion.named_samplers import NamedSampler, resolve_sampler
 from ldm.models.vae_tiling import set_vae_tiling
@@ -25,20 +27,40 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.fast.blocks import swap_fast_blocks
 from ldm.modules.fast.packed_conv import pack_convolutions
 from ldm.prediction_check import warn_on_parameterization_mismatch
-from ldm.util import instantiate_from_config
+from ldm.util import ConfigError, instantiate_from_config
+from ldm.weights_match import check_enough_loaded
 
 logger = logging.getLogger(__name__)
 
 
 def choose_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA if available, else Apple MPS, else CPU; any other name is used as given."""
+    """``auto``: CUDA if available, else Apple MPS, else CPU; any other name is used as given, after checking that
+    it names a device this machine has (``ValueError`` naming the fix otherwise)."""
     if name != "auto":
-        return torch.device(name)
+        return _existing_device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _existing_device(name: str) -> torch.device:
+    """``torch.device(name)`` if this machine has it; ``ValueError`` naming the devices to use instead."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device name; pass auto, cpu, cuda, cuda:0 or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA GPU is available here; pass --device cpu (or auto)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; "
+                             "pass one of those")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple MPS is not available here; pass --device cpu (or auto)")
+    return device
 
 
 def seed_everything(seed: int | None) -> int:
@@ -107,10 +129,13 @@ def encode_latents(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def load_model_from_config(
-    config: DictConfig, ckpt: str | Path | None, device: torch.device, use_ema: bool = False
+    config: DictConfig, ckpt: str | Path | None, device: torch.device, use_ema: bool = False,
+    allow_partial: bool = False, flag: str = "--ckpt",
 ) -> tuple[torch.nn.Module, int | None]:
     """Build ``config.model``, load ``ckpt`` into it (safely; see :mod:`ldm.checkpoint`), move it to ``device``
-    in eval mode. Returns ``(model, global_step of the checkpoint or None)``; ``ckpt=None`` keeps the init."""
+    in eval mode. Returns ``(model, global_step of the checkpoint or None)``; ``ckpt=None`` keeps the init.
+    A checkpoint that fills fewer than half of the model's tensors raises ``ValueError`` naming what it looks like,
+    unless ``allow_partial`` (``--allow_partial_ckpt``; see :func:`ldm.weights_match.check_enough_loaded`)."""
     model = instantiate_from_config(config.model)
     global_step = None
     if ckpt is not None:
@@ -119,7 +144,9 @@ def load_model_from_config(
         global_step = global_step_of(checkpoint)
         if global_step is not None:
             logger.info("Global Step: %d", global_step)
-        report = apply_state_dict(model, state_dict_of(checkpoint, ckpt, use_ema=use_ema), what=type(model).__name__)
+        state_dict = state_dict_of(checkpoint, ckpt, use_ema=use_ema)
+        report = apply_state_dict(model, state_dict, what=type(model).__name__)
+        check_enough_loaded(model, report, state_dict, f"{ckpt} (from {flag})", allow_partial)
         if report.missing:
             logger.warning(
                 "%d weights are missing from %s (e.g. %s): those layers keep their random initialisation; "
@@ -138,7 +165,8 @@ def load_sampling_model(opt: Any, device: torch.device) -> torch.nn.Module:
     forced = getattr(opt, "parameterization", None)
     if forced is not None:
         OmegaConf.update(config, "model.params.parameterization", forced, force_add=True)
-    model, _ = load_model_from_config(config, opt.ckpt, device, use_ema=opt.use_ema)
+    model, _ = load_model_from_config(config, opt.ckpt, device, use_ema=opt.use_ema,
+                                      allow_partial=getattr(opt, "allow_partial_ckpt", False))
     if forced is None and opt.ckpt is not None:
         with model.ema_scope():
             warn_on_parameterization_mismatch(model, opt.ckpt, opt.config)
@@ -179,10 +207,14 @@ def chunk(it: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
 
 
 def load_config(path: str | Path, what: str = "--config") -> DictConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path} (from {what}); check the path")
-    return OmegaConf.load(path)
+    """The YAML config at ``path`` (named by the flag ``what``), complete (no ``???`` left, interpolations that
+    resolve); every problem is one ``ConfigError`` / ``FileNotFoundError`` line (:mod:`ldm.config_file`)."""
+    config = read_config(path, what)
+    check_complete(config, f"config file {path} (from {what})")
+    if not isinstance(config.get("model"), DictConfig):
+        raise ConfigError(f"config file {path} (from {what}) has no model: section (a mapping with target and "
+                          "params); pass the model's inference config")
+    return config
 
 
 def latent_factor(model: Any) -> int:
@@ -329,11 +361,14 @@ def prompt_batches(prompt: str, from_file: str | None, batch_size: int) -> list[
     """Batches of prompts: ``batch_size`` copies of ``prompt``, or the lines of ``from_file`` in batches."""
     if not from_file:
         return [batch_size * [prompt]]
-    path = Path(from_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path} (from --from-file)")
+    path = require_file(from_file, "--from-file", "prompt file")
     logger.info("reading prompts from %s", path)
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompt file {path} (from --from-file) is not UTF-8 text (byte "
+                         f"{error.object[error.start]:#04x} at offset {error.start}); save it as UTF-8") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"prompt file {path} (from --from-file) has no prompts; write one prompt per line")
     return [list(batch) for batch in chunk(lines, batch_size)]
