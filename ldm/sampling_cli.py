@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm, trange
 
 from ldm.checkpoint import CheckpointError
+from ldm.cli.validation import OneLineParser, float_in, int_in, require_file, require_writable_dir
 from ldm.conditioned_sampling import hybrid_conditioning
 from ldm.image_io import Watermark, save_grid, save_samples, to_unit_range
 from ldm.inference import (
@@ -40,19 +41,25 @@ logger = logging.getLogger(__name__)
 
 SD_CONFIG = "configs/stable-diffusion/v1-inference.yaml"
 SD_CKPT = "models/ldm/stable-diffusion-v1/model.ckpt"
+#: Upper bounds of the declared ranges: steps of any sampler, images in one batch (``--n_samples``), and the
+#: default ``--max_pixels`` (pixels of an init image or of ``--H`` x ``--W``; 4096 x 4096).
+MAX_STEPS = 10_000
+MAX_BATCH = 1024
+MAX_PIXELS = 4096 * 4096
 NO_SAFETY_CHECKER = (
     "No NSFW safety checker runs: it needs the external "
     "CompVis/stable-diffusion-safety-checker weights, so images are saved unfiltered."
 )
 
 
-class SamplingParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose ``parse_args`` also sets ``opt.sampler`` to the one sampler name the flags
-    choose (:func:`chosen_sampler`)."""
+class SamplingParser(OneLineParser):
+    """An ``ArgumentParser`` whose errors are one line, and whose ``parse_args`` also sets ``opt.sampler`` to the
+    one sampler name the flags choose (:func:`chosen_sampler`) and checks the image size against ``--max_pixels``."""
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
         opt = super().parse_args(args, namespace)
         opt.sampler = chosen_sampler(self, opt)
+        check_pixel_budget(self, opt)
         return opt
 
 
@@ -84,19 +91,19 @@ def add_sampling_arguments(
     arg("--skip_grid", action="store_true",
         help="do not save a grid, only individual samples. Helpful when evaluating lots of samples")
     arg("--skip_save", action="store_true", help="do not save individual samples. For speed measurements.")
-    arg("--ddim_steps", type=int, default=50, help="number of sampling steps (of every sampler)")
+    arg("--ddim_steps", type=int_in(1, MAX_STEPS), default=50, help="number of sampling steps (of every sampler)")
     add_sampler_arguments(parser)
     arg("--fixed_code", action="store_true", help="if enabled, uses the same starting code across samples")
-    arg("--ddim_eta", type=float, default=None,
+    arg("--ddim_eta", type=float_in(0.0), default=None,
         help="eta, the amount of fresh noise per step: DDIM (default 0.0, deterministic) and the ancestral and SDE "
         "samplers (default 1.0); a non-zero eta for a deterministic sampler is an error")
-    arg("--n_iter", type=int, default=n_iter, help="sample this often")
-    arg("--C", type=int, default=4, help="latent channels")
-    arg("--f", type=int, default=8, help="downsampling factor (must match the model's first stage)")
-    arg("--n_samples", type=int, default=n_samples,
+    arg("--n_iter", type=int_in(1), default=n_iter, help="sample this often")
+    arg("--C", type=int_in(1), default=4, help="latent channels")
+    arg("--f", type=int_in(1), default=8, help="downsampling factor (must match the model's first stage)")
+    arg("--n_samples", type=int_in(1, MAX_BATCH), default=n_samples,
         help="how many samples to produce for each given prompt. A.k.a. batch size")
-    arg("--n_rows", type=int, default=0, help="images per row of the grid (default: n_samples)")
-    arg("--scale", type=float, default=scale,
+    arg("--n_rows", type=int_in(0), default=0, help="images per row of the grid (default: n_samples)")
+    arg("--scale", type=float_in(), default=scale,
         help="unconditional guidance scale: eps = eps(x, uncond) + scale * (eps(x, cond) - eps(x, uncond))")
     arg("--from-file", type=str, help="if specified, load prompts from this file (one per line)")
     arg("--config", type=str, default=SD_CONFIG, help="path to config which constructs model (default: %(default)s)")
@@ -107,7 +114,7 @@ def add_sampling_arguments(
         "config's; an SD 2.x checkpoint that looks like the other kind gets a warning naming the right config)")
     arg("--use_ema", action="store_true",
         help="use the checkpoint's EMA UNet weights (model_ema.*, in full-EMA checkpoints) instead of the raw ones")
-    arg("--seed", type=int, default=seed,
+    arg("--seed", type=int_in(0, 2**32 - 1), default=seed,
         help="the seed (for reproducible sampling); a random seed when omitted" if seed is None else
         "the seed (for reproducible sampling)")
     arg("--precision", type=str, choices=["full", "autocast", "bf16", "fp16"], default="autocast",
@@ -115,6 +122,12 @@ def add_sampling_arguments(
         "float32 on the CPU; bf16 = bfloat16 autocast on the CPU or a CUDA GPU that supports it; fp16 = float16 "
         "autocast on CUDA/MPS. The autoencoder always runs in float32 (no black images from half-precision overflow)")
     arg("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU), or a torch device name")
+    arg("--max_pixels", type=int_in(1), default=MAX_PIXELS,
+        help="refuse init images and --H x --W above this many pixels (default %(default)s = 4096 x 4096); raise it "
+        "for larger images if the memory is there")
+    arg("--allow_partial_ckpt", action="store_true",
+        help="sample even when the checkpoint fills fewer than half of the model's tensors (normally an error: the "
+        "checkpoint belongs to another model)")
     add_speed_arguments(parser)
 
 
@@ -145,6 +158,14 @@ def chosen_sampler(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> 
     return switches[0][2:] if switches else "ddim"
 
 
+def check_pixel_budget(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
+    """End the parser with an error when ``--H`` x ``--W`` (where the script has them) exceeds ``--max_pixels``."""
+    height, width = getattr(opt, "H", None), getattr(opt, "W", None)
+    if height is not None and width is not None and height * width > opt.max_pixels:
+        parser.error(f"--H {height} x --W {width} is {height * width} pixels, above --max_pixels {opt.max_pixels}; "
+                     "pass smaller sizes, or raise --max_pixels if the memory is there")
+
+
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Speed and memory options; see ``optimize_for_inference``. The inference variants of the blocks are on by
     default (equal within float rounding; ``--reference_blocks`` samples on the reference blocks), the rest off."""
@@ -160,7 +181,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         "on the CPU)")
     arg("--compile", action="store_true",
         help="torch.compile the UNet (inductor); the first sampling step compiles and takes longer")
-    arg("--attention_slicing", type=int, default=None, metavar="N",
+    arg("--attention_slicing", type=int_in(1), default=None, metavar="N",
         help="compute attention N query rows at a time (less memory for large images, a bit slower)")
     arg("--vae_tiling", action="store_true",
         help="decode the latents in overlapping tiles of 64 latent pixels (less memory for large images)")
@@ -210,12 +231,22 @@ def load_script_model(opt: argparse.Namespace, check: Callable[[Any], None] | No
     device = choose_device(opt.device)
     precision = precision_scope(opt.precision, device)
     speed = speed_options(opt)
+    check_paths(opt)
     model = load_sampling_model(opt, device)
     if check is not None:
         check(model)
     factor = latent_factor(model) if opt.f is None else opt.f
     check_latent_geometry(model, factor, model.channels if opt.C is None else opt.C)
     return LoadedModel(model, device, precision, speed)
+
+
+def check_paths(opt: argparse.Namespace) -> None:
+    """Before the slow load: ``--config`` and ``--ckpt`` (when given) are readable files and ``--outdir`` is, or
+    can become, a folder we may write in; each failure names the flag and the fix."""
+    require_file(opt.config, "--config", "config file")
+    if opt.ckpt is not None:
+        require_file(opt.ckpt, "--ckpt", "checkpoint")
+    require_writable_dir(opt.outdir, "--outdir")
 
 
 @dataclass
@@ -299,18 +330,25 @@ def sample_prompts(opt: argparse.Namespace, model: Any, sampler: NamedSampler, b
 
 
 #: Errors that mean bad input (a path, a file, a size, a setting) rather than a bug: a script reports them as one line.
-BAD_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, CheckpointError, ConfigError, ValueError)
+BAD_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, CheckpointError,
+                    ConfigError, ValueError)
+#: Failures while running (a full disk, memory, the device): one line and exit status 1.
+RUNTIME_ERRORS = (OSError, MemoryError, RuntimeError)
 
 
 def run_script(main: Callable[[], Any]) -> None:
-    """Run a script's ``main``; bad input ends it with one line on stderr and exit status 2, no traceback.
+    """Run a script's ``main``; bad input ends it with one line on stderr and exit status 2, a failure while running
+    (disk, memory, device) with one line and exit status 1; no traceback.
 
     Set ``LDM_TRACEBACK=1`` to see the traceback instead.
     """
     try:
         main()
-    except BAD_INPUT_ERRORS as error:
+    except (*BAD_INPUT_ERRORS, *RUNTIME_ERRORS) as error:
         if os.environ.get("LDM_TRACEBACK"):
             raise
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        bad_input = isinstance(error, BAD_INPUT_ERRORS)
+        text = " ".join(str(error).split()) or type(error).__name__
+        hint = "" if bad_input else f" ({type(error).__name__}; LDM_TRACEBACK=1 shows where)"
+        print(f"{Path(sys.argv[0]).name}: error: {text}{hint}", file=sys.stderr)
+        sys.exit(2 if bad_input else 1)

@@ -20,6 +20,7 @@ import logging
 import torch
 from einops import repeat
 
+from ldm.cli.validation import float_in
 from ldm.conditioned_sampling import depth_concat, pil_to_depth
 from ldm.image_io import image_to_tensor, make_watermarker, read_image
 from ldm.inference import encode_latents, pixel_multiple, prompt_batches
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = sampling_parser(__doc__, outdir="outputs/depth2img-samples", n_iter=1, n_samples=1, scale=9.0, seed=42,
                              config=CONFIG, ckpt=CKPT, f=None, C=None)
     parser.add_argument("--init-img", type=str, required=True, help="path to the input image")
-    parser.add_argument("--strength", type=float, default=0.9,
+    parser.add_argument("--strength", type=float_in(0.0, 1.0), default=0.9,
                         help="strength for noising/unnoising. 1.0 corresponds to full destruction of information "
                         "in init image (the depth still conditions every step)")
     parser.add_argument("--depth", type=str, default=None,
@@ -67,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--strength {opt.strength} is outside [0.0, 1.0]; pass e.g. --strength 0.9")
     sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
-    init_image = read_image(opt.init_img, "--init-img", "init image")
-    depth_map = None if opt.depth is None else pil_to_depth(read_image(opt.depth, "--depth", "depth map", mode="L"))
+    init_image = read_image(opt.init_img, "--init-img", "init image", max_pixels=opt.max_pixels)
+    depth_map = None if opt.depth is None else pil_to_depth(
+        read_image(opt.depth, "--depth", "depth map", mode="L", max_pixels=opt.max_pixels))
     loaded = load_script_model(opt, lambda model: check_depth_model(model, opt.config))
     model, device = loaded.model, loaded.device
     sampler = loaded.ready_sampler(opt)

@@ -20,6 +20,7 @@ import logging
 import torch
 from einops import repeat
 
+from ldm.cli.validation import float_in
 from ldm.image_io import image_to_tensor, read_rgb_image
 from ldm.inference import chunk, encode_latents, pixel_multiple, prompt_batches
 from ldm.inference import load_eval_model as load_model_from_config
@@ -45,7 +46,7 @@ def load_img(path: str) -> torch.Tensor:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = sampling_parser(__doc__, outdir="outputs/img2img-samples", n_iter=1, n_samples=2, scale=5.0, seed=42)
     parser.add_argument("--init-img", type=str, required=True, help="path to the input image")
-    parser.add_argument("--strength", type=float, default=0.75,
+    parser.add_argument("--strength", type=float_in(0.0, 1.0), default=0.75,
                         help="strength for noising/unnoising. 1.0 corresponds to full destruction of information "
                         "in init image")
     opt = parser.parse_args(argv)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = parse_args(argv)
     sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
-    init_image = read_rgb_image(opt.init_img)
+    init_image = read_rgb_image(opt.init_img, max_pixels=opt.max_pixels)
     loaded = load_script_model(opt)
     sampler = loaded.ready_sampler(opt)
     logger.info("sampler: %r; the last %d of %d steps", sampler, int(opt.strength * opt.ddim_steps), opt.ddim_steps)

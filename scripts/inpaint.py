@@ -32,6 +32,7 @@ from einops import rearrange, repeat
 from PIL import Image
 from tqdm import tqdm
 
+from ldm.cli.validation import int_in
 from ldm.conditioned_sampling import (
     inpainting_concat,
     ldm_inpainting_batch,
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     arg = parser.add_argument
     arg("--indir", type=str, nargs="?", default=None,
         help="LDM mode: dir containing image-mask pairs (`example.png` and `example_mask.png`)")
-    arg("--steps", dest="ddim_steps", type=int, default=argparse.SUPPRESS,
+    arg("--steps", dest="ddim_steps", type=int_in(1), default=argparse.SUPPRESS,
         help="number of sampling steps (the same as --ddim_steps)")
     arg("--image", type=str, default=None, help="SD 2.x mode: the image to inpaint")
     arg("--mask", type=str, default=None,
@@ -176,8 +177,8 @@ def inpaint_folder(opt: argparse.Namespace, loaded: LoadedModel, sampler: NamedS
 
 def read_image_and_mask(opt: argparse.Namespace) -> tuple[Image.Image, Image.Image]:
     """The ``--image`` (RGB) and ``--mask`` (grey-scale) files; they must have the same size."""
-    image = read_image(opt.image, "--image")
-    mask_image = read_image(opt.mask, "--mask", "mask", mode="L")
+    image = read_image(opt.image, "--image", max_pixels=opt.max_pixels)
+    mask_image = read_image(opt.mask, "--mask", "mask", mode="L", max_pixels=opt.max_pixels)
     if mask_image.size != image.size:
         raise ValueError(f"the mask is {mask_image.size[0]}x{mask_image.size[1]} but the image is "
                          f"{image.size[0]}x{image.size[1]}; make the mask (--mask) the image's size")

@@ -23,6 +23,7 @@ import logging
 
 import torch
 
+from ldm.cli.validation import int_in
 from ldm.inference import check_image_size, chunk, latent_factor, pixel_multiple, prompt_batches
 from ldm.inference import load_eval_model as load_model_from_config
 from ldm.models.diffusion.named_samplers import sampler_choice
@@ -43,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = sampling_parser(__doc__, outdir="outputs/txt2img-samples", n_iter=1, n_samples=3, scale=5.0, seed=None,
                              config=RDM_CONFIG, ckpt=RDM_CKPT, f=None, C=None)
     arg = parser.add_argument
-    arg("--H", type=int, default=768, help="image height, in pixel space")
-    arg("--W", type=int, default=768, help="image width, in pixel space")
-    arg("--n_repeat", type=int, default=1,
+    arg("--H", type=int_in(1), default=768, help="image height, in pixel space")
+    arg("--W", type=int_in(1), default=768, help="image width, in pixel space")
+    arg("--n_repeat", type=int_in(1), default=1,
         help="number of repeats in CLIP latent space: the text embedding enters as that many context tokens")
     arg("--clip_type", type=str, default="ViT-L/14",
         help="which CLIP model to use for retrieval and NN encoding (an OpenAI CLIP name, an open_clip "
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "data/rdm/retrieval_databases/<database>/, its searcher from data/rdm/searchers/<database>/)")
     arg("--use_neighbors", action="store_true",
         help="Include neighbors in addition to text prompt for conditioning")
-    arg("--knn", type=int, default=10,
+    arg("--knn", type=int_in(1), default=10,
         help="The number of included neighbors, only applied when --use_neighbors=True")
     return parser.parse_args(argv)
 

@@ -28,6 +28,7 @@ from tqdm import trange
 
 from ldm.atomic_write import atomic_file
 from ldm.checkpoint import global_step_of, load_checkpoint, state_dict_of
+from ldm.cli.validation import OneLineParser, float_in, int_in, require_writable_dir
 from ldm.image_io import save_picture, to_pil, to_unit_range
 from ldm.inference import (
     choose_device,
@@ -44,24 +45,31 @@ from ldm.util import instantiate_from_config
 
 logger = logging.getLogger("sample_diffusion")
 
+#: The most samples one run draws (-n): all of them are kept for the .npz (256 x 256 x 3 bytes each).
+MAX_SAMPLES = 1_000_000
+
 
 def get_parser() -> argparse.ArgumentParser:
     """Options ``-r -n -e -v -l -c --batch_size``, ``--class``, ``--seed`` and ``--device``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--resume", type=str, nargs="?", help="load from logdir or checkpoint in logdir")
-    parser.add_argument("-n", "--n_samples", type=int, nargs="?", default=50000, help="number of samples to draw")
-    parser.add_argument("-e", "--eta", type=float, nargs="?", default=1.0,
+    parser.add_argument("-n", "--n_samples", type=int_in(1, MAX_SAMPLES), nargs="?", default=50000,
+                        help="number of samples to draw")
+    parser.add_argument("-e", "--eta", type=float_in(0.0), nargs="?", default=1.0,
                         help="eta for ddim sampling (0.0 yields deterministic sampling)")
     parser.add_argument("-v", "--vanilla_sample", default=False, action="store_true",
                         help="vanilla (ancestral DDPM, all timesteps) sampling instead of DDIM")
     parser.add_argument("-l", "--logdir", type=str, nargs="?", default="none",
                         help="extra logdir: write under <logdir>/<name of the model's logdir> instead")
-    parser.add_argument("-c", "--custom_steps", type=int, nargs="?", default=50, help="number of steps for ddim")
-    parser.add_argument("--batch_size", type=int, nargs="?", default=10, help="the bs")
-    parser.add_argument("--class", dest="classes", type=int, nargs="+", default=None,
+    parser.add_argument("-c", "--custom_steps", type=int_in(1, 10_000), nargs="?", default=50,
+                        help="number of steps for ddim")
+    parser.add_argument("--batch_size", type=int_in(1, 1024), nargs="?", default=10, help="the bs")
+    parser.add_argument("--class", dest="classes", type=int_in(0), nargs="+", default=None,
                         help="class label(s) for a class-conditional model; samples cycle through them")
-    parser.add_argument("--seed", type=int, default=None, help="the seed; a random seed when omitted")
+    parser.add_argument("--seed", type=int_in(0, 2**32 - 1), default=None, help="the seed; a random seed when omitted")
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU) or a device")
+    parser.add_argument("--allow_partial_ckpt", action="store_true",
+                        help="sample even when the checkpoint fills fewer than half of the model's tensors")
     return parser
 
 
@@ -188,7 +196,13 @@ def main(argv: list[str] | None = None) -> Path:
     opt, overrides = parse_args(argv)
     logdir, ckpt = resolve_run(opt.resume)
     config = run_config(logdir, overrides)
-    model, global_step = load_model_and_step(config, ckpt, choose_device(opt.device))
+    device = choose_device(opt.device)
+    if opt.logdir == "none":
+        require_writable_dir(logdir, "-r/--resume (samples go under it)")
+    else:
+        require_writable_dir(opt.logdir, "-l/--logdir")
+    model, global_step = load_model_and_step(config, ckpt, device, allow_partial=opt.allow_partial_ckpt,
+                                             flag="-r/--resume")
     optimize_for_inference(model, fast_blocks=True)
     check_classes(model, opt.classes)
     seed_everything(opt.seed)

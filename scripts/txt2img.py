@@ -20,6 +20,7 @@ import logging
 
 import torch
 
+from ldm.cli.validation import int_in
 from ldm.image_io import load_replacement, make_watermarker, numpy_to_pil, put_watermark
 from ldm.inference import check_image_size, chunk, pixel_multiple, prompt_batches
 from ldm.inference import load_eval_model as load_model_from_config
@@ -59,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--laion400m", action="store_true",
                         help=f"use the LDM text-to-image model trained on LAION-400M: --config {LAION_CONFIG}, "
                         f"--ckpt {LAION_CKPT}, --outdir {LAION_OUTDIR} instead of the Stable Diffusion defaults")
-    parser.add_argument("--H", type=int, default=512, help="image height, in pixel space")
-    parser.add_argument("--W", type=int, default=512, help="image width, in pixel space")
+    parser.add_argument("--H", type=int_in(1), default=512, help="image height, in pixel space")
+    parser.add_argument("--W", type=int_in(1), default=512, help="image width, in pixel space")
     opt = parser.parse_args(argv)
     if opt.laion400m:
         logger.info("Falling back to the LAION 400M model...")

@@ -19,6 +19,7 @@ import torch
 from einops import repeat
 from PIL import Image
 
+from ldm.cli.validation import int_in
 from ldm.conditioned_sampling import noise_augmented, pil_to_pixels
 from ldm.image_io import image_to_tensor, make_watermarker, read_image
 from ldm.inference import check_image_size, latent_factor, pixel_multiple, prompt_batches
@@ -43,12 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = sampling_parser(__doc__, outdir="outputs/upscale-samples", n_iter=1, n_samples=1, scale=9.0, seed=42,
                              config=CONFIG, ckpt=CKPT, f=None, C=None, prompt="a high quality professional photograph")
     parser.add_argument("--init-img", type=str, required=True, help="path to the low-resolution input image")
-    parser.add_argument("--noise_level", type=int, default=20,
+    parser.add_argument("--noise_level", type=int_in(0), default=20,
                         help="the noise augmentation level of the low-res image, 0 (none) to the model's "
                         "max_noise_level (350 for the x4 upscaler); more noise lets the model invent more detail")
-    parser.add_argument("--H", type=int, default=None,
+    parser.add_argument("--H", type=int_in(1), default=None,
                         help="output height in pixels (default: 4x the image's; a multiple of 32 for the x4 upscaler)")
-    parser.add_argument("--W", type=int, default=None,
+    parser.add_argument("--W", type=int_in(1), default=None,
                         help="output width in pixels (default: 4x the image's; a multiple of 32 for the x4 upscaler)")
     return parser.parse_args(argv)
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = parse_args(argv)
     sampler_choice(opt.sampler, opt.schedule, opt.ddim_eta)
     batches = prompt_batches(opt.prompt, opt.from_file, opt.n_samples)
-    image = read_image(opt.init_img, "--init-img", "init image")
+    image = read_image(opt.init_img, "--init-img", "init image", max_pixels=opt.max_pixels)
     loaded = load_script_model(opt, lambda model: check_upscaler(model, opt.config, opt.noise_level))
     model = loaded.model
     low_res = low_res_pixels(image, opt, model).to(loaded.device)

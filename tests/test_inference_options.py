@@ -149,7 +149,7 @@ def test_fp16_on_cpu_is_one_line_and_exit_2(text_model, tmp_path, monkeypatch, c
     for extra, message in (
         (["--precision", "fp16"], "--precision fp16 needs a CUDA or MPS device, not cpu; use --precision bf16"),
         (["--precision", "bf16", "--prepack"], "drop --prepack or use --precision full"),
-        (["--attention_slicing", "0"], "--attention_slicing 0"),
+        (["--attention_slicing", "0"], "--attention_slicing: 0 is out of range"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             run_script(lambda extra=extra: txt2img([*common, *extra]))

@@ -106,7 +106,8 @@ def test_unknown_dotlist_key_is_named_with_close_matches(override: str, message:
 
 
 def test_new_keys_are_allowed_for_lightning_and_constructor_arguments() -> None:
-    config = main.load_config([TOY], ["lightning.trainer.max_epochs=3", "model.params.step_delay=0.1"])
+    roots = [f"data.params.{split}.params.root=images" for split in ("train", "validation")]  # the toy's ??? values
+    config = main.load_config([TOY], ["lightning.trainer.max_epochs=3", "model.params.step_delay=0.1", *roots])
     assert config.lightning.trainer.max_epochs == 3 and config.model.params.step_delay == 0.1
 
 

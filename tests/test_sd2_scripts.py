@@ -430,7 +430,7 @@ def test_bad_flags_are_one_line_errors(inpaint_model, depth_model, upscale_model
         (inpaint, ["--image", str(image), "--mask", str(mask), *common, *_model_args(depth_model)],
          "not an SD 2.x inpainting model"),
         (depth2img, ["--init-img", str(image), "--strength", "1.5", *common, *_model_args(depth_model)],
-         "--strength 1.5 is outside"),
+         "--strength: 1.5 is out of range"),
         (depth2img, ["--init-img", str(image), *common, *_model_args(inpaint_model)], "not a depth-to-image model"),
         (depth2img, ["--init-img", str(image), "--depth", str(tmp_path / "no.png"), *common,
                      *_model_args(depth_model)], "depth map not found"),

@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 from pytorch_lightning import Trainer
 
+from ldm.cli.validation import OneLineParser, int_in
+
 #: Trainer arguments main.py sets itself; they cannot be given as ``--<name>``.
 RESERVED_TRAINER_ARGS = ("self", "logger", "callbacks", "plugins", "default_root_dir")
 
@@ -61,7 +63,7 @@ def get_parser(**parser_kwargs: Any) -> argparse.ArgumentParser:
     "absent" (``argparse.SUPPRESS``), so only those given appear in the namespace.
     """
     kwargs = {"prog": "main.py", "description": DESCRIPTION, "formatter_class": argparse.RawDescriptionHelpFormatter}
-    parser = argparse.ArgumentParser(**{**kwargs, **parser_kwargs})
+    parser = OneLineParser(**{**kwargs, **parser_kwargs})
     flag = {"type": str2bool, "nargs": "?", "const": True}
     parser.add_argument("-n", "--name", type=str, const=True, default="", nargs="?", help="postfix for logdir")
     parser.add_argument(
@@ -76,7 +78,7 @@ def get_parser(**parser_kwargs: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-test", default=False, help="disable test", **flag)
     parser.add_argument("-p", "--project", help="name of new or path to existing project (accepted, unused)")
     parser.add_argument("-d", "--debug", default=False, help="enable post-mortem debugging", **flag)
-    parser.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    parser.add_argument("-s", "--seed", type=int_in(0, 2**32 - 1), default=23, help="seed for seed_everything")
     parser.add_argument("-f", "--postfix", type=str, default="", help="post-postfix for default name")
     parser.add_argument("-l", "--logdir", type=str, default="logs", help="directory for logging")
     parser.add_argument(

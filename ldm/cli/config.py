@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.cli.args import trainer_arg_names
 from ldm.cli.errors import UsageError
+from ldm.cli.trainer_values import check_config_values, check_trainer_values
+from ldm.config_file import check_complete, read_config
 from ldm.util import ConfigError, get_obj_from_str
 
 
@@ -64,19 +66,24 @@ def check_dotlist_key(config: DictConfig, key: str) -> None:
 
 
 def load_config(paths: list[str], dotlist: list[str]) -> DictConfig:
-    """Merge the YAML files left to right, then the ``key.path=value`` overrides."""
+    """Merge the YAML files left to right, then the ``key.path=value`` overrides. Every file must be a readable YAML
+    mapping, and the result complete (no ``???`` left) with its known settings in range (:mod:`ldm.config_file`,
+    :mod:`ldm.cli.trainer_values`); each problem is one error line."""
     configs = []
     for path in paths:
         if not os.path.isfile(path):
             raise UsageError(f"config file {path!r} not found.")
-        configs.append(OmegaConf.load(path))
+        configs.append(read_config(path, "-b/--base"))
     config = OmegaConf.merge(*configs) if configs else OmegaConf.create()
     bad = [item for item in dotlist if "=" not in item or item.startswith("-")]
     if bad:
         raise UsageError(f"unrecognized argument(s) {bad}; config overrides are written key.path=value.")
     for item in dotlist:
         check_dotlist_key(config, item.split("=", 1)[0])
-    return OmegaConf.merge(config, OmegaConf.from_dotlist(dotlist))
+    merged = OmegaConf.merge(config, OmegaConf.from_dotlist(dotlist))
+    check_complete(merged, f"the config of {', '.join(paths) or 'the command line'}")
+    check_config_values(merged)
+    return merged
 
 
 #: Lightning 1 Trainer argument (found in the lightning.yaml of runs made with Lightning 1); see :func:`legacy_resume`.
@@ -114,4 +121,5 @@ def trainer_config(lightning_config: DictConfig, cli: dict[str, Any]) -> DictCon
             close = difflib.get_close_matches(str(key), sorted(valid), n=3)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise UsageError(f"lightning.trainer.{key} is not a pytorch_lightning.Trainer argument{hint}")
+    check_trainer_values(OmegaConf.to_container(config, resolve=True))
     return config
