@@ -21,6 +21,7 @@ from tqdm import tqdm, trange
 from ldm.checkpoint import CheckpointError
 from ldm.cli.validation import OneLineParser, float_in, int_in, require_file, require_writable_dir
 from ldm.conditioned_sampling import hybrid_conditioning
+from ldm.config_trust import TRUST_FLAG, trusting_configs, untrusted_configs
 from ldm.image_io import Watermark, save_grid, save_samples, to_unit_range
 from ldm.inference import (
     check_latent_geometry,
@@ -59,6 +60,7 @@ class SamplingParser(OneLineParser):
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
         opt = super().parse_args(args, namespace)
         opt.sampler = chosen_sampler(self, opt)
+        opt.config_is_default = opt.config == self.get_default("config")
         check_pixel_budget(self, opt)
         return opt
 
@@ -128,6 +130,9 @@ def add_sampling_arguments(
     arg("--allow_partial_ckpt", action="store_true",
         help="sample even when the checkpoint fills fewer than half of the model's tensors (normally an error: the "
         "checkpoint belongs to another model)")
+    arg(TRUST_FLAG, dest="trust_config", action="store_true",
+        help="trust the default config found in the current folder even where it names targets outside this "
+        "package's classes (a --config you name is always trusted)")
     add_speed_arguments(parser)
 
 
@@ -232,12 +237,21 @@ def load_script_model(opt: argparse.Namespace, check: Callable[[Any], None] | No
     precision = precision_scope(opt.precision, device)
     speed = speed_options(opt)
     check_paths(opt)
-    model = load_sampling_model(opt, device)
+    with trusting_configs(getattr(opt, "trust_config", False)), default_config_scope(opt):
+        model = load_sampling_model(opt, device)
     if check is not None:
         check(model)
     factor = latent_factor(model) if opt.f is None else opt.f
     check_latent_geometry(model, factor, model.channels if opt.C is None else opt.C)
     return LoadedModel(model, device, precision, speed)
+
+
+def default_config_scope(opt: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """A ``--config`` the user named is trusted; one left at the script's default (a path found in the current
+    folder, not named) has its targets screened as a config that came with a model (:mod:`ldm.config_trust`)."""
+    if getattr(opt, "config_is_default", False):
+        return untrusted_configs(opt.config)
+    return contextlib.nullcontext()
 
 
 def check_paths(opt: argparse.Namespace) -> None:

@@ -136,8 +136,14 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     """Import ``"package.module.Name"`` and return ``Name``.
 
     A ``taming.*`` path resolves through :data:`ldm.taming_aliases.TAMING_ALIASES` when taming-transformers is
-    not installed. Raises :class:`ConfigError` naming the path and the part that failed to resolve.
+    not installed. Raises :class:`ConfigError` naming the path and the part that failed to resolve. Inside
+    :func:`ldm.config_trust.untrusted_configs` the path is screened before it is imported, and what it names after.
     """
+    from ldm import config_trust
+
+    source, named = config_trust.untrusted_source(), string
+    if source is not None:
+        config_trust.screen_target(named, source)
     if not isinstance(string, str) or "." not in string:
         raise TargetImportError(
             f"target {string!r} is not an import path; write it as 'package.module.ClassName'."
@@ -157,12 +163,15 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     if reload:
         module = importlib.reload(module)
     try:
-        return getattr(module, attr)
+        obj = getattr(module, attr)
     except AttributeError as error:
         raise TargetAttributeError(
             f"target {string!r}: module {module_name!r} has no attribute {attr!r}. "
             "Check the class name in 'target'."
         ) from error
+    if source is not None:
+        config_trust.screen_class(named, obj, source)
+    return obj
 
 
 def _as_plain_params(params: Any, where: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from tqdm import trange
 from ldm.atomic_write import atomic_file
 from ldm.checkpoint import global_step_of, load_checkpoint, state_dict_of
 from ldm.cli.validation import OneLineParser, float_in, int_in, require_writable_dir
+from ldm.config_trust import TRUST_FLAG, check_config, trusting_configs, untrusted_configs
 from ldm.image_io import save_picture, to_pil, to_unit_range
 from ldm.inference import (
     choose_device,
@@ -70,6 +71,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA, else MPS, else CPU) or a device")
     parser.add_argument("--allow_partial_ckpt", action="store_true",
                         help="sample even when the checkpoint fills fewer than half of the model's tensors")
+    parser.add_argument(TRUST_FLAG, dest="trust_config", action="store_true",
+                        help="build the log directory's config even where it names targets outside this package's "
+                        "classes (only for a model from a source you trust)")
     return parser
 
 
@@ -128,14 +132,30 @@ def resolve_run(resume: str) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{path} (from -r/--resume) has neither model.ckpt nor checkpoints/last.ckpt")
 
 
-def run_config(logdir: Path, overrides: list[str]) -> DictConfig:
-    """The model's config from ``logdir`` merged with the command-line ``key=value`` overrides."""
+def config_files(logdir: Path) -> list[Path]:
+    """``logdir/config.yaml``, else the ``logdir/configs/*-project.yaml`` main.py wrote."""
     files = [logdir / "config.yaml"] if (logdir / "config.yaml").is_file() else sorted(
         (logdir / "configs").glob("*-project.yaml")
     )
     if not files:
         raise FileNotFoundError(f"no config.yaml or configs/*-project.yaml in {logdir}; put the model's config there")
-    return OmegaConf.merge(*(load_config(f, what="-r/--resume") for f in files), OmegaConf.from_dotlist(overrides))
+    return files
+
+
+def run_config(logdir: Path, overrides: list[str]) -> DictConfig:
+    """The model's config from ``logdir`` merged with the command-line ``key=value`` overrides. The files came
+    with the model: every target in them is screened first (:func:`ldm.config_trust.check_config`)."""
+    configs = []
+    for path in config_files(logdir):
+        configs.append(load_config(path, what="-r/--resume"))
+        check_config(configs[-1], path)
+    return OmegaConf.merge(*configs, OmegaConf.from_dotlist(overrides))
+
+
+def override_targets(overrides: list[str]) -> list[str]:
+    """The ``target`` values of the ``key=value`` overrides: named by the user, so trusted."""
+    pairs = [item.split("=", 1) for item in overrides]
+    return [value for key, value in pairs if key.split(".")[-1] == "target"]
 
 
 def check_classes(model: Any, classes: list[int] | None) -> None:
@@ -195,14 +215,16 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt, overrides = parse_args(argv)
     logdir, ckpt = resolve_run(opt.resume)
-    config = run_config(logdir, overrides)
-    device = choose_device(opt.device)
-    if opt.logdir == "none":
-        require_writable_dir(logdir, "-r/--resume (samples go under it)")
-    else:
-        require_writable_dir(opt.logdir, "-l/--logdir")
-    model, global_step = load_model_and_step(config, ckpt, device, allow_partial=opt.allow_partial_ckpt,
-                                             flag="-r/--resume")
+    source = ", ".join(str(path) for path in config_files(logdir))
+    with trusting_configs(opt.trust_config), untrusted_configs(source, override_targets(overrides)):
+        config = run_config(logdir, overrides)
+        device = choose_device(opt.device)
+        if opt.logdir == "none":
+            require_writable_dir(logdir, "-r/--resume (samples go under it)")
+        else:
+            require_writable_dir(opt.logdir, "-l/--logdir")
+        model, global_step = load_model_and_step(config, ckpt, device, allow_partial=opt.allow_partial_ckpt,
+                                                 flag="-r/--resume")
     optimize_for_inference(model, fast_blocks=True)
     check_classes(model, opt.classes)
     seed_everything(opt.seed)

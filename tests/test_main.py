@@ -257,7 +257,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path: Path) -> No
     assert main.main(toy_args(tmp_path, "-t", "-n", "split", *one_batch)) == 0
     split = only_logdir(tmp_path)
     time.sleep(1.1)  # saved configs are named by the second: let the resumed run write its own pair
-    assert main.main(["-r", str(split), "-t", "--max_steps", "4", *QUIET]) == 0
+    assert main.main(["-r", str(split), "--trust-config", "-t", "--max_steps", "4", *QUIET]) == 0
     assert only_logdir(tmp_path) == split and len(list((split / "configs").iterdir())) == 4
     assert main.main(toy_args(tmp_path / "b", "-t", "-n", "whole", "--max_steps", "4", *one_batch)) == 0
     resumed = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
@@ -274,7 +274,7 @@ def test_resuming_a_moved_logdir_keeps_writing_last_ckpt(tmp_path: Path) -> None
     assert main.main(toy_args(tmp_path, "-t", "-n", "run")) == 0
     moved = tmp_path / "moved" / only_logdir(tmp_path).name
     shutil.copytree(only_logdir(tmp_path), moved)
-    assert main.main(["-r", str(moved), "-t", "--max_steps", "3", *QUIET]) == 0
+    assert main.main(["-r", str(moved), "--trust-config", "-t", "--max_steps", "3", *QUIET]) == 0
     assert sorted(p.name for p in (moved / "checkpoints").glob("last*")) == ["last.ckpt"]
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 

@@ -95,8 +95,8 @@ def logdir_of(logs: Path) -> Path:
 
 
 def resume(logdir: Path) -> int:
-    return main.main(["-r", str(logdir), "-t", "--max_steps", str(STEPS), "--enable_progress_bar", "false",
-                      "lightning.callbacks.stop.params.step=-1"])
+    return main.main(["-r", str(logdir), "--trust-config", "-t", "--max_steps", str(STEPS),
+                      "--enable_progress_bar", "false", "lightning.callbacks.stop.params.step=-1"])
 
 
 def load(logdir: Path, step: int) -> dict[str, Any]:
@@ -169,8 +169,8 @@ def test_resume_from_an_epoch_end_step_checkpoint_is_bit_exact(runs: Callable, t
     shutil.copytree(runs(0)["whole"], copy)
     for step in range(4 + 1, STEPS + 1):
         (copy / "checkpoints" / f"step={step:03}.ckpt").unlink()
-    assert main.main(["-r", str(copy / "checkpoints" / "step=004.ckpt"), "-t", "--max_steps", str(STEPS),
-                      "--enable_progress_bar", "false"]) == 0
+    assert main.main(["-r", str(copy / "checkpoints" / "step=004.ckpt"), "--trust-config", "-t",
+                      "--max_steps", str(STEPS), "--enable_progress_bar", "false"]) == 0
     for step in range(4 + 1, STEPS + 1):
         assert not differing(load(runs(0)["whole"], step), load(copy, step)), f"step {step}"
 
@@ -217,7 +217,7 @@ def test_latent_diffusion_resumes_bit_for_bit(tmp_path: Path) -> None:
     shutil.copytree(whole, copy)
     for step in (3, 4):
         (copy / "checkpoints" / f"step={step:03}.ckpt").unlink()
-    assert main.main(["-r", str(copy / "checkpoints" / "step=002.ckpt"), "-t", "--max_steps", "4",
+    assert main.main(["-r", str(copy / "checkpoints" / "step=002.ckpt"), "--trust-config", "-t", "--max_steps", "4",
                       "--enable_progress_bar", "false"]) == 0
     for step in (3, 4):
         assert not differing(load(whole, step), load(copy, step)), f"step {step}"

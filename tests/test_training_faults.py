@@ -168,7 +168,7 @@ def test_bad_resume_checkpoint_is_one_line(toy_run: Path, tmp_path: Path, capsys
         else:
             checkpoint = {"state_dict": checkpoint["state_dict"]}
         torch.save(checkpoint, last)
-    status, line = run_main(["-r", str(logdir), "-t", "--max_steps", "3", *QUIET], capsys)
+    status, line = run_main(["-r", str(logdir), "--trust-config", "-t", "--max_steps", "3", *QUIET], capsys)
     assert status == 2 and line.startswith("main.py: error: ") and "last.ckpt" in line
     expected = {"mismatched": "does not belong to this config's model", "weights-only": "holds weights only"}
     assert expected.get(kind, "") in line
@@ -181,7 +181,7 @@ def test_hostile_resume_checkpoint_in_a_real_process(toy_run: Path, tmp_path: Pa
     shutil.copytree(toy_run, logdir)
     marker = tmp_path / "payload-ran"
     write_bad("hostile", logdir / "checkpoints" / "last.ckpt", marker)
-    status, err = finish(script(["-r", str(logdir), "-t", "--max_steps", "3", *QUIET]))
+    status, err = finish(script(["-r", str(logdir), "--trust-config", "-t", "--max_steps", "3", *QUIET]))
     assert status == 2 and len(error_lines(err)) == 1 and not marker.exists()
 
 
@@ -264,7 +264,7 @@ def test_stale_temporary_files_are_removed_on_resume(toy_run: Path, tmp_path: Pa
     for path in stale + kept[:2]:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"PK\x03\x04 partial")
-    assert main.main(["-r", str(logdir), "-t", "--max_steps", "3", *QUIET]) == 0
+    assert main.main(["-r", str(logdir), "--trust-config", "-t", "--max_steps", "3", *QUIET]) == 0
     assert not any(path.exists() for path in stale) and all(path.exists() for path in kept)
     assert load_checkpoint(ckptdir / "last.ckpt")["global_step"] == 3
 

@@ -88,6 +88,11 @@ def get_parser(**parser_kwargs: Any) -> argparse.ArgumentParser:
         "--resume_from_checkpoint", type=str, default=None,
         help="start a new logdir (e.g. with -n) from this checkpoint's full training state (Lightning 1 option)",
     )
+    parser.add_argument(
+        "--trust-config", dest="trust_config", action="store_true",
+        help="with -r: build the run's saved configs even where they name targets outside this package's classes "
+        "(configs given with -b are always trusted)",
+    )
     trainer_args = parser.add_argument_group("Lightning Trainer arguments (override lightning.trainer)")
     trainer_args.add_argument(
         "--gpus", type=parse_value, default=argparse.SUPPRESS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+from collections.abc import Collection
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +15,7 @@ from ldm.cli.args import trainer_arg_names
 from ldm.cli.errors import UsageError
 from ldm.cli.trainer_values import check_config_values, check_trainer_values
 from ldm.config_file import check_complete, read_config
+from ldm.config_trust import check_config
 from ldm.util import ConfigError, get_obj_from_str
 
 
@@ -65,8 +67,10 @@ def check_dotlist_key(config: DictConfig, key: str) -> None:
         raise UsageError(f"unknown config key {key!r}: {where} has no key {part!r}{hint}")
 
 
-def load_config(paths: list[str], dotlist: list[str]) -> DictConfig:
-    """Merge the YAML files left to right, then the ``key.path=value`` overrides. Every file must be a readable YAML
+def load_config(paths: list[str], dotlist: list[str], untrusted: Collection[str] = ()) -> DictConfig:
+    """Merge the YAML files left to right, then the ``key.path=value`` overrides. The files in ``untrusted`` (a
+    resumed run's saved configs) have their targets screened before anything is imported from them
+    (:func:`ldm.config_trust.check_config`; ``--trust-config`` lifts it). Every file must be a readable YAML
     mapping, and the result complete (no ``???`` left) with its known settings in range (:mod:`ldm.config_file`,
     :mod:`ldm.cli.trainer_values`); each problem is one error line."""
     configs = []
@@ -74,6 +78,8 @@ def load_config(paths: list[str], dotlist: list[str]) -> DictConfig:
         if not os.path.isfile(path):
             raise UsageError(f"config file {path!r} not found.")
         configs.append(read_config(path, "-b/--base"))
+        if path in untrusted:
+            check_config(configs[-1], path)
     config = OmegaConf.merge(*configs) if configs else OmegaConf.create()
     bad = [item for item in dotlist if "=" not in item or item.startswith("-")]
     if bad:

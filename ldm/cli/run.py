@@ -28,6 +28,7 @@ from ldm.cli.errors import UsageError
 from ldm.cli.paths import RunPaths
 from ldm.cli.resume_check import preload_resume_checkpoint
 from ldm.cli.trainer import build
+from ldm.config_trust import trusting_configs
 from ldm.util import ConfigError
 
 EXIT_FAILURE = 1
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     cli_trainer = {k: v for k, v in vars(opt).items() if k in trainer_arg_names()}
     trainer = paths = None
     try:
-        paths, model, data, trainer = build(opt, cli_trainer, unknown)
+        with trusting_configs(opt.trust_config):
+            paths, model, data, trainer = build(opt, cli_trainer, unknown)
         fit_and_test(opt, paths, model, data, trainer)
     except (UsageError, ConfigError, FileNotFoundError, CheckpointError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -178,7 +178,7 @@ def build(
         raise UsageError("-n/--name and -r/--resume cannot be used together; -r continues the run in its logdir "
                          "(to continue in a new logdir use -n with --resume_from_checkpoint).")
     paths = resolve_resume(opt.resume) if opt.resume else new_run(opt, now)
-    config = load_config(paths.saved_configs + list(opt.base), dotlist)
+    config = load_config(paths.saved_configs + list(opt.base), dotlist, untrusted=paths.saved_configs)
     for section in ("model", "data"):
         if section not in config:
             raise UsageError(f"the merged config has no '{section}' section; pass its config with -b/--base.")

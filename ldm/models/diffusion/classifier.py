@@ -16,7 +16,8 @@ Changes from the original (``latent-diffusion``'s ``ldm/models/diffusion/classif
 its bugs:
 
 - ``diffusion_path`` may name the config YAML itself, or, as in the original, a log directory whose newest
-  ``configs/*-project.yaml`` is used; checkpoints load through :mod:`ldm.checkpoint` (no pickled code);
+  ``configs/*-project.yaml`` is used (its targets screened, :mod:`ldm.config_trust`); checkpoints load through
+  :mod:`ldm.checkpoint` (no pickled code);
 - :meth:`get_x_noisy` is ``q_sample`` (the original read ``use_continuous_noise``, which no diffusion model has);
 - a given ``label_key`` wins over the diffusion model's ``cond_stage_key`` (the original ignored it);
 - top-k counts hits over the k predictions (the original summed over the last axis, the width of a map) with
@@ -42,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from ldm.checkpoint import apply_state_dict, load_state_dict_file
+from ldm.config_trust import check_config
 from ldm.models.diffusion.diffusion_wrapper import disabled_train, freeze_module
 from ldm.modules.diffusionmodules.openaimodel import EncoderUNetModel, UNetModel
 from ldm.optim import adam
@@ -77,6 +79,8 @@ def diffusion_model_config(diffusion_path: str | Path) -> DictConfig:
     elif not path.is_file():
         raise FileNotFoundError(f"diffusion_path={str(path)!r}: no such config file or log directory.")
     config = OmegaConf.load(path)
+    if Path(diffusion_path).is_dir():  # found in a log directory, beside its checkpoints: screened
+        check_config(config, path)
     if "model" not in config:
         raise ValueError(f"{path} has no 'model' section; diffusion_path must name a diffusion model's config.")
     return config.model
