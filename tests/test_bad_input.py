@@ -236,6 +236,13 @@ def test_main_bad_config_files_are_one_line(text, message, tmp_path, capsys):
     assert len(lines) == 1 and message in lines[0], lines
 
 
+def test_main_config_folder_is_one_line(tmp_path, capsys):
+    roots = [f"data.params.{split}.params.root={tmp_path}" for split in ("train", "validation")]
+    assert main.main(["-b", str(tmp_path), "-l", str(tmp_path / "logs"), *roots]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is a directory" in lines[0], lines
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # wrong output with exit status 0, now correct
 

@@ -75,6 +75,8 @@ def load_config(paths: list[str], dotlist: list[str], untrusted: Collection[str]
     :mod:`ldm.cli.trainer_values`); each problem is one error line."""
     configs = []
     for path in paths:
+        if os.path.isdir(path):
+            raise UsageError(f"config file {path!r} is a directory; pass the .yaml file in it.")
         if not os.path.isfile(path):
             raise UsageError(f"config file {path!r} not found.")
         configs.append(read_config(path, "-b/--base"))

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, CheckpointWriteError) or (isinstance(error, OSError) and error.errno in DISK_FULL):
             print(f"{parser.prog}: error: {disk_line(error, paths)}", file=sys.stderr)
             return EXIT_FAILURE
+        if isinstance(error, OSError) and not opt.debug:  # a read-only or clashing log folder, an unreadable file
+            print(f"{parser.prog}: error: {error} (run with --debug for the traceback)", file=sys.stderr)
+            return EXIT_FAILURE
         if opt.debug and (trainer is None or trainer.global_rank == 0):
             import pdb
 
