@@ -183,16 +183,21 @@ def compute_unets_in_float32(model: torch.nn.Module) -> None:
             module.dtype = torch.float32
 
 
-def load_eval_model(config: DictConfig, ckpt: str | Path, verbose: bool = False) -> torch.nn.Module:
+def load_eval_model(
+    config: DictConfig, ckpt: str | Path, verbose: bool = False, allow_partial: bool = False
+) -> torch.nn.Module:
     """``load_model_from_config(config, ckpt, verbose=False)`` of the sampling scripts' interface: the model of
     ``config.model`` with ``ckpt``'s weights (non-strict), in eval mode on CUDA, else MPS, else the CPU.
-    With ``verbose`` the missing and unexpected keys are logged in full."""
+    With ``verbose`` the missing and unexpected keys are logged in full. A checkpoint that fills fewer than half
+    of the model's tensors (another model's file) raises ``ValueError`` unless ``allow_partial``."""
     model = instantiate_from_config(config.model)
     logger.info("Loading model from %s", ckpt)
     checkpoint = load_checkpoint(ckpt, config_key="ckpt")
     if global_step_of(checkpoint) is not None:
         logger.info("Global Step: %d", global_step_of(checkpoint))
-    report = apply_state_dict(model, state_dict_of(checkpoint, ckpt), what=type(model).__name__)
+    state_dict = state_dict_of(checkpoint, ckpt)
+    report = apply_state_dict(model, state_dict, what=type(model).__name__)
+    check_enough_loaded(model, report, state_dict, str(ckpt), allow_partial)
     if verbose and report.missing:
         logger.info("missing keys:\n%s", report.missing)
     if verbose and report.unexpected:

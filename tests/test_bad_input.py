@@ -243,6 +243,17 @@ def test_main_config_folder_is_one_line(tmp_path, capsys):
     assert len(lines) == 1 and "is a directory" in lines[0], lines
 
 
+def test_library_loader_refuses_another_models_checkpoint(model_files):
+    """``ldm.inference.load_eval_model`` (the README's library entry) applies the same check as the scripts."""
+    from ldm.inference import load_eval_model
+
+    config = OmegaConf.load(model_files["config"])
+    with pytest.raises(ValueError, match="vae.ckpt"):
+        load_eval_model(config, model_files["root"] / "vae.ckpt")
+    assert load_eval_model(config, model_files["root"] / "vae.ckpt", allow_partial=True) is not None
+    assert load_eval_model(config, model_files["ckpt"]) is not None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # wrong output with exit status 0, now correct
 
