@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 from ldm.models.diffusion.diffusion_wrapper import disabled_train as disabled_train
+from ldm.modules.midas.loading import DPT_BACKBONES, build_network
 from ldm.modules.midas.loading import ISL_PATHS as ISL_PATHS
-from ldm.modules.midas.loading import build_network
 from ldm.modules.midas.loading import load_midas_transform as load_midas_transform
 from ldm.modules.midas.loading import load_model as load_model
 
 # Built in the original from torch.hub code (ResNeXt-101 WSL, EfficientNet-Lite3); here from torchvision / timm.
 HUB_ONLY = ("midas_v21", "midas_v21_small")
+#: model type → DPT backbone (imported from here by ``ldm.data.util``).
+DPT_BACKBONE = DPT_BACKBONES
 
 
 class MiDaSInference(nn.Module):
