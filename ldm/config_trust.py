@@ -35,6 +35,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ldm import target_screen
 from ldm.taming_aliases import TAMING_ALIASES
 from ldm.util import ConfigError, get_obj_from_str
 
@@ -263,3 +264,6 @@ def check_config(config: Any, source: str | Path) -> None:
         finally:
             _SOURCE.reset(token)
         screen_class(path, obj, source, key)
+
+
+target_screen.register(sys.modules[__name__])

@@ -212,13 +212,14 @@ def chunk(it: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
 
 
 def load_config(path: str | Path, what: str = "--config") -> DictConfig:
-    """The YAML config at ``path`` (named by the flag ``what``), complete (no ``???`` left, interpolations that
-    resolve); every problem is one ``ConfigError`` / ``FileNotFoundError`` line (:mod:`ldm.config_file`)."""
+    """The YAML config at ``path`` (named by the flag ``what``), its ``model:`` section complete (no ``???`` left,
+    interpolations that resolve; a training config's unset data roots do not matter for sampling); every problem
+    is one ``ConfigError`` / ``FileNotFoundError`` line (:mod:`ldm.config_file`)."""
     config = read_config(path, what)
-    check_complete(config, f"config file {path} (from {what})")
     if not isinstance(config.get("model"), DictConfig):
         raise ConfigError(f"config file {path} (from {what}) has no model: section (a mapping with target and "
                           "params); pass the model's inference config")
+    check_complete(config.model, f"config file {path} (from {what}), model section,")  # data: is not used here
     return config
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ldm import target_screen
 from ldm.ema_optimizer import AdamWwithEMAandWings as AdamWwithEMAandWings
 from ldm.parallel_prefetch import parallel_data_prefetch as parallel_data_prefetch
 from ldm.taming_aliases import NoTamingEquivalentError, resolve_target
@@ -139,11 +140,10 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     not installed. Raises :class:`ConfigError` naming the path and the part that failed to resolve. Inside
     :func:`ldm.config_trust.untrusted_configs` the path is screened before it is imported, and what it names after.
     """
-    from ldm import config_trust
-
-    source, named = config_trust.untrusted_source(), string
+    screener = target_screen.screener
+    source, named = (screener.untrusted_source() if screener is not None else None), string
     if source is not None:
-        config_trust.screen_target(named, source)
+        screener.screen_target(named, source)
     if not isinstance(string, str) or "." not in string:
         raise TargetImportError(
             f"target {string!r} is not an import path; write it as 'package.module.ClassName'."
@@ -170,7 +170,7 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
             "Check the class name in 'target'."
         ) from error
     if source is not None:
-        config_trust.screen_class(named, obj, source)
+        screener.screen_class(named, obj, source)
     return obj
 
 
