@@ -25,6 +25,10 @@ setup(
         "scipy",
         "torchsde>=0.2.5",
         "open_clip_torch>=2.20",
+        "webdataset>=0.2.86",
+        "peft>=0.10",
+        "torchmetrics>=1.0",
+        "torch-fidelity>=0.3",
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4", "scikit-learn", "tensorboard"],
