@@ -8,6 +8,7 @@ anti-aliased by rendering at 4x and averaging, which keeps the images natural fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ COLORS = {
     "yellow": (235, 200, 30),
     "purple": (140, 50, 190),
 }
+#: Colours the default dataset never draws, for fine-tuning experiments (``ShapesDataset(colours=...)``).
+EXTRA_COLORS = {"orange": (250, 120, 20)}
 #: Size name → half the side of the shape's bounding box, as a fraction of the image side (at 32 px: 10 and 16 px
 #: sides, so that a small triangle still spans 3x3 cells of an f=4 latent).
 SIZES = {"small": 0.16, "large": 0.25}
@@ -88,12 +91,14 @@ def _block_means(inside: np.ndarray, factor: int) -> np.ndarray:
     return sum(columns[offset::factor] for offset in range(factor)) / factor**2
 
 
-def render(spec: ShapeSpec, size: int, jitter: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """The image of ``spec`` as ``(size, size, 3)`` uint8; ``jitter`` shifts the centre, in pixels."""
+def render(spec: ShapeSpec, size: int, jitter: tuple[float, float] = (0.0, 0.0),
+           palette: Mapping[str, Sequence[int]] | None = None) -> np.ndarray:
+    """The image of ``spec`` as ``(size, size, 3)`` uint8; ``jitter`` shifts the centre, in pixels. ``palette``:
+    colour name → RGB (default ``COLORS``)."""
     fx, fy = POSITIONS[spec.position]
     center = (fx * size + jitter[0], fy * size + jitter[1])
     coverage = shape_mask(spec.kind, size, center, SIZES[spec.size] * size)[..., None]
-    colour = np.asarray(COLORS[spec.color], dtype=np.float64)
+    colour = np.asarray((COLORS if palette is None else palette)[spec.color], dtype=np.float64)
     background = np.asarray(BACKGROUND, dtype=np.float64)
     image = coverage * colour + (1.0 - coverage) * background
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -104,10 +109,15 @@ class ShapesDataset(Dataset):
 
     Item: ``{"image": (size, size, 3) float32 in [-1, 1], "caption": str, "class_label": int, "kind", "color",
     "size", "position": str}``. ``split`` selects an independent stream of the same distribution.
+
+    ``colours`` (name → RGB, e.g. ``{**COLORS, **EXTRA_COLORS}``) replaces the five colours drawn, and
+    ``colour_weights`` (one per colour, relative) their frequencies; ``class_label`` then counts colours in that
+    palette. Left None, the items are exactly those of the default dataset.
     """
 
     def __init__(self, size: int = 32, length: int = 5000, split: str = "train", seed: int = 0,
-                 max_jitter: float = 1.5) -> None:
+                 max_jitter: float = 1.5, colours: Mapping[str, Sequence[int]] | None = None,
+                 colour_weights: Sequence[float] | None = None) -> None:
         if split not in SPLIT_OFFSETS:
             raise ValueError(f"split {split!r} is unknown; use one of {sorted(SPLIT_OFFSETS)}")
         if size < 16:
@@ -117,6 +127,8 @@ class ShapesDataset(Dataset):
         self.split = split
         self.seed = seed
         self.max_jitter = max_jitter
+        self.colours = dict(COLORS) if colours is None else {str(k): tuple(v) for k, v in dict(colours).items()}
+        self.colour_probabilities = _probabilities(colour_weights, len(self.colours))
 
     def __len__(self) -> int:
         return self.length
@@ -126,24 +138,41 @@ class ShapesDataset(Dataset):
         rng = np.random.default_rng([self.seed, SPLIT_OFFSETS[self.split], index])
         spec = ShapeSpec(
             kind=KINDS[rng.integers(len(KINDS))],
-            color=list(COLORS)[rng.integers(len(COLORS))],
+            color=self._draw_colour(rng),
             size=list(SIZES)[rng.integers(len(SIZES))],
             position=list(POSITIONS)[rng.integers(len(POSITIONS))],
         )
         jitter = tuple(rng.uniform(-self.max_jitter, self.max_jitter, size=2).tolist())
         return spec, jitter
 
+    def _draw_colour(self, rng: np.random.Generator) -> str:
+        names = list(self.colours)
+        if self.colour_probabilities is None:
+            return names[rng.integers(len(names))]
+        return names[rng.choice(len(names), p=self.colour_probabilities)]
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         spec, jitter = self.spec(index)
-        image = render(spec, self.size, jitter).astype(np.float32) / 127.5 - 1.0
+        image = render(spec, self.size, jitter, self.colours).astype(np.float32) / 127.5 - 1.0
         return {
             "image": image,
             "caption": spec.caption,
-            "class_label": spec.class_label,
+            "class_label": KINDS.index(spec.kind) * len(self.colours) + list(self.colours).index(spec.color),
             "kind": spec.kind,
             "color": spec.color,
             "size": spec.size,
             "position": spec.position,
         }
+
+
+def _probabilities(weights: Sequence[float] | None, count: int) -> np.ndarray | None:
+    """Relative colour weights as probabilities (None: uniform, drawn as the default dataset draws)."""
+    if weights is None:
+        return None
+    values = np.asarray(list(weights), dtype=np.float64)
+    if values.shape != (count,) or not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+        raise ValueError(f"colour_weights {list(weights)} must be {count} non-negative numbers (one per colour) "
+                         "with a positive sum")
+    return values / values.sum()

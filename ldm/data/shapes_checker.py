@@ -13,6 +13,7 @@ It shares nothing with the models, so it can judge whether generated images foll
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -21,16 +22,25 @@ from ldm.data.shapes import BACKGROUND, COLORS, KINDS, POSITIONS, SIZES, ShapeSp
 
 _BACKGROUND = np.asarray(BACKGROUND, dtype=np.float64)
 _PALETTE = {name: np.asarray(rgb, dtype=np.float64) for name, rgb in COLORS.items()}
+Palette = Mapping[str, Sequence[int]]
 
 
-def foreground_coverage(image: np.ndarray) -> np.ndarray:
+def _as_palette(palette: Palette | None) -> dict[str, np.ndarray]:
+    """``palette`` (colour name → RGB) as float arrays; None: the dataset's five colours."""
+    if palette is None:
+        return _PALETTE
+    return {name: np.asarray(rgb, dtype=np.float64) for name, rgb in palette.items()}
+
+
+def foreground_coverage(image: np.ndarray, palette: Palette | None = None) -> np.ndarray:
     """Soft foreground coverage in [0, 1] of an ``(H, W, 3)`` uint8 image drawn on the white background.
 
     Each pixel's distance from white is divided by the smallest distance of any palette colour from white, so a
-    solid shape pixel has coverage ≈ 1 and an anti-aliased edge pixel its covered fraction.
+    solid shape pixel has coverage ≈ 1 and an anti-aliased edge pixel its covered fraction. ``palette``: colour
+    name → RGB (default: the dataset's ``COLORS``).
     """
     distance = np.linalg.norm(image.astype(np.float64) - _BACKGROUND, axis=-1)
-    full = min(np.linalg.norm(rgb - _BACKGROUND) for rgb in _PALETTE.values())
+    full = min(np.linalg.norm(rgb - _BACKGROUND) for rgb in _as_palette(palette).values())
     return np.clip(distance / full, 0.0, 1.0)
 
 
@@ -40,9 +50,9 @@ def box_fill(coverage: np.ndarray) -> float:
     return float(coverage.sum() / (coverage.max(axis=0).sum() * coverage.max(axis=1).sum()))
 
 
-def _solid_coverage(image: np.ndarray) -> np.ndarray:
+def _solid_coverage(image: np.ndarray, palette: Palette | None = None) -> np.ndarray:
     """Foreground coverage with the faint pixels (below 0.2: noise, compression, halos) set to zero."""
-    coverage = foreground_coverage(image)
+    coverage = foreground_coverage(image, palette)
     return np.where(coverage > 0.2, coverage, 0.0)
 
 
@@ -61,12 +71,13 @@ def kind_thresholds(image_size: int) -> tuple[float, float]:
     return (triangle + circle) / 2, (circle + square) / 2
 
 
-def read_shape(image: np.ndarray) -> ShapeSpec | None:
-    """The attributes an ``(H, W, 3)`` uint8 image shows, or None when it shows no shape at all."""
+def read_shape(image: np.ndarray, palette: Palette | None = None) -> ShapeSpec | None:
+    """The attributes an ``(H, W, 3)`` uint8 image shows, or None when it shows no shape at all; the colour is
+    the nearest entry of ``palette`` (colour name → RGB, default the dataset's ``COLORS``)."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
     height, width = image.shape[:2]
-    coverage = _solid_coverage(image)
+    coverage = _solid_coverage(image, palette)
     area = coverage.sum()
     if area < 4.0:
         return None
@@ -75,7 +86,8 @@ def read_shape(image: np.ndarray) -> ShapeSpec | None:
     if len(xs) == 0:
         return None
     mean_colour = image[solid].astype(np.float64).mean(axis=0)
-    color = min(_PALETTE, key=lambda name: np.linalg.norm(_PALETTE[name] - mean_colour))
+    colours = _as_palette(palette)
+    color = min(colours, key=lambda name: np.linalg.norm(colours[name] - mean_colour))
 
     fill = box_fill(coverage)
     low, high = kind_thresholds(max(height, width))
@@ -90,14 +102,16 @@ def read_shape(image: np.ndarray) -> ShapeSpec | None:
     return ShapeSpec(kind=kind, color=color, size=size, position=position)
 
 
-def attribute_accuracy(images: list[np.ndarray], specs: list[ShapeSpec]) -> dict[str, float]:
-    """Fraction of images whose read attributes equal the intended ones, per attribute and for all four."""
+def attribute_accuracy(images: list[np.ndarray], specs: list[ShapeSpec],
+                       palette: Palette | None = None) -> dict[str, float]:
+    """Fraction of images whose read attributes equal the intended ones, per attribute and for all four
+    (colours read against ``palette``, default the dataset's ``COLORS``)."""
     if len(images) != len(specs) or not images:
         raise ValueError("need the same, non-zero number of images and intended specs")
     keys = ("kind", "color", "size", "position")
     hits = {key: 0 for key in (*keys, "all")}
     for image, spec in zip(images, specs):
-        read = read_shape(image)
+        read = read_shape(image, palette)
         if read is None:
             continue
         matches = [getattr(read, key) == getattr(spec, key) for key in keys]
