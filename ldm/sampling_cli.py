@@ -35,7 +35,11 @@ from ldm.inference import (
     seed_everything,
     text_conditioning,
 )
+from ldm.lora.files import parse_lora_spec
+from ldm.lora.merge import apply_lora_files
 from ldm.models.diffusion.named_samplers import SCHEDULE_ALIASES, SCHEDULES, NamedSampler, describe_samplers
+from ldm.models.diffusion.sampling_common import DDIMScheduleSampler
+from ldm.models.diffusion.schedule import TIMESTEP_SPACINGS
 from ldm.util import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -127,6 +131,9 @@ def add_sampling_arguments(
     arg("--max_pixels", type=int_in(1), default=MAX_PIXELS,
         help="refuse init images and --H x --W above this many pixels (default %(default)s = 4096 x 4096); raise it "
         "for larger images if the memory is there")
+    arg("--lora", type=parse_lora_spec, action="append", default=[], metavar="FILE[:WEIGHT]",
+        help="merge this LoRA file (kohya / AUTOMATIC1111 .safetensors) into the model with this weight (default "
+        "1.0): W += weight * (alpha / rank) * up @ down; repeat the flag for several files (see docs/lora.md)")
     arg("--allow_partial_ckpt", action="store_true",
         help="sample even when the checkpoint fills fewer than half of the model's tensors (normally an error: the "
         "checkpoint belongs to another model)")
@@ -145,6 +152,13 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     arg("--schedule", type=str.lower, default=None, choices=[*SCHEDULES, *SCHEDULE_ALIASES],
         help="the noise levels of the k-diffusion samplers (default normal: the model's own timesteps; uniform is "
         "normal); DDIM, PLMS and the DPM-Solvers space their steps themselves")
+    arg("--timestep_spacing", type=str, default="uniform", choices=list(TIMESTEP_SPACINGS),
+        help="DDIM and PLMS only, txt2img: which model timesteps the steps visit: uniform (default, the original "
+        "1, 1 + T/S, ...), quad, or trailing (T-1, T-1-T/S, ...; for zero-terminal-SNR models, see "
+        "docs/training_objectives.md)")
+    arg("--guidance_rescale", type=float_in(0.0, 1.0), default=0.0, metavar="PHI",
+        help="guidance rescale phi in [0, 1] (Lin et al. 2024): the guided output brought back towards the spread of "
+        "the conditional one, against over-exposure at large --scale; 0 (default) = off, 0.7 as in the paper")
     arg("--plms", action="store_true", help="use plms sampling (the same as --sampler plms)")
     arg("--dpm_solver", action="store_true", help="use DPM-Solver++(2M) sampling (the same as --sampler dpm_solver)")
 
@@ -231,14 +245,16 @@ class LoadedModel:
 def load_script_model(opt: argparse.Namespace, check: Callable[[Any], None] | None = None) -> LoadedModel:
     """The model of the flags, checked before anything is written: the ``--device``, the ``--precision`` context
     and the speed options (which fail on impossible combinations before the slow load), the model of ``--config`` /
-    ``--ckpt`` (:func:`ldm.inference.load_sampling_model`), ``check(model)`` (does the script suit the model?), and
-    ``--f`` / ``--C`` against the model's first stage (a flag left None means the model's own value)."""
+    ``--ckpt`` (:func:`ldm.inference.load_sampling_model`) with every ``--lora`` merged in (:mod:`ldm.lora`),
+    ``check(model)`` (does the script suit the model?), and ``--f`` / ``--C`` against the model's first stage (a flag
+    left None means the model's own value)."""
     device = choose_device(opt.device)
     precision = precision_scope(opt.precision, device)
     speed = speed_options(opt)
     check_paths(opt)
     with trusting_configs(getattr(opt, "trust_config", False)), default_config_scope(opt):
         model = load_sampling_model(opt, device)
+    apply_lora_files(model, getattr(opt, "lora", []))
     if check is not None:
         check(model)
     factor = latent_factor(model) if opt.f is None else opt.f
@@ -255,11 +271,13 @@ def default_config_scope(opt: argparse.Namespace) -> contextlib.AbstractContextM
 
 
 def check_paths(opt: argparse.Namespace) -> None:
-    """Before the slow load: ``--config`` and ``--ckpt`` (when given) are readable files and ``--outdir`` is, or
-    can become, a folder we may write in; each failure names the flag and the fix."""
+    """Before the slow load: ``--config``, ``--ckpt`` (when given) and every ``--lora`` are readable files and
+    ``--outdir`` is, or can become, a folder we may write in; each failure names the flag and the fix."""
     require_file(opt.config, "--config", "config file")
     if opt.ckpt is not None:
         require_file(opt.ckpt, "--ckpt", "checkpoint")
+    for spec in getattr(opt, "lora", []):
+        require_file(spec.path, "--lora", "LoRA file")
     require_writable_dir(opt.outdir, "--outdir")
 
 
@@ -287,14 +305,31 @@ class SamplingStart:
             c_adm = None if self.c_adm is None else self.c_adm[:batch]
             c, uc = hybrid_conditioning(self.c_concat[:batch], c, uc, c_adm=c_adm)
         noise = None if self.noise is None else self.noise[:batch]
-        guidance = {"unconditional_guidance_scale": opt.scale, "unconditional_conditioning": uc, "eta": opt.ddim_eta}
+        guidance = {"unconditional_guidance_scale": opt.scale, "unconditional_conditioning": uc, "eta": opt.ddim_eta,
+                    "guidance_rescale": getattr(opt, "guidance_rescale", 0.0)}
+        spacing = spacing_options(opt, sampler, img2img=self.init_latent is not None)
         if self.init_latent is not None:
             return sampler.img2img(self.init_latent[:batch], opt.strength, opt.ddim_steps, c, noise=noise, **guidance)
         if self.shape is None:
             raise ValueError("SamplingStart needs a latent shape (C, h, w) to sample from noise, or an init_latent")
         latents, _ = sampler.sample(S=opt.ddim_steps, conditioning=c, batch_size=batch, shape=self.shape,
-                                    verbose=False, x_T=noise, **guidance)
+                                    verbose=False, x_T=noise, **guidance, **spacing)
         return latents
+
+
+def spacing_options(opt: argparse.Namespace, sampler: NamedSampler, img2img: bool) -> dict[str, Any]:
+    """The ``sample`` keywords of ``--timestep_spacing``: none for ``uniform`` (the original call), else
+    ``sampler_options={"timestep_spacing": ...}``; ``ValueError`` naming the fix where the sampler or img2img
+    cannot space its steps so."""
+    spacing = getattr(opt, "timestep_spacing", "uniform")
+    if spacing == "uniform":
+        return {}
+    if not isinstance(getattr(sampler, "legacy", None), DDIMScheduleSampler):
+        raise ValueError(f"--timestep_spacing {spacing} works with --sampler ddim or plms only; drop it for "
+                         f"{opt.sampler!r} (the k-diffusion samplers take --schedule)")
+    if img2img:
+        raise ValueError(f"--timestep_spacing {spacing} is not supported for img2img yet; use uniform")
+    return {"sampler_options": {"timestep_spacing": spacing}}
 
 
 class SampleWriter:

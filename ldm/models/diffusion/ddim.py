@@ -26,14 +26,21 @@ logger = logging.getLogger(__name__)
 class DDIMSampler(DDIMScheduleSampler):
     """DDIM sampler over a model's discrete schedule (see :class:`DDIMScheduleSampler` for the buffers)."""
 
-    sample_options: ClassVar[dict[str, Any]] = {"dynamic_threshold": None, "ucg_schedule": None}
+    sample_options: ClassVar[dict[str, Any]] = {
+        "dynamic_threshold": None, "ucg_schedule": None, "timestep_spacing": "uniform",
+    }  # fmt: skip
 
     def run(
-        self, request: SamplingRequest, dynamic_threshold: float | None, ucg_schedule: Sequence[float] | None
+        self, request: SamplingRequest, dynamic_threshold: float | None, ucg_schedule: Sequence[float] | None,
+        timestep_spacing: str,
     ) -> SampleResult:
-        """``sample`` for DDIM: S steps at η = ``eta``; ``ucg_schedule`` gives one guidance scale per step instead
-        of ``unconditional_guidance_scale``; ``dynamic_threshold`` must stay None."""
-        self.make_schedule(ddim_num_steps=request.steps, ddim_eta=request.eta, verbose=request.verbose)
+        """``sample`` for DDIM: S steps at η = ``eta``, spaced by ``timestep_spacing`` (``"uniform"``, ``"quad"`` or
+        ``"trailing"``, the ``ddim_discretize`` of :meth:`make_schedule`); ``ucg_schedule`` gives one guidance scale
+        per step instead of ``unconditional_guidance_scale``; ``dynamic_threshold`` must stay None."""
+        self.make_schedule(
+            ddim_num_steps=request.steps, ddim_discretize=timestep_spacing, ddim_eta=request.eta,
+            verbose=request.verbose,
+        )  # fmt: skip
         logger.info("Data shape for DDIM sampling is %s, eta %s", request.size, request.eta)
         return self.ddim_sampling(
             request.conditioning, request.size, **request.loop_keywords(), dynamic_threshold=dynamic_threshold,
@@ -172,15 +179,16 @@ class DDIMSampler(DDIMScheduleSampler):
         use_original_steps: bool = False,
         callback: Callable[[int], None] | None = None,
         disable_progress: bool = False,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """Deterministic (η of :meth:`make_schedule`) DDIM denoising of ``x_latent`` ``(B, ...)`` from schedule
         position ``t_start`` (the latent of ``stochastic_encode(x0, t_start - 1)`` or of :meth:`encode`) down to
-        x_0; ``callback(i)`` after each step."""
+        x_0; ``callback(i)`` after each step; ``guidance_rescale`` φ as in ``sample``."""
         visited = np.arange(self.ddpm_num_timesteps) if use_original_steps else self.ddim_timesteps
 
         options = StepOptions(
             use_original_steps=use_original_steps, unconditional_guidance_scale=unconditional_guidance_scale,
-            unconditional_conditioning=unconditional_conditioning,
+            unconditional_conditioning=unconditional_conditioning, guidance_rescale=guidance_rescale,
         )  # fmt: skip
         step = self._guided_step(cond, lambda index: unconditional_guidance_scale, options)
         time_range = np.flip(visited[:t_start])

@@ -25,8 +25,14 @@ from ldm.models.diffusion.diffusion_wrapper import DiffusionWrapper
 from ldm.models.diffusion.ema_resets import apply_ema_resets
 from ldm.models.diffusion.gaussian_diffusion import LOSS_TYPES, GaussianDiffusion
 from ldm.models.diffusion.image_logging import logged_timesteps, rows_to_grid, select_keys
+from ldm.models.diffusion.objectives import TrainingObjective
 from ldm.models.diffusion.prediction import parse_parameterization
-from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, make_betas, schedule_buffers
+from ldm.models.diffusion.schedule import (
+    NON_PERSISTENT_BUFFERS,
+    make_betas,
+    rescale_zero_terminal_snr,
+    schedule_buffers,
+)
 from ldm.models.diffusion.weight_fitting import make_it_fit
 from ldm.modules.diffusionmodules.util import noise_like
 from ldm.modules.ema import LitEma, ema_weights
@@ -48,6 +54,11 @@ class DDPM(pl.LightningModule):
     :func:`~ldm.models.diffusion.conditioning.drop_conditioning`. ``make_it_fit`` lets ``ckpt_path`` hold tensors
     of other shapes (:func:`~ldm.models.diffusion.weight_fitting.make_it_fit`); ``reset_ema`` and
     ``reset_num_ema_updates``: :func:`~ldm.models.diffusion.ema_resets.apply_ema_resets`.
+
+    Optional objectives, all off by default (:mod:`~ldm.models.diffusion.objectives`): ``snr_gamma`` (min-SNR-γ
+    loss weights), ``noise_offset`` (offset noise), ``input_perturbation``; ``zero_terminal_snr`` rescales the
+    betas so that ᾱ_T = 0 (:func:`~ldm.models.diffusion.schedule.rescale_zero_terminal_snr`; needs v- or
+    x0-prediction, and at sampling time the "trailing" timestep spacing).
     """
 
     def __init__(
@@ -83,9 +94,22 @@ class DDPM(pl.LightningModule):
         ucg_training: Mapping[str, Mapping[str, Any]] | None = None,
         reset_ema: bool = False,
         reset_num_ema_updates: bool = False,
+        *,
+        snr_gamma: float | None = None,
+        noise_offset: float = 0.0,
+        input_perturbation: float = 0.0,
+        zero_terminal_snr: bool = False,
     ):
         super().__init__()
         parse_parameterization(parameterization)
+        if zero_terminal_snr and parameterization == "eps":
+            raise SettingError(
+                "model.params.zero_terminal_snr: true makes x_T pure noise, where an ε-prediction determines no x̂_0; "
+                "set model.params.parameterization: v (or x0)."
+            )
+        TrainingObjective(snr_gamma, noise_offset, input_perturbation)  # checks the values
+        self.snr_gamma, self.noise_offset, self.input_perturbation = snr_gamma, noise_offset, input_perturbation
+        self.zero_terminal_snr = bool(zero_terminal_snr)
         if loss_type not in LOSS_TYPES:
             raise UnsupportedSettingError(f"loss_type {loss_type!r} is unknown; use 'l1' or 'l2'.")
         logger.info("%s: Running in %s-prediction mode", type(self).__name__, parameterization)
@@ -150,8 +174,11 @@ class DDPM(pl.LightningModule):
         linear_end: float = 2e-2,
         cosine_s: float = 8e-3,
     ) -> None:
-        """(Re)build the schedule: the persistent ``(T,)`` buffers and the recomputed ``lvlb_weights``."""
+        """(Re)build the schedule: the persistent ``(T,)`` buffers and the recomputed ``lvlb_weights``; rescaled to
+        zero terminal SNR when ``self.zero_terminal_snr``."""
         betas = make_betas(given_betas, beta_schedule, timesteps, linear_start, linear_end, cosine_s)
+        if getattr(self, "zero_terminal_snr", False):
+            betas = rescale_zero_terminal_snr(betas)
         self.num_timesteps = len(betas)
         self.linear_start, self.linear_end = linear_start, linear_end
         for name, table in schedule_buffers(betas, self.v_posterior, self.parameterization).items():
@@ -272,19 +299,48 @@ class DDPM(pl.LightningModule):
     def _log_prefix(self) -> str:
         return "train" if self.training else "val"
 
+    @property
+    def objective(self) -> TrainingObjective:
+        """The objective options (``snr_gamma``, ``noise_offset``, ``input_perturbation``) as one value."""
+        return TrainingObjective(self.snr_gamma, self.noise_offset, self.input_perturbation)
+
+    def objective_losses(
+        self, model_fn: Any, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None,
+        logvar: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`GaussianDiffusion.training_losses` with this model's objective options.
+
+        ε (when not given) is offset noise while training, N(0, I) otherwise; input perturbation applies while
+        training only (so validation losses measure the plain objective); min-SNR weights apply to both.
+        """
+        objective = self.objective
+        noise = objective.draw_noise(x_start, self.training) if noise is None else noise
+        return self.diffusion.training_losses(
+            model_fn, x_start, t, noise, logvar=logvar, input_noise=objective.input_noise(noise, self.training),
+            snr_gamma=objective.snr_gamma,
+        )  # fmt: skip
+
+    def objective_logs(self, terms: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """``{prefix}/snr_weight`` (mean w_t) and ``/loss_simple_unweighted`` when min-SNR weighting is on."""
+        if "snr_weight" not in terms:
+            return {}
+        return {f"{prefix}/snr_weight": terms["snr_weight"].mean(),
+                f"{prefix}/loss_simple_unweighted": terms["simple_unweighted"].mean()}
+
     def p_losses(
         self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """loss = l_simple_weight · mean(L) + original_elbo_weight · mean(lvlb_weights[t] · L), L per sample.
+        """loss = l_simple_weight · mean(w_t L) + original_elbo_weight · mean(lvlb_weights[t] · L), L per sample,
+        w_t the min-SNR weight (1 unless ``snr_gamma``).
 
-        Logged as ``{train|val}/loss_simple``, ``/loss_vlb``, ``/loss``.
+        Logged as ``{train|val}/loss_simple``, ``/loss_vlb``, ``/loss`` (and :meth:`objective_logs`).
         """
-        noise = torch.randn_like(x_start) if noise is None else noise
-        terms = self.diffusion.training_losses(self.model, x_start, t, noise)
+        terms = self.objective_losses(self.model, x_start, t, noise)
         simple, vlb = terms["simple"].mean(), terms["vlb"].mean()
         loss = self.l_simple_weight * simple + self.original_elbo_weight * vlb
         prefix = self._log_prefix()
-        return loss, {f"{prefix}/loss_simple": simple, f"{prefix}/loss_vlb": vlb, f"{prefix}/loss": loss}
+        logs = {f"{prefix}/loss_simple": simple, f"{prefix}/loss_vlb": vlb, f"{prefix}/loss": loss}
+        return loss, {**logs, **self.objective_logs(terms, prefix)}
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss at a uniformly drawn t ∈ {0..T−1} per sample."""

@@ -6,8 +6,8 @@ With α_t = 1 − β_t and ᾱ_t = ∏_{s≤t} α_s (Ho et al. 2020):
 - posterior        q(x_{t−1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, β̃_t I);
 - reverse step     p(x_{t−1} | x_t) = q(x_{t−1} | x_t, x̂_0(x_t)), x̂_0 from the network's output through
   :func:`~ldm.models.diffusion.prediction.split_prediction` (ε, x_0 or v, whichever it predicts);
-- training loss    ‖target − output‖ (L1 or L2) per sample, optionally divided by a learned e^{logvar_t}, plus the
-  VLB term ``lvlb_weights[t]`` · that distance.
+- training loss    ‖target − output‖ (L1 or L2) per sample, optionally min-SNR weighted and divided by a learned
+  e^{logvar_t}, plus the VLB term ``lvlb_weights[t]`` · that distance.
 
 :class:`GaussianDiffusion` owns none of the numbers: it is a view over the schedule buffers a module registers
 (:data:`~ldm.models.diffusion.schedule.PERSISTENT_BUFFERS`, ``lvlb_weights``), so moving the module moves them and
@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ldm.models.diffusion.objectives import min_snr_weight, signal_to_noise
 from ldm.models.diffusion.prediction import Prediction, split_prediction, training_target
 from ldm.models.diffusion.schedule import NON_PERSISTENT_BUFFERS, PERSISTENT_BUFFERS, schedule_buffers
 from ldm.modules.distributions.distributions import normal_kl
@@ -270,19 +271,35 @@ class GaussianDiffusion:
         t: torch.Tensor,
         noise: torch.Tensor,
         logvar: torch.Tensor | None = None,
+        *,
+        input_noise: torch.Tensor | None = None,
+        snr_gamma: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The per-sample ``(B,)`` loss terms at x_t = q_sample(x0, t, noise).
 
-        - ``simple``: L = mean over dimensions of the distance between output and target;
-        - ``gamma``: L / e^{logvar_t} + logvar_t (only with a ``(T,)`` ``logvar``, the learned log-variance);
-        - ``vlb``: lvlb_weights[t] · L, the variational bound's term up to constants.
+        - ``simple``: w_t · L, L the mean over dimensions of the distance between output and target;
+        - ``gamma``: w_t · L / e^{logvar_t} + logvar_t (only with a ``(T,)`` ``logvar``, the learned log-variance);
+        - ``vlb``: lvlb_weights[t] · L, the variational bound's term up to constants (never min-SNR weighted: the
+          bound has its own weights).
+
+        w_t = 1 unless ``snr_gamma`` γ is set: then w_t is the min-SNR-γ weight
+        (:func:`~ldm.models.diffusion.objectives.min_snr_weight`) and the terms also hold ``snr_weight`` (w_t) and
+        ``simple_unweighted`` (L). ``input_noise`` (input perturbation, ε + p ξ) makes x_t instead of ``noise``,
+        while the target stays that of ``noise``.
         """
-        x_t = self.q_sample(x0, t, noise)
+        x_t = self.q_sample(x0, t, noise if input_noise is None else input_noise)
         output = model_fn(x_t, t)
-        simple = mean_flat(self.distance(output, self.target(x0, noise, t)))
-        terms = {"simple": simple, "vlb": self.schedule.lvlb_weights[t] * simple}
+        unweighted = mean_flat(self.distance(output, self.target(x0, noise, t)))
+        terms = {"vlb": self.schedule.lvlb_weights[t] * unweighted}
+        if snr_gamma is None:
+            simple = unweighted
+        else:
+            snr = signal_to_noise(self.schedule.alphas_cumprod, t)
+            weight = min_snr_weight(snr, snr_gamma, self.parameterization).to(unweighted.dtype)
+            simple = weight * unweighted
+            terms.update(snr_weight=weight, simple_unweighted=unweighted)
+        terms["simple"] = simple
         if logvar is not None:
             logvar_t = logvar.to(simple.device)[t]
             terms["gamma"] = simple / torch.exp(logvar_t) + logvar_t
         return terms
-

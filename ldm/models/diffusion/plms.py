@@ -45,13 +45,17 @@ class PLMSSampler(DDIMScheduleSampler):
             raise ValueError(f"ddim_eta must be 0 for PLMS (got eta={ddim_eta}); use DDIMSampler for η > 0.")
         super().make_schedule(ddim_num_steps, ddim_discretize=ddim_discretize, ddim_eta=ddim_eta, verbose=verbose)
 
-    sample_options: ClassVar[dict[str, Any]] = {"dynamic_threshold": None}
+    sample_options: ClassVar[dict[str, Any]] = {"dynamic_threshold": None, "timestep_spacing": "uniform"}
 
-    def run(self, request: SamplingRequest, dynamic_threshold: float | None) -> SampleResult:
-        """``sample`` for PLMS: S steps (S + 1 model calls); η must be 0 and ``dynamic_threshold`` None."""
+    def run(self, request: SamplingRequest, dynamic_threshold: float | None, timestep_spacing: str) -> SampleResult:
+        """``sample`` for PLMS: S steps (S + 1 model calls) spaced by ``timestep_spacing`` (as for DDIM); η must be
+        0 and ``dynamic_threshold`` None."""
         if dynamic_threshold is not None:
             raise NotImplementedError("dynamic_threshold is not implemented for PLMS sampling; leave it None.")
-        self.make_schedule(ddim_num_steps=request.steps, ddim_eta=request.eta, verbose=request.verbose)
+        self.make_schedule(
+            ddim_num_steps=request.steps, ddim_discretize=timestep_spacing, ddim_eta=request.eta,
+            verbose=request.verbose,
+        )  # fmt: skip
         logger.info("Data shape for PLMS sampling is %s", request.size)
         return self.plms_sampling(request.conditioning, request.size, **request.loop_keywords())
 

@@ -156,8 +156,12 @@ def rescale_guidance(guided: torch.Tensor, conditional: torch.Tensor, phi: float
 
     With per-sample standard deviations over all but the batch dimension,
     o ← φ · o · std(o_c)/std(o) + (1 − φ) · o: the guided output ``guided`` (B, ...) brought back towards the
-    spread of the conditional output ``conditional``, which large w inflates (over-exposed images). Applied to
-    the raw output, as diffusers' ``guidance_rescale`` is.
+    spread of the conditional output ``conditional``, which large w inflates (over-exposed images).
+
+    Applied to the raw network output o, before :func:`~ldm.models.diffusion.prediction.split_prediction`: v for a
+    v-model (the paper's Algorithm 2, written for the zero-terminal-SNR v-models it targets), ε for an ε-model
+    (as diffusers' ``guidance_rescale`` does), x̂_0 for an x0-model. Rescaling before the conversion keeps every
+    sampler unchanged, and φ = 0 returns ``guided`` itself.
     """
     if not 0.0 <= phi <= 1.0:
         raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = off, 0.7 as in the paper), got {phi}.")

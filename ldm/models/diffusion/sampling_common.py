@@ -33,8 +33,8 @@ from ldm.models.diffusion.sampler_core import (
     unexpected_keyword_error,
 )
 from ldm.models.diffusion.sampler_frontend import SamplerFrontEnd
-from ldm.models.diffusion.schedule import DiscreteSchedule, ddim_sigma
-from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, make_ddim_timesteps, noise_like
+from ldm.models.diffusion.schedule import DiscreteSchedule, ddim_sigma, sampler_timesteps
+from ldm.modules.diffusionmodules.util import make_ddim_sampling_parameters, noise_like
 from ldm.util import SettingError
 
 logger = logging.getLogger(__name__)
@@ -128,10 +128,12 @@ class DDIMScheduleSampler(SamplerFrontEnd):
     ) -> None:
         """Compute ``ddim_timesteps`` (int64 numpy), ``ddim_alphas`` (float32), ``ddim_alphas_prev`` (float64
         numpy), ``ddim_sigmas`` (float64, eq. 3), ``ddim_sqrt_one_minus_alphas`` (float32), the model's float32
-        schedule tables and ``ddim_sigmas_for_original_num_steps`` (eq. 3 at every DDPM step)."""
-        self.ddim_timesteps = make_ddim_timesteps(
-            ddim_discretize, ddim_num_steps, self.ddpm_num_timesteps, verbose=verbose
-        )
+        schedule tables and ``ddim_sigmas_for_original_num_steps`` (eq. 3 at every DDPM step).
+
+        ``ddim_discretize`` spaces the S steps: the original ``"uniform"`` ([1, 1 + T/S, ...]) or ``"quad"``, or
+        ``"trailing"`` (round(T − k·T/S) − 1, starting at t = T − 1; for zero-terminal-SNR models), see
+        :func:`~ldm.models.diffusion.schedule.sampler_timesteps`."""
+        self.ddim_timesteps = sampler_timesteps(ddim_discretize, ddim_num_steps, self.ddpm_num_timesteps, verbose)
         self.discrete_schedule = DiscreteSchedule.from_model(self.model)
         self.register_buffer("betas", self.model.betas.detach().to(torch.float32).clone())
         self.register_buffer("alphas_cumprod_prev", self.model.alphas_cumprod_prev.detach().to(torch.float32).clone())

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ldm.modules.diffusionmodules.util import make_beta_schedule
+from ldm.modules.diffusionmodules.util import make_beta_schedule, make_ddim_timesteps
+from ldm.util import SettingError
 
 #: The buffers that are part of a checkpoint, in the order ``register_schedule`` registers them.
 PERSISTENT_BUFFERS = (
@@ -32,6 +33,10 @@ PERSISTENT_BUFFERS = (
 NON_PERSISTENT_BUFFERS = ("lvlb_weights",)
 
 PARAMETERIZATIONS = ("eps", "x0", "v")
+
+#: The ᾱ that stands in for an exact ᾱ_T = 0 (a zero-terminal-SNR schedule) wherever a reciprocal or a logarithm of
+#: ᾱ is taken: 2^-24, an SNR of 6e-8 (σ = √((1 − ᾱ)/ᾱ) ≈ 4096), the value diffusers' zero-SNR Euler scheduler uses.
+TERMINAL_ALPHA_BAR = 2.0**-24
 
 
 def _float32(array: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -55,6 +60,42 @@ def make_betas(
         )
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """β_1..β_T rescaled to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+    are Flawed", Algorithm 1), float64 ``(T,)``.
+
+    With s_t = √ᾱ_t of ``betas``: s'_t = (s_t − s_T) · s_1 / (s_1 − s_T), an affine map of √ᾱ that keeps s'_1 = s_1
+    and sends s'_T to 0; then ᾱ'_t = s'_t², α'_t = ᾱ'_t / ᾱ'_{t−1} (α'_1 = ᾱ'_1) and β'_t = 1 − α'_t. So β'_1 = β_1,
+    β'_T = 1 and every β' lies in (0, 1].
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.shape[0] < 2:
+        raise SettingError(f"zero_terminal_snr needs a schedule of at least 2 steps, got betas of shape {betas.shape}.")
+    root = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = root[0], root[-1]
+    if not first > last:
+        raise SettingError("zero_terminal_snr needs a schedule whose ᾱ decreases (β_t > 0); check given_betas.")
+    rescaled = (root - last) * (first / (first - last))
+    alphas_cumprod = rescaled**2
+    alphas = np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+    rescaled_betas = 1.0 - alphas
+    rescaled_betas[-1] = 1.0  # exactly: ᾱ'_T = 0
+    return rescaled_betas
+
+
+def nonzero_alphas_cumprod(alphas_cumprod: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """``alphas_cumprod`` with exact zeros (the last step of a zero-terminal-SNR schedule) replaced by
+    min(:data:`TERMINAL_ALPHA_BAR`, half the smallest positive ᾱ), so that 1/ᾱ and log ᾱ stay finite and ᾱ stays
+    decreasing. Schedules without a zero come back unchanged (numpy or torch, as given)."""
+    positive = alphas_cumprod[alphas_cumprod > 0]
+    if positive.shape[0] == alphas_cumprod.shape[0]:
+        return alphas_cumprod
+    stand_in = min(TERMINAL_ALPHA_BAR, float(positive.min()) / 2) if positive.shape[0] else TERMINAL_ALPHA_BAR
+    if isinstance(alphas_cumprod, torch.Tensor):
+        return torch.where(alphas_cumprod > 0, alphas_cumprod, torch.full_like(alphas_cumprod, stand_in))
+    return np.where(alphas_cumprod > 0, alphas_cumprod, stand_in)
+
+
 def schedule_buffers(betas: np.ndarray, v_posterior: float, parameterization: str) -> dict[str, torch.Tensor]:
     """Every schedule constant for β = ``betas`` (float64 ``(T,)``), as float32 ``(T,)`` tensors.
 
@@ -66,12 +107,24 @@ def schedule_buffers(betas: np.ndarray, v_posterior: float, parameterization: st
       β̃_t = (1 − v) β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) + v β_t (``v = v_posterior``), its log clipped at 1e-20;
     - ``lvlb_weights`` turn the simple loss into the VLB term: β_t² / (2 β̃_t α_t (1 − ᾱ_t)) for ε-prediction,
       ½ √ᾱ_t / (2 − ᾱ_t) for x0-prediction, 1 for v-prediction; entry 0 is copied from entry 1.
+
+    A zero-terminal-SNR schedule (β_T = 1, so ᾱ_T = 0; :func:`rescale_zero_terminal_snr`) keeps ᾱ_T = 0 in every
+    buffer of the forward process and the posterior (x_T is pure noise); only the reciprocals
+    ``sqrt_recip_alphas_cumprod`` / ``sqrt_recipm1_alphas_cumprod`` read ᾱ_T as :func:`nonzero_alphas_cumprod`'s
+    stand-in, so no buffer holds inf or NaN. ε-prediction is undefined there (x̂_0 = (x_T − ε̂)/0): it raises
+    :class:`~ldm.util.SettingError`.
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization {parameterization!r} is not supported; use one of {PARAMETERIZATIONS}.")
     betas = np.asarray(betas, dtype=np.float64)
     alphas = 1.0 - betas
     alphas_cumprod = np.cumprod(alphas, axis=0)
+    if alphas_cumprod[-1] <= 0.0 and parameterization == "eps":
+        raise SettingError(
+            "the schedule ends at zero SNR (ᾱ_T = 0: model.params.zero_terminal_snr, or a last given_betas of 1), "
+            "where an ε-prediction determines no x̂_0; set model.params.parameterization: v (or x0)."
+        )
+    safe_alphas_cumprod = nonzero_alphas_cumprod(alphas_cumprod)
     alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
     posterior_variance = (1 - v_posterior) * betas * (1.0 - alphas_cumprod_prev) / (
         1.0 - alphas_cumprod
@@ -83,8 +136,8 @@ def schedule_buffers(betas: np.ndarray, v_posterior: float, parameterization: st
         "sqrt_alphas_cumprod": _float32(np.sqrt(alphas_cumprod)),
         "sqrt_one_minus_alphas_cumprod": _float32(np.sqrt(1.0 - alphas_cumprod)),
         "log_one_minus_alphas_cumprod": _float32(np.log(1.0 - alphas_cumprod)),
-        "sqrt_recip_alphas_cumprod": _float32(np.sqrt(1.0 / alphas_cumprod)),
-        "sqrt_recipm1_alphas_cumprod": _float32(np.sqrt(1.0 / alphas_cumprod - 1)),
+        "sqrt_recip_alphas_cumprod": _float32(np.sqrt(1.0 / safe_alphas_cumprod)),
+        "sqrt_recipm1_alphas_cumprod": _float32(np.sqrt(1.0 / safe_alphas_cumprod - 1)),
         "posterior_variance": _float32(posterior_variance),
         "posterior_log_variance_clipped": _float32(np.log(np.maximum(posterior_variance, 1e-20))),
         "posterior_mean_coef1": _float32(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod)),
@@ -118,6 +171,34 @@ def cond_schedule_ids(num_timesteps: int, num_timesteps_cond: int) -> torch.Tens
         torch.linspace(0, num_timesteps - 1, num_timesteps_cond, device="cpu")
     ).long()
     return cond_ids
+
+
+#: The DDIM-family sub-schedules: the original two (``make_ddim_timesteps``) and ``trailing``.
+TIMESTEP_SPACINGS = ("uniform", "quad", "trailing")
+
+
+def trailing_timesteps(num_steps: int, num_timesteps: int) -> np.ndarray:
+    """The "trailing" sub-schedule of S = ``num_steps`` of T = ``num_timesteps`` steps, int64 ascending ``(S,)``:
+    t_k = round(T − k·T/S) − 1 for k = 0..S−1 (Lin et al. 2024, §3.3; numpy rounding, halves to even).
+
+    The first sampling step is t = T − 1, the last noise level a zero-terminal-SNR model was trained on; for
+    T = 1000, S = 10 these are [99, 199, ..., 999].
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"ddim_num_steps={num_steps} is out of range; use 1 <= S <= {num_timesteps} (the model's "
+                         "num_timesteps).")
+    descending = np.round(num_timesteps - np.arange(num_steps) * (num_timesteps / num_steps)).astype(np.int64) - 1
+    return descending[::-1].copy()
+
+
+def sampler_timesteps(spacing: str, num_steps: int, num_timesteps: int, verbose: bool = True) -> np.ndarray:
+    """The DDPM timesteps (int64, ascending) a DDIM-family sampler visits in ``num_steps`` steps: ``uniform`` /
+    ``quad`` as the original (``make_ddim_timesteps``: ``[1, 1 + T/S, ...]``), or :func:`trailing_timesteps`."""
+    if spacing == "trailing":
+        return trailing_timesteps(num_steps, num_timesteps)
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep spacing {spacing!r} is unknown; use one of {', '.join(TIMESTEP_SPACINGS)}.")
+    return make_ddim_timesteps(spacing, num_steps, num_timesteps, verbose=verbose)
 
 
 def ddim_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
@@ -178,7 +259,8 @@ class DiscreteSchedule:
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
-        self.alphas_cumprod32 = alphas_cumprod.detach().to("cpu", torch.float32).clone()
+        # A zero-terminal-SNR ᾱ_T = 0 is read as a tiny positive ᾱ (every table here takes 1/ᾱ or log ᾱ).
+        self.alphas_cumprod32 = nonzero_alphas_cumprod(alphas_cumprod.detach().to("cpu", torch.float32).clone())
         self.alphas_cumprod = self.alphas_cumprod32.double()
         self.num_timesteps = int(self.alphas_cumprod.shape[0])
         self.timesteps = torch.arange(self.num_timesteps, dtype=torch.float64)
