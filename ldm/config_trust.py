@@ -62,11 +62,15 @@ EXTRA_TARGETS = frozenset({
 })
 
 #: Classes of this package that configs name and that are none of the kinds of :func:`_allowed_kinds`: the
-#: learning-rate multipliers ``LambdaLR`` calls.
+#: learning-rate multipliers ``LambdaLR`` calls and the per-sample transforms of the SD 2.x shard configs
+#: (``data.params.train.postprocess``).
 PLAIN_CLASSES = frozenset({
     "ldm.lr_scheduler.LambdaWarmUpCosineScheduler",
     "ldm.lr_scheduler.LambdaWarmUpCosineScheduler2",
     "ldm.lr_scheduler.LambdaLinearScheduler",
+    "ldm.data.laion.AddMask",
+    "ldm.data.laion.AddLR",
+    "ldm.data.laion.AddBW",
 })
 
 #: OmegaConf resolvers an untrusted config may call: they read the environment or move nodes of the config itself.

@@ -76,7 +76,7 @@ class EpochPosition:
         return self.epoch, 0
 
 
-def _seed_generators(seed: int) -> None:
+def seed_generators(seed: int) -> None:
     """Python's ``random``, numpy's global generator and torch's CPU generator seeded from one 64-bit ``seed``."""
     random.seed(seed)
     np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
@@ -104,11 +104,11 @@ class SeededItems(Dataset):
             return self.dataset[key]
         index, seed = key
         if get_worker_info() is not None:  # a worker's generators serve nothing else
-            _seed_generators(seed)
+            seed_generators(seed)
             return self.dataset[index]
         saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
-            _seed_generators(seed)
+            seed_generators(seed)
             return self.dataset[index]
         finally:
             random.setstate(saved[0])
@@ -196,7 +196,10 @@ def _convertible(loader: Any) -> str | None:
 
 def as_resumable(loader: Any, position: EpochPosition) -> Any:
     """``loader`` rebuilt as a :class:`ResumableLoader` with the same settings, or ``loader`` itself (with a log
-    line saying why) when it is not a plain map-style ``DataLoader`` with a random or sequential sampler."""
+    line saying why) when it is not a plain map-style ``DataLoader`` with a random or sequential sampler. A loader
+    that says ``resumes_itself`` (:class:`ldm.data.stream_loader.StreamLoader`) is returned as it is."""
+    if getattr(loader, "resumes_itself", False):
+        return loader
     reason = _convertible(loader)
     if reason is not None:
         logger.info("train dataloader kept as it is (%s): resuming mid-epoch will not repeat its random choices",

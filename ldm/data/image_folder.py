@@ -1,7 +1,9 @@
 """Users' own images as a training set: a folder scanned recursively, in the LDM batch format.
 
 Each example is ``{"image": (H, W, 3) float32 in [-1, 1], "class_label": int, "human_label": str,
-"caption": str, "txt": str, "file_path_": str}``. Class labels are the indices of the sorted top-level
+"caption": str, "txt": str, "file_path_": str}``. With ``aspect_buckets`` each image is instead resized and cropped
+to its aspect-ratio bucket (:mod:`ldm.data.aspect_buckets`; ``bucket_ids`` lists every image's bucket, for
+:class:`~ldm.data.aspect_buckets.AspectBucketBatchSampler`). Class labels are the indices of the sorted top-level
 sub-folders (images directly in ``root`` get label 0 when there are no sub-folders). Captions come from a
 side-car ``<image stem>.txt`` next to the image or from one ``captions`` file (JSON ``{relative path:
 caption}`` or lines ``relative path<TAB>caption``); images without one get ``""``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ldm.data.aspect_buckets import AspectBuckets
 from ldm.data.base import load_rgb, maybe_flip, square_crop_box, to_model_range
 from ldm.util import ConfigError
 
@@ -34,6 +38,12 @@ def _is_readable(path: Path) -> str | None:
     except Exception as error:  # PIL raises many types for corrupt files
         return f"{type(error).__name__}: {error}"
     return None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header (no decoding)."""
+    with Image.open(path) as image:
+        return image.size
 
 
 def _read_captions_file(path: Path) -> dict[str, str]:
@@ -63,6 +73,8 @@ class ImageFolderDataset(Dataset):
     :param captions: optional captions file (JSON or TSV, paths relative to ``root``); side-car ``.txt``
         files are used for images it does not cover.
     :param skip_corrupt: skip unreadable images with one counted warning (True) or raise naming the file.
+    :param aspect_buckets: aspect-ratio bucketing settings (``base_size`` defaults to ``size``); None keeps the
+        square crop.
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class ImageFolderDataset(Dataset):
         flip_p: float = 0.5,
         captions: str | None = None,
         skip_corrupt: bool = True,
+        aspect_buckets: Mapping[str, Any] | None = None,
     ):
         self.root = Path(root).expanduser()
         self.size = size
@@ -89,6 +102,8 @@ class ImageFolderDataset(Dataset):
             )
         self.class_names = sorted({p.relative_to(self.root).parts[0] for p in self.paths if p.parent != self.root})
         self.captions = _read_captions_file(Path(captions).expanduser()) if captions else {}
+        self.buckets = AspectBuckets.from_config(aspect_buckets, default_base=size) if aspect_buckets else None
+        self.bucket_ids = [self.buckets.nearest(*_image_size(p)) for p in self.paths] if self.buckets else None
 
     def _readable(self, candidates: list[Path], skip_corrupt: bool) -> list[Path]:
         paths, skipped = [], []
@@ -124,10 +139,13 @@ class ImageFolderDataset(Dataset):
         sidecar = path.with_suffix(".txt")
         return sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else ""
 
-    def load_image(self, path: Path) -> np.ndarray:
-        """``(H, W, 3)`` float32 in [-1, 1]: square crop, resize to ``size``, optional flip."""
+    def load_image(self, path: Path, bucket: int | None = None) -> np.ndarray:
+        """``(H, W, 3)`` float32 in [-1, 1]: square crop and resize to ``size`` (or resize and crop to the size of
+        aspect bucket ``bucket``), optional flip."""
         image = load_rgb(path)
-        if self.size is not None:
+        if bucket is not None:
+            image = self.buckets.resize(image, bucket, random_crop=self.random_crop)
+        elif self.size is not None:
             image = image.crop(square_crop_box(*image.size, random_crop=self.random_crop))
             image = image.resize((self.size, self.size), resample=Image.Resampling.BICUBIC)
         return to_model_range(maybe_flip(image, self.flip_p))
@@ -137,7 +155,7 @@ class ImageFolderDataset(Dataset):
         class_label, human_label = self.label_of(path)
         caption = self.caption_of(path)
         return {
-            "image": self.load_image(path),
+            "image": self.load_image(path, self.bucket_ids[idx] if self.bucket_ids else None),
             "class_label": class_label,
             "human_label": human_label,
             "caption": caption,

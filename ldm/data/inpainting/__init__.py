@@ -1,0 +1,1 @@
+"""Inpainting training data helpers: synthetic masks (:mod:`ldm.data.inpainting.synthetic_mask`)."""
