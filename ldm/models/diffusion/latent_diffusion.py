@@ -17,7 +17,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from ldm.models.autoencoder import VQModelInterface
-from ldm.models.diffusion import image_logging, patch_folding
+from ldm.models.diffusion import cached_inputs, image_logging, patch_folding
 from ldm.models.diffusion import latent_sampling as ancestral
 from ldm.models.diffusion.conditioning import (
     as_wrapper_kwargs,
@@ -172,8 +172,7 @@ class LatentDiffusion(DDPM):
             return
         if float(self.scale_factor) != 1.0:
             raise SettingError("scale_by_std: true rescales the latents itself; leave scale_factor at 1.0.")
-        x = images_channels_first(batch[self.first_stage_key]).to(self.device)
-        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach()
+        z = cached_inputs.first_stage_latents(self, batch, self.first_stage_key)
         del self.scale_factor
         self.register_buffer("scale_factor", 1.0 / z.flatten().std())
         logger.info("scale_by_std: setting self.scale_factor to %s", float(self.scale_factor))
@@ -260,8 +259,13 @@ class LatentDiffusion(DDPM):
         ``return_original_cond``, in that order as in SD 2.x).
 
         z ``(B, C_z, h, w)`` are the scaled latents of ``batch[k]``; c is the encoded conditioning (raw when the
-        conditioner is trainable, unless ``force_c_encode``), None for unconditional models.
+        conditioner is trainable, unless ``force_c_encode``), None for unconditional models. A batch from a latent
+        cache skips the encoders (:mod:`~ldm.models.diffusion.cached_inputs`).
         """
+        if cached_inputs.has_cached_latents(batch):
+            return cached_inputs.cached_get_input(
+                self, batch, return_first_stage_outputs, force_c_encode, cond_key, return_original_cond, bs, return_x
+            )
         x = images_channels_first(batch[k])
         if bs is not None:
             x = x[:bs]
@@ -271,14 +275,7 @@ class LatentDiffusion(DDPM):
         c = xc = None
         if self.model.conditioning_key is not None and not self.force_null_conditioning:
             cond_key = default(cond_key, self.cond_stage_key)
-            if cond_key == self.first_stage_key:
-                xc = x
-            elif cond_key in ("caption", "txt", "coordinates_bbox"):
-                xc = batch[cond_key]
-            elif cond_key == "class_label":
-                xc = batch
-            else:
-                xc = images_channels_first(batch[cond_key]).to(self.device)
+            xc = cached_inputs.conditioning_input(self, batch, cond_key, x)
             if not self.cond_stage_trainable or force_c_encode:
                 c = self.get_learned_conditioning(xc if isinstance(xc, (dict, list)) else xc.to(self.device))
             else:
@@ -345,16 +342,17 @@ class LatentDiffusion(DDPM):
     def p_losses(
         self, x_start: torch.Tensor, cond: Any, t: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """loss = l_simple_weight · mean(L/e^{logvar_t} + logvar_t) + original_elbo_weight · mean(lvlb_weights[t] L).
+        """loss = l_simple_weight · mean(w_t L/e^{logvar_t} + logvar_t) + original_elbo_weight · mean(lvlb_weights[t]
+        L), w_t the min-SNR weight (1 unless ``snr_gamma``; ε, x_t and w_t from :meth:`DDPM.objective_losses`).
 
-        Logged: ``{prefix}/loss_simple``, ``/loss_gamma`` and ``logvar`` (when ``learn_logvar``), ``/loss_vlb``,
-        ``/loss``; prefix ``train`` or ``val`` by ``self.training``.
+        Logged: ``{prefix}/loss_simple`` (mean w_t L), ``/loss_gamma`` and ``logvar`` (when ``learn_logvar``),
+        ``/loss_vlb``, ``/loss``, and with ``snr_gamma`` ``/snr_weight`` and ``/loss_simple_unweighted``; prefix
+        ``train`` or ``val`` by ``self.training``.
         """
-        noise = torch.randn_like(x_start) if noise is None else noise
         model_fn = lambda x_t, steps: self.apply_model(x_t, steps, cond)
-        terms = self.diffusion.training_losses(model_fn, x_start, t, noise, logvar=self.logvar)
+        terms = self.objective_losses(model_fn, x_start, t, noise, logvar=self.logvar)
         prefix = self._log_prefix()
-        logs = {f"{prefix}/loss_simple": terms["simple"].mean()}
+        logs = {f"{prefix}/loss_simple": terms["simple"].mean(), **self.objective_logs(terms, prefix)}
         if self.learn_logvar:
             logs[f"{prefix}/loss_gamma"] = terms["gamma"].mean()
             logs["logvar"] = self.logvar.data.mean()
