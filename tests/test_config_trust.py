@@ -40,6 +40,7 @@ SHIPPED = sorted(
 RECORD = "tests.test_config_trust.record_call"
 #: Weights the shipped configs point at (absent here): nulled for the meta-device build.
 FILE_KEYS = ("ckpt_path", "clip_stats_path")
+NEEDS_FILE = {"reset_ema": False}  # ``reset_ema: true`` refuses to build without a ckpt_path
 
 
 class RecordedCall(ValueError):
@@ -334,7 +335,7 @@ def test_screen_class_accepts_user_targets_only_inside_their_block() -> None:
 
 def _without_files(node: object) -> object:
     if isinstance(node, dict):
-        return {k: None if k in FILE_KEYS else _without_files(v) for k, v in node.items()}
+        return {k: None if k in FILE_KEYS else NEEDS_FILE.get(k, _without_files(v)) for k, v in node.items()}
     if isinstance(node, list):
         return [_without_files(v) for v in node]
     return node

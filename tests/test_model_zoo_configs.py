@@ -140,12 +140,16 @@ def test_non_taming_targets_pass_through(no_taming: None) -> None:
 
 #: Keys naming released weight or statistics files, which the architecture check does not need.
 WEIGHT_FILE_KEYS = ("ckpt_path", "clip_stats_path")
+# Keys that only make sense with a weight file: ``reset_ema: true`` refuses to build without a ``ckpt_path``.
+NEEDS_WEIGHT_FILE = {"reset_ema": False}
 
 
 def _without_weight_files(node):
-    """A plain copy of a config node with every weight-file key set to null (a missing one is tested above)."""
+    """A plain copy of a config node with every weight-file key set to null (a missing one is tested above) and
+    the options that need a weight file turned off."""
     if isinstance(node, dict):
-        return {key: None if key in WEIGHT_FILE_KEYS else _without_weight_files(value) for key, value in node.items()}
+        return {key: None if key in WEIGHT_FILE_KEYS else NEEDS_WEIGHT_FILE.get(key, _without_weight_files(value))
+                for key, value in node.items()}
     if isinstance(node, list):
         return [_without_weight_files(value) for value in node]
     return node

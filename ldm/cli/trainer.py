@@ -16,6 +16,7 @@ from ldm.callbacks import AtomicCheckpointIO
 from ldm.checkpoint import CheckpointError
 from ldm.cli.config import legacy_resume, load_config, trainer_config
 from ldm.cli.errors import UsageError
+from ldm.cli.fsdp import adapt_callbacks, fsdp_strategy, wants_fsdp
 from ldm.cli.paths import RunPaths, new_run, resolve_resume, run_timestamp
 from ldm.cli.resumable_data import resumable_train_data
 from ldm.util import ConfigError, instantiate_from_config
@@ -192,14 +193,21 @@ def build(
     model = build_model(config)
     trainer_kwargs = OmegaConf.to_container(lightning_config.trainer, resolve=True)
     trainer_kwargs["accumulate_grad_batches"] = accumulation_for(model, accumulate)
+    sharded = wants_fsdp(trainer_kwargs)
+    if sharded:
+        trainer_kwargs["strategy"] = fsdp_strategy(model, trainer_kwargs, lightning_config)
     data = instantiate_from_config(config.data, name="data")
     logger_cfg = logger_config(lightning_config, paths)
     modelckpt = checkpoint_config(model, lightning_config, paths)
     callbacks_cfg = callbacks_config(opt, now, paths, config, lightning_config, modelckpt)
+    trainer_logger = instantiate_from_config(logger_cfg, name="lightning.logger")
+    callbacks = [instantiate_from_config(callbacks_cfg[k], name=f"lightning.callbacks.{k}") for k in callbacks_cfg]
+    if sharded:
+        adapt_callbacks(callbacks)
     trainer = Trainer(
         **trainer_kwargs,
-        logger=instantiate_from_config(logger_cfg, name="lightning.logger"),
-        callbacks=[instantiate_from_config(callbacks_cfg[k], name=f"lightning.callbacks.{k}") for k in callbacks_cfg],
+        logger=trainer_logger,
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=paths.logdir,
     )
