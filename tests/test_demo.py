@@ -21,7 +21,8 @@ ATTRIBUTES = ("color", "kind", "size", "position", "all")
 
 def test_demo_smoke_path(tmp_path: Path) -> None:
     logdir, outdir = tmp_path / "logs", tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}  # the shapes feature net is trained and cached there
     command = [sys.executable, "scripts/demo.py", "--smoke", "--scales", "1", "4", "--logdir", str(logdir),
                "--outdir", str(outdir)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -41,6 +42,11 @@ def test_demo_smoke_path(tmp_path: Path) -> None:
     stage1 = report["stage1"]
     assert all(math.isfinite(stage1[key]) for key in ("psnr_db", "kl", "latent_std", "latent_mean"))
     assert 0.0 < stage1["psnr_db_min"] <= stage1["psnr_db"] < 100.0 and stage1["latent_std"] > 0.0
+    assert 0.0 < stage1["psnr_8bit_db"] < 100.0 and -1.0 <= stage1["ssim"] <= 1.0 and stage1["shapes_fd"] >= 0.0
+    assert list((tmp_path / "cache" / "ldm" / "shapes_features").glob("*.safetensors"))
+    assert set(report["shapes_fd"]) == {"1", "4"}
+    for distance in report["shapes_fd"].values():
+        assert distance["samples"] == 15 and distance["shapes_fd"] >= 0.0 and distance["real_floor"] >= 0.0
     assert set(report["stage2"]) == {"1", "4"}
     for scale, accuracy in report["stage2"].items():
         assert all(0.0 <= accuracy[key] <= 1.0 for key in ATTRIBUTES)
@@ -53,5 +59,5 @@ def test_demo_smoke_path(tmp_path: Path) -> None:
     assert report["timings_s"]["total"] > 0.0
 
     markdown = (outdir / "demo_report.md").read_text()
-    assert "PSNR" in markdown and "| chance |" in markdown
+    assert "PSNR" in markdown and "| chance |" in markdown and "not Inception FID" in markdown
     assert str(outdir / "demo_report.md") in result.stdout
