@@ -94,7 +94,8 @@ def new_word_prompts(opt: argparse.Namespace) -> tuple[list[str], list[ShapeSpec
 
 @torch.no_grad()
 def sample(model: torch.nn.Module, captions: list[str], opt: argparse.Namespace) -> list[np.ndarray]:
-    """DDIM (η = 1) samples of ``captions`` at guidance ``--scale`` from the noise of ``--seed``, as uint8 HWC."""
+    """DDIM (η = 1) samples of ``captions`` at guidance ``--scale`` from the noise of ``--seed``, as uint8 HWC (a
+    zero-terminal-SNR model with "trailing" spacing, as scripts/demo.py samples it)."""
     with model.ema_scope():
         c = model.get_learned_conditioning(captions)
         uc = model.get_learned_conditioning([""] * len(captions))
@@ -103,6 +104,7 @@ def sample(model: torch.nn.Module, captions: list[str], opt: argparse.Namespace)
         latents, _ = DDIMSampler(model).sample(
             S=opt.ddim_steps, conditioning=c, batch_size=len(captions), shape=(model.channels, size, size),
             verbose=False, unconditional_guidance_scale=opt.scale, unconditional_conditioning=uc, eta=1.0,
+            timestep_spacing="trailing" if model.zero_terminal_snr else "uniform",
         )
         images = ((model.decode_first_stage(latents).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return list(images.permute(0, 2, 3, 1).cpu().numpy())

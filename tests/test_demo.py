@@ -29,7 +29,7 @@ def test_demo_smoke_path(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
     runs = sorted(logdir.iterdir())
-    assert [run.name.split("_", 1)[1] for run in runs] == ["autoencoder_kl", "txt2img_ldm"]
+    assert [run.name.split("_", 1)[1] for run in runs] == ["autoencoder_kl", "txt2img_ldm_zero_snr"]
     for run in runs:
         assert (run / "checkpoints" / "last.ckpt").is_file()
         assert len(list((run / "configs").glob("*-project.yaml"))) == 1
