@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,10 @@ import merge_lora as merge_script  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model_and_lora(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """``(config, base checkpoint, LoRA file)``: the LoRA trained (randomised) on that checkpoint."""
+def model_and_lora(tmp_path_factory) -> Iterator[tuple[Path, Path, Path]]:
+    """``(config, base checkpoint, LoRA file)``: the LoRA trained (randomised) on that checkpoint. Built on one
+    thread (the same sums whatever the machine); the caller's thread count is restored after the module."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("lora")
     config, ckpt = _save_model(folder / "run", _config(TEXT_ENCODER, "caption"), seed=0)
@@ -35,7 +38,8 @@ def model_and_lora(tmp_path_factory) -> tuple[Path, Path, Path]:
     adapted = instantiate_from_config(OmegaConf.create(lora_config))
     randomize_adapters(adapted)
     adapted.export_lora(folder / "style.safetensors")
-    return config, ckpt, folder / "style.safetensors"
+    yield config, ckpt, folder / "style.safetensors"
+    torch.set_num_threads(threads)
 
 
 def _images(folder: Path) -> list[np.ndarray]:
