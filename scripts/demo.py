@@ -186,7 +186,8 @@ def report_markdown(report: dict) -> str:
     floor = next(iter(distances.values()))["real_floor"] if distances else float("nan")
     lines.append("| chance | " + " | ".join(f"{report['chance'][a]:.1%}" for a in ATTRIBUTES)
                  + f" | real shapes: {floor:.2f} |")
-    lines += ["", "Target: >= 90% for colour and kind.", "", "## Wall time (s)", "",
+    lines += ["", "Targets: colour and kind >= 90%; all four attributes >= 80% at guidance >= 3.", "",
+              "## Wall time (s)", "",
               "| " + " | ".join(timings) + " |", "|" + " --- |" * len(timings),
               "| " + " | ".join(f"{t:.0f}" for t in timings.values()) + " |", "", "## Files", ""]
     lines += [f"- {name}: `{path}`" for name, path in report["paths"].items()]
