@@ -153,7 +153,7 @@ def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
         help="the noise levels of the k-diffusion samplers (default normal: the model's own timesteps; uniform is "
         "normal); DDIM, PLMS and the DPM-Solvers space their steps themselves")
     arg("--timestep_spacing", type=str, default="uniform", choices=list(TIMESTEP_SPACINGS),
-        help="DDIM and PLMS only, txt2img: which model timesteps the steps visit: uniform (default, the original "
+        help="DDIM and PLMS only: which model timesteps the steps visit: uniform (default, the original "
         "1, 1 + T/S, ...), quad, or trailing (T-1, T-1-T/S, ...; for zero-terminal-SNR models, see "
         "docs/training_objectives.md)")
     arg("--guidance_rescale", type=float_in(0.0, 1.0), default=0.0, metavar="PHI",
@@ -307,9 +307,10 @@ class SamplingStart:
         noise = None if self.noise is None else self.noise[:batch]
         guidance = {"unconditional_guidance_scale": opt.scale, "unconditional_conditioning": uc, "eta": opt.ddim_eta,
                     "guidance_rescale": getattr(opt, "guidance_rescale", 0.0)}
-        spacing = spacing_options(opt, sampler, img2img=self.init_latent is not None)
+        spacing = spacing_options(opt, sampler)
         if self.init_latent is not None:
-            return sampler.img2img(self.init_latent[:batch], opt.strength, opt.ddim_steps, c, noise=noise, **guidance)
+            return sampler.img2img(self.init_latent[:batch], opt.strength, opt.ddim_steps, c, noise=noise, **guidance,
+                                   **spacing)
         if self.shape is None:
             raise ValueError("SamplingStart needs a latent shape (C, h, w) to sample from noise, or an init_latent")
         latents, _ = sampler.sample(S=opt.ddim_steps, conditioning=c, batch_size=batch, shape=self.shape,
@@ -317,18 +318,16 @@ class SamplingStart:
         return latents
 
 
-def spacing_options(opt: argparse.Namespace, sampler: NamedSampler, img2img: bool) -> dict[str, Any]:
-    """The ``sample`` keywords of ``--timestep_spacing``: none for ``uniform`` (the original call), else
-    ``sampler_options={"timestep_spacing": ...}``; ``ValueError`` naming the fix where the sampler or img2img
-    cannot space its steps so."""
+def spacing_options(opt: argparse.Namespace, sampler: NamedSampler) -> dict[str, Any]:
+    """The ``sample`` / ``img2img`` keywords of ``--timestep_spacing``: none for ``uniform`` (the original call),
+    else ``sampler_options={"timestep_spacing": ...}``; ``ValueError`` naming the fix where the sampler cannot
+    space its steps so."""
     spacing = getattr(opt, "timestep_spacing", "uniform")
     if spacing == "uniform":
         return {}
     if not isinstance(getattr(sampler, "legacy", None), DDIMScheduleSampler):
         raise ValueError(f"--timestep_spacing {spacing} works with --sampler ddim or plms only; drop it for "
                          f"{opt.sampler!r} (the k-diffusion samplers take --schedule)")
-    if img2img:
-        raise ValueError(f"--timestep_spacing {spacing} is not supported for img2img yet; use uniform")
     return {"sampler_options": {"timestep_spacing": spacing}}
 
 

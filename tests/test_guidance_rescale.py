@@ -115,7 +115,29 @@ def test_draw_passes_the_flags_and_keeps_the_original_call_by_default():
 
 def test_spacing_is_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match="--sampler ddim or plms"):
-        spacing_options(_opt(timestep_spacing="trailing", sampler="euler"), RecordingSampler(None), img2img=False)
-    with pytest.raises(ValueError, match="img2img"):
-        spacing_options(_opt(timestep_spacing="trailing"), RecordingSampler(DDIMSampler(GaussianModel())), True)
-    assert spacing_options(_opt(), RecordingSampler(None), img2img=True) == {}
+        spacing_options(_opt(timestep_spacing="trailing", sampler="euler"), RecordingSampler(None))
+    assert spacing_options(_opt(), RecordingSampler(None)) == {}
+
+
+def test_img2img_takes_the_spacing_and_the_rescale():
+    """img2img draws pass ``--timestep_spacing`` on; DDIM / PLMS img2img then walk the trailing steps (strength 1
+    starts at t = T − 1, the pure-noise step of a zero-terminal-SNR model) and apply guidance rescale."""
+    recording = RecordingSampler(DDIMSampler(GaussianModel()))
+    SamplingStart(init_latent=torch.zeros(2, 1, 2, 2)).draw(_opt(timestep_spacing="trailing"), recording, None,
+                                                            None, 2)
+    assert recording.calls[-1] == ("img2img", {**recording.calls[-1][1],
+                                               "sampler_options": {"timestep_spacing": "trailing"}})
+    x0, noise = torch.zeros(1, 1, 4, 4), torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond, uncond = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), -0.5)
+    for name in ("ddim", "plms"):
+        sampler = NamedSampler(SpreadModel(parameterization="v"), name)
+
+        def run(sampler=sampler, **options):
+            return sampler.img2img(x0, 1.0, 4, cond, 5.0, uncond, noise=noise, disable_progress=True, **options)
+
+        uniform = run()
+        trailing = run(sampler_options={"timestep_spacing": "trailing"})
+        np.testing.assert_array_equal(sampler.legacy.ddim_timesteps, [249, 499, 749, 999])  # strength 1: all 4
+        assert not torch.allclose(uniform, trailing)
+        rescaled = run(sampler_options={"timestep_spacing": "trailing"}, guidance_rescale=0.7)
+        assert torch.isfinite(rescaled).all() and not torch.allclose(trailing, rescaled)

@@ -301,8 +301,9 @@ class NamedSampler(SamplerFrontEnd):
 
     def _legacy_img2img(self, x0: torch.Tensor, noise: torch.Tensor, steps: int, request: SamplingRequest,
                         eta: float, options: dict[str, Any]) -> torch.Tensor:
-        """img2img through the DDIM-schedule classes (``stochastic_encode`` at index min(k, S − 1), then k steps),
-        or DPM-Solver++ over the last k of its S + 1 model times, from α_τ x_0 + σ_τ ε at the first of them."""
+        """img2img through the DDIM-schedule classes (``stochastic_encode`` at index min(k, S − 1), then k steps;
+        ``sampler_options={"timestep_spacing": ...}`` spaces the S steps as in ``sample``), or DPM-Solver++ over the
+        last k of its S + 1 model times, from α_τ x_0 + σ_τ ε at the first of them."""
         total, guidance = request.steps, (request.unconditional_guidance_scale, request.unconditional_conditioning)
         if isinstance(self.legacy, DPMSolverSampler):
             schedule = self.legacy.discrete_schedule
@@ -311,17 +312,17 @@ class NamedSampler(SamplerFrontEnd):
             z = float(schedule.alpha(times[0])) * x0 + float(schedule.sigma(times[0])) * noise
             return sample_dpmpp_2m(request.data_prediction(self.model, schedule), z, times, schedule,
                                    disable=request.disable_progress)
+        spacing = options.pop("timestep_spacing", "uniform")
         self._reject_unknown_options(options)
         encoder = self.legacy if isinstance(self.legacy, DDIMSampler) else DDIMSampler(self.model, device=self.device)
-        encoder.make_schedule(ddim_num_steps=total, ddim_eta=eta, verbose=False)
+        encoder.make_schedule(ddim_num_steps=total, ddim_discretize=spacing, ddim_eta=eta, verbose=False)
         index = torch.full((x0.shape[0],), min(steps, total - 1), device=x0.device, dtype=torch.long)
         z = encoder.stochastic_encode(x0, index, noise=noise)
         if isinstance(self.legacy, DDIMSampler):
-            if request.guidance_rescale:
-                raise ValueError("DDIM img2img (decode) does not apply guidance_rescale; leave it at 0")
             return self.legacy.decode(z, request.conditioning, steps, *guidance,
-                                      disable_progress=request.disable_progress)
-        self.legacy.make_schedule(ddim_num_steps=total, ddim_eta=eta, verbose=False)
+                                      disable_progress=request.disable_progress,
+                                      guidance_rescale=request.guidance_rescale)
+        self.legacy.make_schedule(ddim_num_steps=total, ddim_discretize=spacing, ddim_eta=eta, verbose=False)
         self.legacy.ddim_timesteps = self.legacy.ddim_timesteps[:steps]  # the k least noisy steps, as decode walks
         return self.legacy.plms_sampling(
             request.conditioning, tuple(z.shape), x_T=z, unconditional_guidance_scale=guidance[0],
