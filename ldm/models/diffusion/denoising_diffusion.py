@@ -107,8 +107,8 @@ class DDPM(pl.LightningModule):
                 "model.params.zero_terminal_snr: true makes x_T pure noise, where an ε-prediction determines no x̂_0; "
                 "set model.params.parameterization: v (or x0)."
             )
-        TrainingObjective(snr_gamma, noise_offset, input_perturbation)  # checks the values
-        self.snr_gamma, self.noise_offset, self.input_perturbation = snr_gamma, noise_offset, input_perturbation
+        #: The objective options (``snr_gamma``, ``noise_offset``, ``input_perturbation``), checked once.
+        self.objective = TrainingObjective(snr_gamma, noise_offset, input_perturbation)
         self.zero_terminal_snr = bool(zero_terminal_snr)
         if loss_type not in LOSS_TYPES:
             raise UnsupportedSettingError(f"loss_type {loss_type!r} is unknown; use 'l1' or 'l2'.")
@@ -298,11 +298,6 @@ class DDPM(pl.LightningModule):
 
     def _log_prefix(self) -> str:
         return "train" if self.training else "val"
-
-    @property
-    def objective(self) -> TrainingObjective:
-        """The objective options (``snr_gamma``, ``noise_offset``, ``input_perturbation``) as one value."""
-        return TrainingObjective(self.snr_gamma, self.noise_offset, self.input_perturbation)
 
     def objective_losses(
         self, model_fn: Any, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None,

@@ -88,11 +88,6 @@ class TrainingObjective:
             if not float(value) >= 0.0:
                 raise SettingError(f"model.params.{key} must be >= 0 (0 = off), got {value}.")
 
-    @property
-    def is_default(self) -> bool:
-        """True when every option is off (the original objective, the original random draws)."""
-        return self.snr_gamma is None and self.noise_offset == 0.0 and self.input_perturbation == 0.0
-
     def draw_noise(self, x0: torch.Tensor, training: bool) -> torch.Tensor:
         """The ε of a loss at ``x0`` ``(B, C, ...)``: offset noise while ``training``, N(0, I) otherwise."""
         return offset_noise(x0, self.noise_offset if training else 0.0)
