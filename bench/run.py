@@ -3,6 +3,7 @@
     python -m bench.run                       # everything: UNet 64x64 and 32x32, VAE, CLIP, txt2img, training
     python -m bench.run --only train_step     # one training step: on the fly / latent cache / diffusers' UNet
     python -m bench.run --only unet --latents 32 --repeats 3
+    python -m bench.run --only gemm_conv       # CPU convs as GEMMs against oneDNN, per width and size
 
 Needs ``pip install -e '.[bench]'`` (diffusers). Ratios are ours/diffusers, measured in this one process with the
 two implementations' runs interleaved; times are medians; memory is the peak growth of the resident set during
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from bench import clip, train_step, train_throughput, txt2img, unet_step, vae
+from bench import clip, gemm_conv, train_step, train_throughput, txt2img, unet_step, vae
 from bench.common import Row, machine, sd_config
 from bench.flops import fused_upsample_savings, unet_step_flops
 from bench.unet_step import PACKED
 
-BENCHMARKS = ("unet", "vae", "clip", "txt2img", "train", "train_step")
+BENCHMARKS = ("unet", "vae", "clip", "txt2img", "train", "train_step", "gemm_conv")
 RESULTS = Path(__file__).with_name("results.md")
 
 
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += train_throughput.run()
     if "train_step" in opt.only:
         rows += train_step.run(repeats=max(opt.repeats, 5))
+    if "gemm_conv" in opt.only:
+        rows += gemm_conv.run(repeats=max(opt.repeats, 5))
 
     lines = [f"Measured {started} on: {machine()} (load {load_at_start:.1f} at the start).", "",
              *results_table(rows)]

@@ -1,9 +1,17 @@
 """Stage-2 training step: our ``LatentDiffusion`` (encoding on the fly, and from a latent cache) against diffusers'
 ``UNet2DConditionModel`` forward + backward on the same converted weights and the same batch, fp32 on the CPU.
 
-The model is Stable Diffusion v1's architecture at a width that trains a step in about a second on a small CPU
-(:data:`UNET_CHANNELS`, :data:`VAE_CHANNELS`; the full CLIP ViT-L/14 text tower), 256 px images (32x32x4 latents),
-batch 2, no gradient checkpointing on either side, random weights (every layer non-zero). One timed step is
+Two widths of Stable Diffusion v1's architecture (the full CLIP ViT-L/14 text tower, 256 px images = 32x32x4
+latents, batch 2, no gradient checkpointing on either side, random weights with every layer non-zero):
+
+- SD v1 itself (:data:`SD_V1_WIDTHS`: a 320-channel UNet, the 128-channel autoencoder), ~10 s a step here;
+- a reduced width (:data:`REDUCED_WIDTHS`: a 64-channel UNet, 8-wide attention heads, a 32-channel autoencoder)
+  that trains a step in about a second and is dominated by the self-attention over 1,024 tokens, the same
+  ``scaled_dot_product_attention`` kernel on both sides.
+
+Ours runs as ``main.py`` trains on the CPU: with the default ``FastTrainingConvs`` callback's swap
+(``ldm.modules.fast.gemm_conv``; at the reduced width no conv is large enough for it, at SD v1's the 1280-channel
+convs are). One timed step is
 
 - ours, on the fly: ``shared_step`` (encode the images and captions, draw z, t, ε, UNet, loss) + ``backward``;
 - ours, cached: the same from the batch of ``ldm.data.latent_cache`` (moments and text embeddings stored once);
@@ -31,13 +39,16 @@ from ldm.data.latent_cache import CacheIndex, encode_batch
 from ldm.data.shapes import ShapesDataset
 from ldm.inference import load_config
 from ldm.models.diffusion import cached_inputs
+from ldm.modules.fast.gemm_conv import GemmConv2d, swap_gemm_convs
 from ldm.util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
-UNET_CHANNELS = 64
-VAE_CHANNELS = 32
+#: (UNet model_channels, autoencoder ch) of the two widths timed.
+SD_V1_WIDTHS = (320, 128)
+REDUCED_WIDTHS = (64, 32)
+UNET_CHANNELS, VAE_CHANNELS = REDUCED_WIDTHS
 IMAGE, BATCH = 256, 2
 DEMO_CONFIG = "configs/demo/txt2img_ldm.yaml"
 PROMPTS = ["a photograph of an astronaut riding a horse", "a watercolour of a lighthouse at dusk"]
@@ -76,11 +87,30 @@ def _clear(module: torch.nn.Module) -> Callable[[], None]:
     return lambda: module.zero_grad(set_to_none=True)
 
 
-def build_sd_like(seed: int = 0) -> tuple[Any, torch.nn.Module]:
+def _gemm_route_switches(module: torch.nn.Module) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two set-ups that clear the gradients and switch every ``GemmConv2d``'s GEMM route on (the threshold it has
+    now) or off (the reference conv runs, as with ``FastTrainingConvs`` disabled)."""
+    convs = [m for m in module.modules() if isinstance(m, GemmConv2d)]
+    thresholds = [m.max_positions for m in convs]
+
+    def switch(on: bool) -> Callable[[], None]:
+        def setup() -> None:
+            module.zero_grad(set_to_none=True)
+            for conv, threshold in zip(convs, thresholds, strict=True):
+                conv.max_positions = threshold if on else 0
+
+        return setup
+
+    return switch(True), switch(False)
+
+
+def build_sd_like(
+    seed: int = 0, unet_channels: int = UNET_CHANNELS, vae_channels: int = VAE_CHANNELS
+) -> tuple[Any, torch.nn.Module]:
     """Our LatentDiffusion with random weights, and diffusers' UNet with the same UNet weights."""
     from diffusers import UNet2DConditionModel
 
-    ours = randomize_(instantiate_from_config(sd_like_config()), seed)
+    ours = randomize_(instantiate_from_config(sd_like_config(unet_channels, vae_channels)), seed)
     unet = ours.model.diffusion_model
     theirs = UNet2DConditionModel(**unet_diffusers_config(unet))
     theirs.load_state_dict(unet_to_diffusers(unet), strict=True)
@@ -95,8 +125,11 @@ def _check_equal(ours: Any, theirs: torch.nn.Module, z_t: torch.Tensor, t: torch
     return diff
 
 
-def sd_like_rows(repeats: int, seed: int = 0) -> list[Row]:
-    ours, theirs = build_sd_like(seed)
+def sd_like_rows(repeats: int, seed: int = 0, widths: tuple[int, int] = REDUCED_WIDTHS) -> list[Row]:
+    """Ours on the fly and cached, each against diffusers, at ``widths`` (UNet, autoencoder channels)."""
+    unet_channels, vae_channels = widths
+    ours, theirs = build_sd_like(seed, unet_channels, vae_channels)
+    swapped = swap_gemm_convs(ours.model)  # as main.py's default FastTrainingConvs does on the CPU
     gen = torch.Generator().manual_seed(seed)
     raw = {"jpg": torch.rand(BATCH, IMAGE, IMAGE, 3, generator=gen) * 2 - 1, "txt": PROMPTS[:BATCH]}
     cached = cached_batch(ours, raw)
@@ -111,22 +144,32 @@ def sd_like_rows(repeats: int, seed: int = 0) -> list[Row]:
         loss.backward()
         return loss
 
-    clear_ours, clear_theirs = _clear(ours), _clear(theirs)
+    (clear_ours, route_off), clear_theirs = _gemm_route_switches(ours), _clear(theirs)
     seconds = median_times({
         "on the fly": (clear_ours, _training_step(ours, raw)),
         "cached": (clear_ours, _training_step(ours, cached)),
         "diffusers": (clear_theirs, theirs_step),
     }, repeats)
-    logger.info("train step SD-like: %s", seconds)
-    label = (f"train step SD v1 layout ({UNET_CHANNELS}-ch UNet, {VAE_CHANNELS}-ch VAE, CLIP-L), {IMAGE} px, "
-             f"batch {BATCH}")
+    if swapped:  # ours alone, GEMM route on and off in turn
+        alone = median_times({"on": (clear_ours, _training_step(ours, cached)),
+                              "off": (route_off, _training_step(ours, cached))}, repeats)
+        logger.info("train step SD-like %s, ours alone, GEMM route on / off: %s", widths, alone)
+    logger.info("train step SD-like %s: %s", widths, seconds)
+    name = "SD v1" if widths == SD_V1_WIDTHS else "SD v1 layout"
+    label = f"train step {name} ({unet_channels}-ch UNet, {vae_channels}-ch VAE, CLIP-L), {IMAGE} px, batch {BATCH}"
+    convs = f"; ours: {swapped} convs as GemmConv2d"
     speedup = seconds["on the fly"] / seconds["cached"]
     return [
         Row(f"{label}, ours on the fly", seconds["on the fly"], seconds["diffusers"], max_abs_diff=diff,
-            note="forward + backward, no optimizer step; diffusers: UNet only, given z_t and c"),
+            note=f"forward + backward, no optimizer step; diffusers: UNet only, given z_t and c{convs}"),
         Row(f"{label}, ours cached latents + text", seconds["cached"], seconds["diffusers"], max_abs_diff=diff,
             note=f"{speedup:.2f}x faster than on the fly"),
-    ]
+    ] + ([
+        Row(f"{label}, ours alone: cached, GemmConv2d", alone["on"],
+            note="steps of ours only, GEMM route on and off in turn"),
+        Row(f"{label}, ours alone: cached, reference convs", alone["off"],
+            note=f"FastTrainingConvs disabled; the GEMM route takes {alone['on'] / alone['off']:.2f}x this time"),
+    ] if swapped else [])
 
 
 def demo_rows(repeats: int, seed: int = 4) -> list[Row]:
@@ -152,5 +195,7 @@ def demo_rows(repeats: int, seed: int = 4) -> list[Row]:
 
 
 def run(repeats: int = 5, seed: int = 0) -> list[Row]:
-    """Rows of the SD-like model (ours on the fly, ours cached, each against diffusers) and of the demo config."""
-    return sd_like_rows(repeats, seed) + demo_rows(repeats)
+    """Rows of SD v1 and of the reduced width (ours on the fly, ours cached, each against diffusers) and of the
+    demo config."""
+    rows = sd_like_rows(repeats, seed, SD_V1_WIDTHS)
+    return rows + sd_like_rows(repeats, seed, REDUCED_WIDTHS) + demo_rows(repeats)

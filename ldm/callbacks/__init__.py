@@ -10,6 +10,7 @@ from ldm.callbacks.checkpointing import (
     to_safe_types,
 )
 from ldm.callbacks.cuda import CUDACallback
+from ldm.callbacks.fast_training import FastTrainingConvs
 from ldm.callbacks.image_logger import ImageLogger, make_grid
 from ldm.callbacks.rng_state import RNGStateCallback, rng_restore, rng_snapshot
 from ldm.callbacks.setup import SetupCallback
@@ -18,6 +19,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CUDACallback",
     "CheckpointWriteError",
+    "FastTrainingConvs",
     "ImageLogger",
     "RNGStateCallback",
     "SetupCallback",

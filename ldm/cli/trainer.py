@@ -56,7 +56,7 @@ def callbacks_config(
     modelckpt: DictConfig,
 ) -> DictConfig:
     """The default callbacks (setup, image logger, learning-rate monitor, CUDA stats, ``signal_checkpoint``,
-    ``rng_state``), merged with ``lightning.callbacks``.
+    ``rng_state``, ``fast_training``), merged with ``lightning.callbacks``.
 
     An ``ignore_keys_callback`` entry gets ``params.ckpt_path`` = the checkpoint resumed from, and is dropped
     when nothing is resumed.
@@ -78,6 +78,7 @@ def callbacks_config(
         "cuda_callback": {"target": "ldm.callbacks.CUDACallback"},
         "signal_checkpoint": {"target": "ldm.callbacks.SignalCheckpoint", "params": {"ckptdir": paths.ckptdir}},
         "rng_state": {"target": "ldm.callbacks.RNGStateCallback"},
+        "fast_training": {"target": "ldm.callbacks.FastTrainingConvs", "params": {"enabled": True}},
         "checkpoint_callback": modelckpt,
     }
     user = lightning_config.get("callbacks", OmegaConf.create())
