@@ -11,7 +11,8 @@ latents, batch 2, no gradient checkpointing on either side, random weights with 
 
 Ours runs as ``main.py`` trains on the CPU: with the default ``FastTrainingConvs`` callback's swap
 (``ldm.modules.fast.gemm_conv``; at the reduced width no conv is large enough for it, at SD v1's the 1280-channel
-convs are). One timed step is
+convs are; at SD v1's width the cached step is timed again beside the same step with the swap off, ours alone).
+SD v1's rows hold both models with their gradients: about 15 GiB of memory. One timed step is
 
 - ours, on the fly: ``shared_step`` (encode the images and captions, draw z, t, ε, UNet, loss) + ``backward``;
 - ours, cached: the same from the batch of ``ldm.data.latent_cache`` (moments and text embeddings stored once);

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import re
 import runpy
 import shutil
 import signal
@@ -379,8 +381,10 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     assert torch.load(logdir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
-def test_two_stage_training_autoencoder_then_latent_diffusion(tmp_path: Path) -> None:
-    """Stage 1 trains a tiny AutoencoderKL; stage 2 a LatentDiffusion whose first stage loads its last.ckpt."""
+def test_two_stage_training_autoencoder_then_latent_diffusion(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Stage 1 trains a tiny AutoencoderKL; stage 2 a LatentDiffusion whose first stage loads its last.ckpt, with
+    the fast_training callback's thresholds opened so that every UNet conv runs as GEMMs (training, image logging,
+    checkpoints)."""
     images = make_images(tmp_path / "images", count=4)
     data = [f"data.params.train.params.root={images}", f"data.params.validation.params.root={images}"]
     logs = tmp_path / "logs"
@@ -388,8 +392,13 @@ def test_two_stage_training_autoencoder_then_latent_diffusion(tmp_path: Path) ->
                       *data]) == 0
     (stage1_dir,) = logs.glob("*_stage1")
     stage1_ckpt = stage1_dir / "checkpoints" / "last.ckpt"
-    assert main.main(["-b", "tests/configs/tiny_ldm.yaml", "-t", "-n", "stage2", "-l", str(logs), *QUIET, *data,
-                      f"model.params.first_stage_config.params.ckpt_path={stage1_ckpt}", *FEW_SAMPLING_STEPS]) == 0
+    gemm_convs = ["lightning.callbacks.fast_training.params.min_weight_bytes=0",
+                  "lightning.callbacks.fast_training.params.max_positions=100000"]
+    with caplog.at_level(logging.INFO):
+        assert main.main(["-b", "tests/configs/tiny_ldm.yaml", "-t", "-n", "stage2", "-l", str(logs), *QUIET, *data,
+                          f"model.params.first_stage_config.params.ckpt_path={stage1_ckpt}", *FEW_SAMPLING_STEPS,
+                          *gemm_convs]) == 0
+    assert re.search(r"FastTrainingConvs: \d+ convs of the diffusion model", caplog.text)
     (stage2_dir,) = logs.glob("*_stage2")
     for run in (stage1_dir, stage2_dir):
         assert len(list((run / "configs").glob("*-project.yaml"))) == 1
