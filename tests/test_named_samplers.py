@@ -193,6 +193,8 @@ def test_legacy_img2img_strength(model, name, calls):
     assert (out - 0.5).abs().mean() < 0.05  # what is left is √(1 − ᾱ_0) ε ≈ 0.03 ε, where the runs end
     with pytest.raises(ValueError, match=r"strength 1.5 is outside \[0, 1\]"):
         sampler.img2img(x0, 1.5, 10)
+    with pytest.raises(ValueError, match="takes no sampler_options.*'order'"):
+        sampler.img2img(x0, 0.6, 10, sampler_options={"order": 2})
 
 
 # ----------------------------------------------------------------------------------------------------------------

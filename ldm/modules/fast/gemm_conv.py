@@ -90,6 +90,10 @@ class _GemmConv2dFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
+def _weight_bytes(conv: nn.Conv2d) -> int:
+    return conv.weight.numel() * conv.weight.element_size()
+
+
 def _output_size(size: torch.Size, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> Pair:
     """``(H', W')`` of a conv over ``size = (H, W)``."""
     return tuple(  # type: ignore[return-value]
@@ -151,7 +155,7 @@ class GemmConv2d(nn.Conv2d):
         ``min_weight_bytes`` and at most ``max_positions`` output positions."""
         if x.device.type != "cpu" or x.dim() != 4 or x.dtype != self.weight.dtype or torch.is_autocast_enabled("cpu"):
             return False
-        if self.weight.numel() * self.weight.element_size() < self.min_weight_bytes:
+        if _weight_bytes(self) < self.min_weight_bytes:
             return False
         height, width = _output_size(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
         return x.shape[0] * height * width <= self.max_positions
@@ -176,7 +180,7 @@ def swap_gemm_convs(
     def make(child: nn.Module) -> nn.Module | None:
         if not GemmConv2d.expressible(child):
             return None
-        if child.weight.numel() * child.weight.element_size() < min_weight_bytes:
+        if _weight_bytes(child) < min_weight_bytes:
             return child
         return GemmConv2d.from_conv(child, max_positions, min_weight_bytes)
 
